@@ -1,0 +1,11 @@
+"""dd: dataset distillation by trajectory matching.
+
+Three stages, each a ``python -m`` command: ``dd.buffer`` trains experts and stores their
+trajectories, ``dd.distill`` learns a small synthetic set that reproduces them, ``dd.eval``
+retrains fresh networks on a set and reports their accuracy beside the baselines.
+"""
+
+from dd.distill.synset import SynSet, load_synset, save_synset
+
+__all__ = ["SynSet", "load_synset", "save_synset"]
+__version__ = "0.1.0"

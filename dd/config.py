@@ -1,0 +1,155 @@
+"""Configs as plain dataclasses, exposed as command-line flags and YAML presets.
+
+Each stage declares one dataclass whose fields carry their help text (``opt(default, "help")``).
+``parse_config`` builds the argparse parser from it and resolves values in this order:
+dataclass defaults < the YAML file given by ``--config`` < flags given on the command line.
+Unknown YAML keys, wrong types and malformed YAML are one-line ``DDError``s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from dd.errors import DDError
+
+T = TypeVar("T")
+
+
+def opt(default: Any, help: str, choices: Sequence[str] | None = None) -> Any:
+    """A config field with its help text (and optional fixed choices for the CLI)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def _base_type(tp: Any) -> tuple[type, bool]:
+    """(the scalar type, whether None is allowed) of a field annotation."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    base, nullable = _base_type(tp)
+    if value is None or (nullable and isinstance(value, str) and value.lower() in ("none", "null")):
+        if nullable:
+            return None
+        raise DDError(f"config key '{name}' cannot be empty; give a {base.__name__}")
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "yes", "1", "on"):
+                return True
+            if str(value).lower() in ("false", "no", "0", "off"):
+                return False
+            raise ValueError
+        if base is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if base is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        raise DDError(f"config key '{name}' must be a {base.__name__}, got {value!r}") from None
+    return value
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
+    """An argparse parser with one ``--flag`` per dataclass field, plus ``--config``."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", default=None,
+                        help="YAML preset (e.g. experiments/mtt/digits_ipc1.yaml); flags override it")
+    hints = _type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        base, _ = _base_type(hints[f.name])
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        # SUPPRESS keeps unset flags out of the namespace, so a YAML value is only overridden
+        # by a flag the user actually typed.
+        kwargs: dict[str, Any] = {"help": help_text, "default": argparse.SUPPRESS, "dest": f.name}
+        if base is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        if f.metadata.get("choices"):
+            kwargs["choices"] = list(f.metadata["choices"])
+        kwargs["metavar"] = base.__name__.upper()
+        parser.add_argument(flag, type=str, **kwargs)
+    return parser
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML preset into a dict, with one-line errors for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DDError(f"config file {path} does not exist; see experiments/ for presets")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise DDError(f"config file {path} is not valid YAML{where}; fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DDError(f"config file {path} must be a mapping of key: value, not a {type(data).__name__}")
+    return data
+
+
+def make_config(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
+    """Build ``cls`` from a dict, checking keys and coercing types (YAML reads 1e-5 as a string)."""
+    hints = _type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    resolved = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in names:
+            close = [n for n in names if n.startswith(name[:4])]
+            hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
+            raise DDError(f"{source} has unknown key '{key}'{hint}; see --help for the valid keys")
+        resolved[name] = _coerce(name, value, hints[name])
+    for f in dataclasses.fields(cls):
+        choices = f.metadata.get("choices")
+        if choices and f.name in resolved and resolved[f.name] not in choices:
+            raise DDError(f"{source}: '{f.name}' must be one of {', '.join(choices)}, got {resolved[f.name]!r}")
+    return cls(**resolved)
+
+
+def parse_config(cls: type[T], argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> tuple[T, dict[str, Any]]:
+    """Parse ``argv`` with a parser from ``build_parser`` into ``cls``: defaults < ``--config`` YAML <
+    command-line flags. Returns the config and any extra arguments the caller added to the parser."""
+    ns = vars(parser.parse_args(argv))
+    config_path = ns.pop("config")
+    names = {f.name for f in dataclasses.fields(cls)}
+    extras = {k: ns.pop(k) for k in list(ns) if k not in names}
+    values: dict[str, Any] = {}
+    if config_path:
+        values.update(load_yaml(config_path))
+        make_config(cls, values, source=f"config file {config_path}")  # report bad keys by file
+    values.update(ns)
+    return make_config(cls, values, source="command line"), extras
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The config as a plain dict (for manifests, metadata and resolved-config files)."""
+    return dataclasses.asdict(config)

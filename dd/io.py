@@ -1,0 +1,104 @@
+"""Crash-safe file writes and checksums: every artefact of dd is written through here."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from dd.errors import DDError
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Write ``path`` through ``write(tmp_path)`` then fsync and rename, so a crash or a full
+    disk mid-write leaves the previous file (or no file) in place, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Atomically write ``data`` to ``path``."""
+    atomic_write(path, lambda p: p.write_bytes(data))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """Read a JSON file, turning a missing or malformed file into a one-line DDError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DDError(f"{what} {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DDError(f"{what} {path} is not valid JSON ({e}); restore it or delete it and rerun") from None
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Atomically write tensors as safetensors (contiguous CPU copies)."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))
+
+
+def load_tensors(path: str | Path, what: str = "file") -> dict[str, torch.Tensor]:
+    """Load a safetensors file, turning a missing or corrupted file into a one-line DDError."""
+    return load_tensors_and_metadata(path, what)[0]
+
+
+def load_tensors_and_metadata(path: str | Path, what: str = "file") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load a safetensors file and its string metadata, with one-line errors for a missing or damaged file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DDError(f"{what} {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        return load_file(str(path)), metadata
+    except Exception as e:  # safetensors raises several types for a damaged header
+        raise DDError(f"{what} {path} is corrupted or truncated ({type(e).__name__}); "
+                      "delete it and regenerate it") from None
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
