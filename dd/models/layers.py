@@ -1,0 +1,48 @@
+"""Layers chosen by name and the spatial arithmetic that sizes the classifiers of the model zoo."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from dd.errors import DDError
+
+NORMS = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")
+ACTS = ("relu", "sigmoid", "leakyrelu")
+POOLS = ("avgpooling", "maxpooling", "none")
+
+
+def check_choice(kind: str, value: str, choices: tuple[str, ...]) -> None:
+    """Raise DDError unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise DDError(f"unknown {kind} '{value}'; choose from {', '.join(choices)}")
+
+
+def channel_norm(norm: str, channels: int) -> nn.Module:
+    """Per-channel normalisation; 'instancenorm' is GroupNorm(C, C, affine) as in the reference code."""
+    check_choice("norm", norm, ("instancenorm", "batchnorm"))
+    if norm == "instancenorm":
+        return nn.GroupNorm(channels, channels, affine=True)
+    return nn.BatchNorm2d(channels)
+
+
+def make_norm(norm: str, channels: int, height: int, width: int) -> nn.Module | None:
+    """Normalisation of a [B, C, H, W] feature map by name (ConvNet choices); None for 'none'."""
+    check_choice("norm", norm, NORMS)
+    if norm == "none":
+        return None
+    if norm == "layernorm":
+        return nn.LayerNorm([channels, height, width], elementwise_affine=True)
+    if norm == "groupnorm":
+        return nn.GroupNorm(4, channels, affine=True)
+    return channel_norm(norm, channels)
+
+
+def make_act(act: str) -> nn.Module:
+    """Activation by name; 'leakyrelu' has slope 0.01."""
+    check_choice("act", act, ACTS)
+    return {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "leakyrelu": lambda: nn.LeakyReLU(0.01)}[act]()
+
+
+def conv_out(size: int, kernel: int, padding: int, stride: int = 1) -> int:
+    """Output length of a convolution along one spatial dimension."""
+    return (size + 2 * padding - kernel) // stride + 1
