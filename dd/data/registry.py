@@ -1,0 +1,109 @@
+"""The dataset registry: a name maps to a ``DatasetSpec`` and a loader returning ``RealData``.
+
+Loaders register themselves with ``@register_dataset(spec)``; ``load_dataset(name)`` is the one entry
+point the rest of ``dd`` uses. Everything is returned as whole-split CPU tensors of [0, 1] pixels;
+normalisation and ZCA live in ``dd.data.preprocess``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from dd.errors import DDError
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a model needs to know about a dataset: image shape, class count and the channel statistics
+    used by the standard normalisation ``(x - mean) / std`` of [0, 1] pixels."""
+
+    name: str
+    channels: int
+    size: tuple[int, int]
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass
+class RealData:
+    """A whole dataset in memory: images [N, C, H, W] float32 in [0, 1] and labels [N] int64, on the CPU."""
+
+    spec: DatasetSpec
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+
+# A loader gets (spec, data_path, download, image_size) and returns the data with the spec it loaded.
+Loader = Callable[[DatasetSpec, "str | None", bool, "int | None"], RealData]
+
+_REGISTRY: dict[str, tuple[DatasetSpec, Loader]] = {}
+
+
+def register_dataset(spec: DatasetSpec) -> Callable[[Loader], Loader]:
+    """Decorator registering ``loader`` under ``spec.name``."""
+
+    def decorate(loader: Loader) -> Loader:
+        if spec.name in _REGISTRY:
+            raise ValueError(f"dataset {spec.name!r} registered twice")
+        _REGISTRY[spec.name] = (spec, loader)
+        return loader
+
+    return decorate
+
+
+def list_datasets() -> list[str]:
+    """Names of all registered datasets, in registration order (``digits`` first)."""
+    return list(_REGISTRY)
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """The registered spec of ``name``. For data-defined sets (``imagefolder``) it is a template:
+    ``load_dataset`` returns the spec actually found on disk."""
+    if name not in _REGISTRY:
+        raise DDError(f"unknown dataset '{name}'; choose from {', '.join(list_datasets())}")
+    return _REGISTRY[name][0]
+
+
+def load_dataset(name: str, data_path: str | None = None, download: bool = False,
+                 image_size: int | None = None) -> RealData:
+    """Load train and test splits of ``name`` as CPU tensors of [0, 1] pixels.
+
+    ``data_path`` is the folder for torchvision and folder datasets (default ``data``); ``download`` lets
+    torchvision fetch a missing set. ``image_size`` resizes to a square side (bilinear, antialiased);
+    folder datasets decode at that size directly.
+    """
+    spec = get_spec(name)
+    if image_size is not None and image_size <= 0:
+        raise DDError(f"--image-size must be positive, got {image_size}")
+    data = _REGISTRY[name][1](spec, data_path, download, image_size)
+    if image_size is not None and data.spec.size != (image_size, image_size):
+        data = resize(data, image_size)
+    return data
+
+
+def resize(data: RealData, image_size: int) -> RealData:
+    """``data`` with both splits resized to ``image_size`` squared and the spec updated to match."""
+
+    def go(x: torch.Tensor) -> torch.Tensor:
+        out = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+        return out.clamp_(0.0, 1.0)
+
+    return RealData(replace(data.spec, size=(image_size, image_size)), go(data.train_images), data.train_labels,
+                    go(data.test_images), data.test_labels)
+
+
+def class_indices(labels: torch.Tensor, num_classes: int) -> list[torch.Tensor]:
+    """For each class c in ``range(num_classes)``, the int64 indices i with ``labels[i] == c`` (ascending),
+    on the device of ``labels``."""
+    if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes}), got [{int(labels.min())}, {int(labels.max())}]")
+    order = torch.argsort(labels, stable=True)
+    counts = torch.bincount(labels, minlength=num_classes)[:num_classes].tolist()
+    return list(order.split(counts))

@@ -1,0 +1,302 @@
+"""dd.data: the digits split, folder and torchvision loaders, class indices, standard and ZCA preprocessing."""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dd.data import (
+    DatasetSpec,
+    Preprocessor,
+    class_indices,
+    get_spec,
+    list_datasets,
+    load_dataset,
+)
+from dd.errors import DDError
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+# ---- registry and digits ----
+
+def test_registry_lists_every_dataset_and_rejects_unknown_names():
+    assert list_datasets()[0] == "digits"
+    assert {"cifar10", "cifar100", "mnist", "fashionmnist", "svhn", "tiny", "imagefolder"} <= set(list_datasets())
+    assert get_spec("cifar10") == DatasetSpec("cifar10", 3, (32, 32), 10, (0.4914, 0.4822, 0.4465),
+                                              (0.2023, 0.1994, 0.2010))
+    assert get_spec("cifar100").num_classes == 100 and get_spec("cifar100").mean == get_spec("cifar10").mean
+    assert get_spec("tiny").size == (64, 64) and get_spec("tiny").num_classes == 200
+    with pytest.raises(DDError, match=r"unknown dataset 'nope'; choose from digits, "):
+        get_spec("nope")
+    with pytest.raises(DDError, match="unknown dataset"):
+        load_dataset("nope")
+
+
+def test_digits_split_sizes_shapes_and_types(digits):
+    assert digits.spec == get_spec("digits")
+    assert digits.train_images.shape == (1437, 1, 8, 8) and digits.test_images.shape == (360, 1, 8, 8)
+    assert digits.train_images.dtype == torch.float32 and digits.train_labels.dtype == torch.int64
+    assert digits.train_labels.shape == (1437,) and digits.test_labels.shape == (360,)
+    assert digits.train_images.device.type == "cpu"
+
+
+def test_digits_split_is_stratified(digits):
+    train = torch.bincount(digits.train_labels, minlength=10)
+    test = torch.bincount(digits.test_labels, minlength=10)
+    assert (test - 0.2 * (train + test)).abs().max() <= 1  # every class split 80/20 to within one image
+
+
+def test_digits_load_is_deterministic(digits):
+    again = load_dataset("digits")
+    assert torch.equal(again.train_images, digits.train_images) and torch.equal(again.test_labels, digits.test_labels)
+
+
+def test_digits_pixels_are_scaled_to_unit_range(digits):
+    x = torch.cat([digits.train_images, digits.test_images])
+    assert x.min() == 0.0 and x.max() == 1.0
+    assert torch.equal(x * 16, (x * 16).round())  # sixteenths of the 0..16 scale
+
+
+def test_digits_mean_std_constants_match_train_split(digits):
+    x = digits.train_images.double()
+    assert digits.spec.mean[0] == pytest.approx(x.mean().item(), abs=1e-7)
+    assert digits.spec.std[0] == pytest.approx(x.std(unbiased=False).item(), abs=1e-7)
+
+
+def test_image_size_resizes_any_dataset_and_updates_spec():
+    data = load_dataset("digits", image_size=16)
+    assert data.spec.size == (16, 16) and data.train_images.shape == (1437, 1, 16, 16)
+    assert 0.0 <= data.train_images.min() and data.train_images.max() <= 1.0
+    with pytest.raises(DDError, match="image-size"):
+        load_dataset("digits", image_size=0)
+
+
+def test_class_indices_partition_the_labels():
+    labels = torch.tensor([2, 0, 2, 1, 0, 2])
+    idx = class_indices(labels, 4)
+    assert [t.tolist() for t in idx] == [[1, 4], [3], [0, 2, 5], []]
+    with pytest.raises(ValueError):
+        class_indices(torch.tensor([0, 3]), 3)
+
+
+# ---- image folders ----
+
+COLOURS = {"cat": (255, 0, 0), "dog": (0, 0, 255), "eel": (0, 255, 0)}
+
+
+def _write(path: Path, colour: tuple[int, int, int], size: int = 10, mode: str = "RGB") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (size, size + 3), colour).convert(mode).save(path)
+
+
+def test_imagefolder_loads_classes_labels_pixels_and_stats(tmp_path):
+    for cls, colour in COLOURS.items():
+        n = {"cat": 3, "dog": 2, "eel": 1}[cls]
+        for i in range(n):
+            _write(tmp_path / "train" / cls / f"{i}.png", colour, size=5 + i)
+        _write(tmp_path / "val" / cls / "v.png", colour)
+    _write(tmp_path / "train" / "dog" / "grey.png", (128, 128, 128), mode="L")
+    (tmp_path / "train" / "dog" / "notes.txt").write_text("not an image")
+    data = load_dataset("imagefolder", data_path=str(tmp_path), image_size=6)
+    assert data.spec.name == "imagefolder" and data.spec.num_classes == 3 and data.spec.size == (6, 6)
+    assert data.train_images.shape == (7, 3, 6, 6) and data.test_images.shape == (3, 3, 6, 6)
+    assert data.train_labels.tolist() == [0, 0, 0, 1, 1, 1, 2]  # sorted class names; files sorted in a class
+    assert data.test_labels.tolist() == [0, 1, 2]
+    assert torch.allclose(data.train_images[0], torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1).expand(3, 6, 6))
+    assert torch.allclose(data.train_images[5], torch.full((3, 6, 6), 128 / 255))  # 'grey.png' sorts after 0, 1
+    x = data.train_images.double()
+    assert data.spec.mean == pytest.approx(x.mean(dim=(0, 2, 3)).tolist(), abs=1e-6)
+    assert data.spec.std == pytest.approx(x.std(dim=(0, 2, 3), unbiased=False).tolist(), abs=1e-6)
+    assert load_dataset("imagefolder", data_path=str(tmp_path)).spec.size == (32, 32)
+
+
+def test_imagefolder_accepts_test_folder(tmp_path):
+    for cls, colour in COLOURS.items():
+        _write(tmp_path / "train" / cls / "a.jpg", colour)
+        _write(tmp_path / "test" / cls / "b.bmp", colour)
+    data = load_dataset("imagefolder", data_path=str(tmp_path), image_size=4)
+    assert data.test_labels.tolist() == [0, 1, 2]
+
+
+def test_imagefolder_errors_name_the_path_and_layout(tmp_path):
+    with pytest.raises(DDError, match=f"{tmp_path / 'train'} does not exist; expected DIR/train/<class>/") as e:
+        load_dataset("imagefolder", data_path=str(tmp_path))
+    assert "\n" not in str(e.value)
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    with pytest.raises(DDError, match=f"no images under {tmp_path / 'train'}"):
+        load_dataset("imagefolder", data_path=str(tmp_path))
+    _write(tmp_path / "train" / "cat" / "a.png", (1, 2, 3))
+    with pytest.raises(DDError, match="neither .*val nor .*test exists"):
+        load_dataset("imagefolder", data_path=str(tmp_path))
+    _write(tmp_path / "val" / "cow" / "a.png", (1, 2, 3))
+    with pytest.raises(DDError, match="not a class of the train split"):
+        load_dataset("imagefolder", data_path=str(tmp_path))
+
+
+def _tiny_tree(root: Path, val_in_folders: bool = False) -> None:
+    wnids = {"n02": (0, 0, 255), "n01": (255, 0, 0)}
+    for wnid, colour in wnids.items():
+        for i in range(2):
+            _write(root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", colour, size=64)
+        (root / "train" / wnid / f"{wnid}_boxes.txt").write_text("ignored")
+    if val_in_folders:
+        for wnid, colour in wnids.items():
+            _write(root / "val" / wnid / f"{wnid}.JPEG", colour, size=64)
+        return
+    rows = []
+    for i, wnid in enumerate(["n02", "n01", "n02"]):
+        _write(root / "val" / "images" / f"val_{i}.JPEG", wnids[wnid], size=64)
+        rows.append(f"val_{i}.JPEG\t{wnid}\t0\t0\t63\t63")
+    (root / "val" / "val_annotations.txt").write_text("\n".join(rows) + "\n")
+
+
+def test_tiny_imagenet_val_annotations_layout(tmp_path):
+    _tiny_tree(tmp_path / "tiny-imagenet-200")
+    data = load_dataset("tiny", data_path=str(tmp_path))  # the extracted folder inside data_path is found
+    assert data.spec.size == (64, 64) and data.spec.num_classes == 2 and data.spec.mean == get_spec("tiny").mean
+    assert data.train_images.shape == (4, 3, 64, 64) and data.train_labels.tolist() == [0, 0, 1, 1]
+    assert data.test_labels.tolist() == [1, 0, 1]  # class ids are the sorted train wnids: n01 -> 0, n02 -> 1
+    red = data.test_images[1].mean(dim=(1, 2))
+    assert red[0] > 0.9 and red[1] < 0.1 and red[2] < 0.1  # JPEG is lossy
+
+
+def test_tiny_imagenet_val_in_class_folders_and_resize(tmp_path):
+    _tiny_tree(tmp_path, val_in_folders=True)
+    data = load_dataset("tiny", data_path=str(tmp_path), image_size=16)
+    assert data.test_labels.tolist() == [0, 1] and data.test_images.shape == (2, 3, 16, 16)
+    assert data.spec.size == (16, 16)
+
+
+def test_tiny_imagenet_errors(tmp_path):
+    with pytest.raises(DDError, match=f"{tmp_path / 'train'} does not exist; expected DIR/train/<wnid>/images"):
+        load_dataset("tiny", data_path=str(tmp_path))
+    _tiny_tree(tmp_path)
+    with open(tmp_path / "val" / "val_annotations.txt", "a") as f:
+        f.write("val_9.JPEG\tn01\t0\t0\t1\t1\n")
+    with pytest.raises(DDError, match="val_9.JPEG is listed in val_annotations.txt but missing"):
+        load_dataset("tiny", data_path=str(tmp_path))
+
+
+# ---- torchvision sets ----
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "mnist", "fashionmnist", "svhn"])
+def test_missing_torchvision_dataset_says_where_and_how(tmp_path, name):
+    with pytest.raises(DDError) as e:
+        load_dataset(name, data_path=str(tmp_path))
+    msg = str(e.value)
+    assert msg.startswith(f"dataset {name} not found under {tmp_path}/;") and "--download" in msg
+    assert "--data-path" in msg and "\n" not in msg
+
+
+def _idx(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    code = 0x0803 if array.ndim == 3 else 0x0801
+    path.write_bytes(struct.pack(">i", code) + struct.pack(f">{array.ndim}i", *array.shape) + array.tobytes())
+
+
+def test_mnist_loads_whole_split_from_arrays(tmp_path):
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "MNIST" / "raw"
+    images = {s: rng.integers(0, 256, (n, 28, 28), dtype=np.uint8) for s, n in (("train", 5), ("t10k", 3))}
+    labels = {s: rng.integers(0, 10, (len(images[s]),), dtype=np.uint8) for s in images}
+    for s in images:
+        _idx(raw / f"{s}-images-idx3-ubyte", images[s])
+        _idx(raw / f"{s}-labels-idx1-ubyte", labels[s])
+    data = load_dataset("mnist", data_path=str(tmp_path))
+    assert data.train_images.shape == (5, 1, 28, 28) and data.test_images.shape == (3, 1, 28, 28)
+    assert torch.equal(data.train_images[:, 0] * 255, torch.from_numpy(images["train"]).float())
+    assert data.test_labels.tolist() == labels["t10k"].tolist() and data.test_labels.dtype == torch.int64
+
+
+def test_cifar10_images_are_channels_first(tmp_path, monkeypatch):
+    from torchvision.datasets import CIFAR10
+
+    monkeypatch.setattr(CIFAR10, "_check_integrity", lambda self: True)  # md5s of the real files
+    monkeypatch.setattr(CIFAR10, "_load_meta", lambda self: None)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batches[name] = {"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8), "labels": [1, 7]}
+        (folder / name).write_bytes(pickle.dumps(batches[name]))
+    data = load_dataset("cifar10", data_path=str(tmp_path))
+    assert data.train_images.shape == (10, 3, 32, 32) and data.test_images.shape == (2, 3, 32, 32)
+    expected = torch.from_numpy(batches["test_batch"]["data"]).view(2, 3, 32, 32).float() / 255
+    assert torch.equal(data.test_images, expected) and data.train_labels.tolist() == [1, 7] * 5
+
+
+# ---- preprocessing ----
+
+def test_standard_preprocessing_formula_and_inverse(digits):
+    p = Preprocessor.fit("standard", digits.spec, digits.train_images)
+    x = digits.test_images[:5]
+    assert torch.allclose(p(x), (x - digits.spec.mean[0]) / digits.spec.std[0])
+    assert torch.allclose(p.invert(p(x)), x, atol=1e-6)
+    spec3 = DatasetSpec("s", 3, (2, 2), 2, (0.1, 0.2, 0.3), (0.5, 0.25, 2.0))
+    x3 = torch.rand(4, 3, 2, 2, dtype=torch.float64)
+    y3 = Preprocessor.fit("standard", spec3, x3)(x3)
+    assert y3.dtype == torch.float64
+    assert torch.allclose(y3[:, 1], (x3[:, 1] - 0.2) / 0.25)
+    assert p.describe()["kind"] == "standard"
+
+
+def test_zca_matches_eigendecomposition_by_hand():
+    torch.manual_seed(0)
+    x = torch.rand(40, 2, 3, 3) * torch.linspace(0.2, 1.0, 18).view(1, 2, 3, 3)
+    eps = 0.1
+    p = Preprocessor.fit("zca", DatasetSpec("t", 2, (3, 3), 2, (0.5,) * 2, (0.5,) * 2), x, zca_eps=eps)
+    flat = x.reshape(40, -1).double()
+    mu = flat.mean(0)
+    cov = (flat - mu).T @ (flat - mu) / (40 - 1)  # unbiased covariance
+    s, u = torch.linalg.eigh(cov)
+    t = u @ torch.diag((s + eps).rsqrt()) @ u.T
+    expected = ((flat - mu) @ t).reshape(x.shape)
+    assert torch.allclose(p(x).double(), expected, atol=1e-4)
+    t_inv = u @ torch.diag((s + eps).sqrt()) @ u.T
+    assert torch.allclose(p.state()[0]["transform_inv"].double(), t_inv, atol=1e-4)
+    assert p.describe()["eps"] == "0.1" and p.describe()["kind"] == "zca"
+
+
+def test_zca_state_roundtrip_and_inverse(digits, tmp_path):
+    p = Preprocessor.fit("zca", digits.spec, digits.train_images)
+    x = digits.test_images[:16]
+    y = p(x)
+    assert y.shape == x.shape
+    assert torch.allclose(p.invert(y), x, atol=1e-4)
+    q = Preprocessor.from_state(*p.state())
+    assert torch.equal(q(x), y) and q.describe() == p.describe()
+    p.save(tmp_path / "zca.safetensors")
+    r = Preprocessor.load(tmp_path / "zca.safetensors")
+    assert torch.equal(r(x), y) and r.describe() == p.describe()
+    other = Preprocessor.fit("zca", digits.spec, digits.train_images, zca_eps=0.01)
+    assert other.describe()["sha256"] != p.describe()["sha256"]
+
+
+def test_preprocessor_state_errors(tmp_path):
+    with pytest.raises(DDError, match="unknown preprocessing 'pca'"):
+        Preprocessor.fit("pca", get_spec("digits"), torch.rand(4, 1, 8, 8))
+    with pytest.raises(DDError, match="lacks tensors"):
+        Preprocessor.from_state({"mean": torch.zeros(3)}, {"kind": "zca"})
+    with pytest.raises(DDError, match="does not exist"):
+        Preprocessor.load(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_preprocessor_follows_the_input_device(digits):
+    for kind in ("standard", "zca"):
+        p = Preprocessor.fit(kind, digits.spec, digits.train_images)
+        x = digits.test_images[:8]
+        y = p(x.cuda())
+        assert y.device.type == "cuda" and torch.allclose(y.cpu(), p(x), atol=1e-4)
+        assert torch.allclose(p.invert(y).cpu(), x, atol=1e-4)
