@@ -1,0 +1,51 @@
+"""The distillation config: one dataclass for every trajectory-matching method.
+
+Defaults are MTT's (Cazenavette et al. 2022, distill.py); presets in ``experiments/<method>/`` set
+the values of each paper table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dd.config import opt
+
+
+@dataclass
+class DistillConfig:
+    method: str = opt("mtt", "distillation method (see dd.distill.methods)")
+    dataset: str = opt("digits", "dataset name (see dd.data.list_datasets())")
+    data_path: str = opt("data", "folder holding the dataset")
+    download: bool = opt(False, "download the dataset through torchvision if it is missing")
+    image_size: int | None = opt(None, "side length for imagefolder datasets")
+    model: str = opt("ConvNet", "student architecture; must match the experts'")
+    buffer: str | None = opt(None, "trajectory store folder (default: the only one under "
+                                   "<buffer-dir>/<dataset>/<model>/)")
+    buffer_dir: str = opt("buffers", "root of the trajectory stores")
+    ipc: int = opt(1, "synthetic images per class")
+    iterations: int = opt(5000, "outer iterations")
+    syn_steps: int = opt(20, "inner SGD steps of the student on the synthetic set (N)")
+    expert_epochs: int = opt(3, "expert epochs the student must cover in syn_steps steps (M)")
+    min_start_epoch: int = opt(0, "lower bound of the start epoch (inclusive)")
+    max_start_epoch: int = opt(25, "upper bound of the start epoch (exclusive)")
+    batch_syn: int | None = opt(None, "synthetic minibatch per inner step (default: the whole set)")
+    lr_img: float = opt(1000.0, "learning rate of the synthetic images (SGD, momentum 0.5)")
+    lr_lr: float = opt(1e-5, "learning rate of the learnable inner lr (SGD, momentum 0.5)")
+    lr_teacher: float = opt(0.01, "initial value of the learnable inner lr")
+    pix_init: str = opt("real", "initial images: random real images of each class, or Gaussian noise",
+                        choices=("real", "noise"))
+    dsa_strategy: str = opt("color_crop_cutout_flip_scale_rotate", "DSA ops in the inner loop and evaluation")
+    unroll: str = opt("full", "how the inner loop is differentiated", choices=("full",))
+    max_cached_experts: int = opt(64, "experts kept in memory at once (the rest are re-read from disk)")
+    eval_every: int = opt(500, "evaluate every k iterations (0: only at the end)")
+    eval_models: str = opt("ConvNet", "comma-separated architectures for the evaluations during the run")
+    eval_runs: int = opt(1, "networks trained per architecture at each evaluation")
+    eval_epochs: int = opt(1000, "epochs of each evaluation network")
+    eval_batch_size: int = opt(256, "batch size of each evaluation network")
+    log_every: int = opt(10, "write metrics every k iterations")
+    checkpoint_every: int = opt(100, "save a resumable checkpoint every k iterations")
+    run_dir: str | None = opt(None, "output folder (default: runs/<method>-<dataset>-ipc<k>)")
+    resume: bool = opt(False, "continue the run in --run-dir from its last checkpoint")
+    seed: int = opt(0, "seed of every random choice of the run")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    wandb: str = opt("off", "log to Weights & Biases", choices=("off", "offline", "online"))

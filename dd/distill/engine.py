@@ -1,0 +1,270 @@
+"""The trajectory-matching engine shared by every method.
+
+Per iteration: draw an expert and a start epoch t (method hook), draw the inner plan, unroll the
+student from w*_t for ``syn_steps`` steps on the synthetic set (the unroll is swappable), compute the
+matching loss against w*_{t+M} (method hook), backpropagate to the images and the learnable lr, and
+step the outer optimisers (SGD with momentum 0.5, as MTT) when the method accepts the update.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from dd.augment import DSA
+from dd.buffer.store import TrajectoryStore
+from dd.config import to_dict
+from dd.data import Preprocessor, list_datasets
+from dd.device import make_generator, resolve_device
+from dd.distill.checkpoint import load_checkpoint, save_checkpoint
+from dd.distill.config import DistillConfig
+from dd.distill.experts import ExpertPool, find_store
+from dd.distill.methods import Method, get_method
+from dd.distill.synset import SynSet, save_synset
+from dd.distill.unroll import UNROLLS, Student, make_plan
+from dd.errors import DDError
+from dd.io import atomic_write_bytes
+from dd.metrics import MetricsLog
+from dd.models import create_model, list_models
+from dd.realdata import PreparedData, prepare_data
+from dd.training import Protocol, train_and_test
+from dd.viz import save_grid
+
+
+@dataclass
+class Context:
+    """What a method's hooks may read."""
+
+    config: DistillConfig
+    data: PreparedData
+    store: TrajectoryStore
+    model: nn.Module
+    device: torch.device
+
+
+def validate(config: DistillConfig) -> None:
+    """Reject bad values before any data is loaded."""
+    if config.dataset not in list_datasets():
+        raise DDError(f"unknown dataset '{config.dataset}'; choose from {', '.join(list_datasets())}")
+    get_method(config.method)
+    for name in [config.model, *config.eval_models.split(",")]:
+        if name not in list_models():
+            raise DDError(f"unknown model '{name}'; see dd.models.list_models() for the choices")
+    for name in ("ipc", "iterations", "syn_steps", "expert_epochs", "eval_runs", "eval_epochs", "log_every",
+                 "checkpoint_every", "max_cached_experts"):
+        if getattr(config, name) <= 0:
+            raise DDError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
+    if config.batch_syn is not None and config.batch_syn <= 0:
+        raise DDError(f"--batch-syn must be positive, got {config.batch_syn}")
+    if not 0 <= config.min_start_epoch < config.max_start_epoch:
+        raise DDError(f"need 0 <= --min-start-epoch < --max-start-epoch, got {config.min_start_epoch} and "
+                      f"{config.max_start_epoch}")
+    if config.unroll not in UNROLLS:
+        raise DDError(f"unknown unroll '{config.unroll}'; choose from {', '.join(UNROLLS)}")
+
+
+def default_run_dir(config: DistillConfig) -> Path:
+    return Path(config.run_dir or f"runs/{config.method}-{config.dataset}-ipc{config.ipc}")
+
+
+def check_store(store: TrajectoryStore, config: DistillConfig) -> None:
+    """The experts must be of the dataset and model being distilled, and long enough for the window."""
+    header = store.header
+    if header["dataset"]["name"] != config.dataset or header["model"]["name"] != config.model:
+        raise DDError(f"the buffer at {store.root} holds {header['model']['name']} experts on "
+                      f"{header['dataset']['name']}, not {config.model} on {config.dataset}; pass the matching "
+                      f"--buffer or --dataset/--model")
+    store.check_window(config.max_start_epoch, config.expert_epochs)
+
+
+class Distiller:
+    """One distillation run: state, loop, evaluations, checkpoints and outputs."""
+
+    def __init__(self, config: DistillConfig) -> None:
+        validate(config)
+        self.config = config
+        self.device = resolve_device(config.device)
+        store = find_store(config.buffer, config.buffer_dir, config.dataset, config.model)
+        check_store(store, config)
+        stored = store.load_preprocess()
+        preprocess = (Preprocessor.from_state(*stored) if stored is not None
+                      else store.header["recipe"].get("preprocess", "standard"))
+        data = prepare_data(config.dataset, self.device, config.data_path, config.download, preprocess,
+                            config.image_size)
+        spec = data.spec
+        model = create_model(config.model, spec.channels, spec.num_classes, spec.size, seed=config.seed)
+        model = model.to(self.device).train()
+        self.ctx = Context(config, data, store, model, self.device)
+        self.method: Method = get_method(config.method)(self.ctx)
+        self.experts = ExpertPool(store, self.device, config.max_cached_experts)
+        self.student = Student(model, DSA(config.dsa_strategy), self.method.inner_loss)
+        self.unroll = UNROLLS[config.unroll]
+        self.run_dir = default_run_dir(config)
+        self.generator = make_generator(config.seed)
+        self.iteration = 0
+        self.best: dict[str, float] = {}
+        self._init_state()
+
+    # -- state ---------------------------------------------------------------------------------
+    def _init_state(self) -> None:
+        images = self.method.init_images(self.generator)
+        self.images = images.detach().clone().requires_grad_(True)
+        self.labels = self.method.init_labels(self.images.detach())
+        self.syn_lr = torch.tensor(self.config.lr_teacher, device=self.device, requires_grad=True)
+        self.opt_img = torch.optim.SGD([self.images], lr=self.config.lr_img, momentum=0.5)
+        self.opt_lr = torch.optim.SGD([self.syn_lr], lr=self.config.lr_lr, momentum=0.5)
+
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"img": self.opt_img, "lr": self.opt_lr}
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {"images": self.images.detach(), "labels": self.labels.detach(),
+                   "syn_lr": self.syn_lr.detach().reshape(1), "generator": self.generator.get_state()}
+        for name, opt in self._optimizers().items():
+            for i, group in enumerate(opt.param_groups):
+                for j, p in enumerate(group["params"]):
+                    buf = opt.state.get(p, {}).get("momentum_buffer")
+                    if buf is not None:
+                        tensors[f"opt.{name}.{i}.{j}"] = buf
+        return tensors
+
+    def load_state(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
+        with torch.no_grad():
+            self.images.copy_(tensors["images"].to(self.device))
+            self.syn_lr.copy_(tensors["syn_lr"][0].to(self.device))
+        self.labels = tensors["labels"].to(self.device)
+        self.generator.set_state(tensors["generator"])
+        for name, opt in self._optimizers().items():
+            for i, group in enumerate(opt.param_groups):
+                for j, p in enumerate(group["params"]):
+                    key = f"opt.{name}.{i}.{j}"
+                    if key in tensors:
+                        opt.state[p]["momentum_buffer"] = tensors[key].to(self.device)
+        self.iteration = int(state["iteration"])
+        self.best = dict(state.get("best", {}))
+
+    def synset(self) -> SynSet:
+        """The current synthetic set as an artefact."""
+        cfg = self.config
+        tensors, meta = self.ctx.data.preprocessor.state()
+        return SynSet(
+            images=self.images.detach().cpu(), labels=self.labels.detach().cpu(), lr=self.syn_lr.item(),
+            meta={"dataset": cfg.dataset, "ipc": cfg.ipc, "method": cfg.method, "model": cfg.model,
+                  "iteration": self.iteration, "buffer": str(self.ctx.store.root), "config": to_dict(cfg),
+                  "preprocess_meta": meta},
+            preprocess={k: v.cpu() for k, v in tensors.items()},
+        )
+
+    # -- one iteration -------------------------------------------------------------------------
+    def step(self) -> torch.Tensor:
+        """One outer iteration; returns the matching loss (a 0-d tensor, not synced to the host)."""
+        cfg = self.config
+        _, trajectory = self.experts.sample(self.generator)
+        start = self.method.start_epoch(self.iteration, self.generator)
+        w_start, w_target = trajectory[start], trajectory[start + cfg.expert_epochs]
+        batch = cfg.batch_syn or self.images.shape[0]
+        plan = make_plan(self.images.shape[0], batch, cfg.syn_steps, self.generator)
+        w_final = self.unroll(self.student, w_start, self.images, self.labels, self.syn_lr, plan)
+        loss = self.method.match_loss(w_final, w_start, w_target)
+        self.opt_img.zero_grad(set_to_none=True)
+        self.opt_lr.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.method.accept_update(loss.detach()):
+            self.opt_img.step()
+            self.opt_lr.step()
+        return loss.detach()
+
+    # -- evaluation and outputs ----------------------------------------------------------------
+    def evaluate(self) -> dict[str, list[float]]:
+        """Train fresh networks on the current set (the dd.eval protocol) and return test accuracies."""
+        cfg, data = self.config, self.ctx.data
+        spec = data.spec
+        protocol = Protocol(epochs=cfg.eval_epochs, batch_size=cfg.eval_batch_size, dsa_strategy=cfg.dsa_strategy)
+        images, labels, lr = self.images.detach(), self.labels.detach(), self.syn_lr.item()
+        results = {}
+        for name in cfg.eval_models.split(","):
+            results[name] = [train_and_test(name, spec.channels, spec.num_classes, spec.size, (images, labels),
+                                            data.test, lr, protocol, seed=cfg.seed + run)
+                             for run in range(cfg.eval_runs)]
+        return results
+
+    def save_outputs(self, best: bool = False) -> None:
+        synset = self.synset()
+        save_synset(self.run_dir / "synset", synset)
+        if best:
+            save_synset(self.run_dir / "synset_best", synset)
+        images = self.ctx.data.preprocessor.invert(synset.images)
+        save_grid(self.run_dir / "grid.png", images, nrow=self.config.ipc if self.config.ipc > 1 else images.shape[0])
+
+    def checkpoint(self) -> None:
+        save_checkpoint(self.run_dir, self.state_tensors(),
+                        {"iteration": self.iteration, "best": self.best, "config": to_dict(self.config)})
+
+    def _prepare_run_dir(self) -> None:
+        found = load_checkpoint(self.run_dir)
+        if found is not None and not self.config.resume:
+            raise DDError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another "
+                          f"--run-dir")
+        if found is not None:
+            self.load_state(*found)
+            print(f"resumed {self.run_dir} at iteration {self.iteration}")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.run_dir / "config.json", (json.dumps(to_dict(self.config), indent=2) + "\n").encode())
+
+    def _check_finite(self, loss: float) -> None:
+        if not math.isfinite(loss) or not torch.isfinite(self.images).all() or not torch.isfinite(self.syn_lr):
+            raise DDError(f"distillation diverged at iteration {self.iteration} (loss {loss}); the last good set is "
+                          f"in {self.run_dir / 'synset'}; lower --lr-img or --lr-lr and rerun with --resume")
+
+    def run(self) -> SynSet:
+        """Run (or resume) the loop to ``iterations``; returns the final synthetic set."""
+        cfg = self.config
+        self._prepare_run_dir()
+        log = MetricsLog(self.run_dir / "metrics.jsonl", cfg.wandb, to_dict(cfg), resume_from=self.iteration)
+        bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=f"{cfg.method} ipc{cfg.ipc}", unit="it")
+        loss_sum = torch.zeros((), device=self.device)
+        count, tic = 0, time.perf_counter()
+        while self.iteration < cfg.iterations:
+            loss_sum += self.step()
+            count += 1
+            self.iteration += 1
+            bar.update(1)
+            if self.iteration % cfg.log_every == 0 or self.iteration == cfg.iterations:
+                loss = (loss_sum / count).item()
+                self._check_finite(loss)
+                seconds = (time.perf_counter() - tic) / count
+                log.write({"iteration": self.iteration, "loss": loss, "syn_lr": self.syn_lr.item(),
+                           "seconds_per_iteration": seconds})
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.syn_lr.item():.4g}")
+                loss_sum.zero_()
+                count, tic = 0, time.perf_counter()
+            evaluate_now = (cfg.eval_every > 0 and self.iteration % cfg.eval_every == 0) or \
+                self.iteration == cfg.iterations
+            improved = False
+            if evaluate_now:
+                results = self.evaluate()
+                record = {"iteration": self.iteration}
+                for name, accs in results.items():
+                    mean = sum(accs) / len(accs)
+                    record[f"eval/{name}"] = mean
+                    if mean > self.best.get(name, -1.0):
+                        self.best[name] = mean
+                        improved = name == cfg.eval_models.split(",")[0]
+                log.write(record)
+                bar.write(" ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "iteration")
+                          + f" (iteration {self.iteration})")
+            if evaluate_now or self.iteration % cfg.checkpoint_every == 0:
+                self._check_finite(float("nan") if not torch.isfinite(self.images).all() else 0.0)
+                self.save_outputs(best=improved)
+                self.checkpoint()
+        bar.close()
+        log.close()
+        return self.synset()
+

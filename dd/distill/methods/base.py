@@ -1,0 +1,88 @@
+"""The hooks a trajectory-matching method can change; the defaults are MTT's.
+
+A method is a small class over the shared engine (``dd.distill.engine``): how the synthetic set is
+initialised, which expert window is matched at an iteration, the inner loss, the matching loss,
+whether an update is applied, and what happens after it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from dd.data import class_indices
+from dd.errors import DDError
+from dd.training import classification_loss
+
+if TYPE_CHECKING:
+    from dd.distill.engine import Context
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(name: str):
+    """Class decorator adding a method to the registry under ``name``."""
+
+    def wrap(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_method(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise DDError(f"unknown method '{name}'; choose from {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def normalized_distance(w_final: torch.Tensor, w_start: torch.Tensor, w_target: torch.Tensor) -> torch.Tensor:
+    """MTT's loss ||w_N - w*_{t+M}||^2 / ||w*_t - w*_{t+M}||^2 (Cazenavette et al. 2022, eq. 2)."""
+    return (w_final - w_target).pow(2).sum() / (w_start - w_target).pow(2).sum()
+
+
+class Method:
+    """MTT behaviour; subclasses override single hooks."""
+
+    name = "base"
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def init_images(self, generator: torch.Generator) -> torch.Tensor:
+        """[K*ipc, C, H, W] in model space: random real images of each class, or Gaussian noise."""
+        cfg, data = self.ctx.config, self.ctx.data
+        spec = data.spec
+        if cfg.pix_init == "noise":
+            return torch.randn((spec.num_classes * cfg.ipc, spec.channels, *spec.size), generator=generator).to(
+                data.train_images.device)
+        chunks = []
+        for c, idx in enumerate(class_indices(data.train_labels.cpu(), spec.num_classes)):
+            if len(idx) < cfg.ipc:
+                raise DDError(f"--ipc {cfg.ipc} is larger than class {c} of {spec.name}, which has {len(idx)} "
+                              f"training images; lower --ipc")
+            pick = idx[torch.randperm(len(idx), generator=generator)[: cfg.ipc]]
+            chunks.append(data.train_images[pick.to(data.train_images.device)])
+        return torch.cat(chunks).clone()
+
+    def init_labels(self, images: torch.Tensor) -> torch.Tensor:
+        """Class ids [K*ipc], ``ipc`` consecutive images per class (not learned in MTT)."""
+        cfg, spec = self.ctx.config, self.ctx.data.spec
+        return torch.arange(spec.num_classes, device=images.device).repeat_interleave(cfg.ipc)
+
+    def start_epoch(self, iteration: int, generator: torch.Generator) -> int:
+        """Start epoch t drawn uniformly from [min_start_epoch, max_start_epoch)."""
+        cfg = self.ctx.config
+        return int(torch.randint(cfg.min_start_epoch, cfg.max_start_epoch, (1,), generator=generator))
+
+    def inner_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return classification_loss(logits, labels)
+
+    def match_loss(self, w_final: torch.Tensor, w_start: torch.Tensor, w_target: torch.Tensor) -> torch.Tensor:
+        return normalized_distance(w_final, w_start, w_target)
+
+    def accept_update(self, loss: torch.Tensor) -> bool:
+        """Whether the outer optimisers step on this iteration (always, in MTT)."""
+        return True

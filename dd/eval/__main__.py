@@ -1,0 +1,168 @@
+"""``python -m dd.eval``: retrain fresh networks on a synthetic set and report test accuracy beside
+the baselines, all under one protocol (MTT's: SGD momentum 0.9, wd 5e-4, lr x0.1 at half, DSA).
+
+    python -m dd.eval --synset runs/mtt-digits-ipc1/synset --models ConvNet,ResNet18 --runs 5 --baseline random,full
+
+Writes results.json (a list ``runs`` of records: source, method, model, ipc, seed, accuracy, labels,
+protocol) and results.md (architecture x source, mean ± std). Rerunning skips runs already recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from dd.cli import run_cli
+from dd.config import build_parser, opt, parse_config, to_dict
+from dd.data import Preprocessor, class_indices, list_datasets
+from dd.device import make_generator, resolve_device
+from dd.distill.synset import SynSet, load_synset
+from dd.errors import DDError
+from dd.eval.report import markdown_table
+from dd.io import atomic_write_bytes, atomic_write_json, read_json
+from dd.models import list_models
+from dd.realdata import PreparedData, prepare_data
+from dd.training import Protocol, train_and_test
+
+BASELINES = ("random", "full")
+
+
+@dataclass
+class EvalConfig:
+    synset: str | None = opt(None, "synthetic-set folder written by dd.distill (omit to run baselines only)")
+    dataset: str | None = opt(None, "dataset to test on (default: the set's; must match it)")
+    data_path: str = opt("data", "folder holding the dataset")
+    download: bool = opt(False, "download the dataset through torchvision if it is missing")
+    image_size: int | None = opt(None, "side length for imagefolder datasets")
+    zca: bool = opt(False, "ZCA-whiten (baselines-only runs; a set carries its own preprocessing)")
+    ipc: int | None = opt(None, "images per class of the random baseline (default: the set's)")
+    models: str = opt("ConvNet", "comma-separated architectures to train")
+    runs: int = opt(5, "seeds per architecture and source")
+    epochs: int = opt(1000, "training epochs of each network (lr x0.1 at half)")
+    lr: float | None = opt(None, "learning rate on the synthetic set (default: the set's learned lr)")
+    baseline_lr: float = opt(0.01, "learning rate of the random and full baselines")
+    batch_size: int = opt(256, "training batch size")
+    momentum: float = opt(0.9, "SGD momentum")
+    weight_decay: float = opt(5e-4, "SGD weight decay")
+    dsa_strategy: str = opt("color_crop_cutout_flip_scale_rotate", "DSA ops on training batches ('none' for none)")
+    baseline: str = opt("", "comma-separated baselines to run beside the set: random, full")
+    out: str | None = opt(None, "output folder (default: <synset>/../eval, or runs/eval-<dataset>)")
+    seed: int = opt(0, "first seed; run r uses seed + r")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+
+
+def validate(config: EvalConfig) -> list[str]:
+    """Check flags; returns the baselines asked for."""
+    for name in config.models.split(","):
+        if name not in list_models():
+            raise DDError(f"unknown model '{name}'; see dd.models.list_models() for the choices")
+    baselines = [b for b in config.baseline.split(",") if b]
+    for b in baselines:
+        if b not in BASELINES:
+            raise DDError(f"unknown baseline '{b}'; choose from {', '.join(BASELINES)}")
+    for name in ("runs", "epochs", "batch_size"):
+        if getattr(config, name) <= 0:
+            raise DDError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
+    if config.synset is None and not baselines:
+        raise DDError("nothing to evaluate; pass --synset PATH and/or --baseline random,full")
+    if config.dataset is not None and config.dataset not in list_datasets():
+        raise DDError(f"unknown dataset '{config.dataset}'; choose from {', '.join(list_datasets())}")
+    return baselines
+
+
+def random_subset(data: PreparedData, ipc: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ipc`` random real training images per class, drawn from ``seed``."""
+    generator = make_generator(seed)
+    picks = []
+    for c, idx in enumerate(class_indices(data.train_labels.cpu(), data.spec.num_classes)):
+        if len(idx) < ipc:
+            raise DDError(f"--ipc {ipc} is larger than class {c}, which has {len(idx)} training images")
+        picks.append(idx[torch.randperm(len(idx), generator=generator)[:ipc]])
+    index = torch.cat(picks).to(data.train_images.device)
+    return data.train_images[index], data.train_labels[index]
+
+
+def load_inputs(config: EvalConfig, device: torch.device) -> tuple[SynSet | None, PreparedData, str, int | None]:
+    """The set (if any), the real data under the set's preprocessing, the dataset name and the ipc."""
+    synset = load_synset(config.synset, device) if config.synset else None
+    dataset = config.dataset or (synset.meta.get("dataset") if synset else None) or "digits"
+    if synset is not None and synset.meta.get("dataset") not in (None, dataset):
+        raise DDError(f"the set at {config.synset} was distilled on {synset.meta['dataset']}, not {dataset}; "
+                      f"drop --dataset or pass the matching set")
+    if synset is not None and synset.preprocess:
+        meta = synset.meta.get("preprocess_meta", {})
+        preprocess: str | Preprocessor = Preprocessor.from_state(synset.preprocess, meta)
+    else:
+        preprocess = "zca" if config.zca else "standard"
+    data = prepare_data(dataset, device, config.data_path, config.download, preprocess, config.image_size)
+    if synset is not None and tuple(synset.images.shape[1:]) != (data.spec.channels, *data.spec.size):
+        raise DDError(f"the set's images are {tuple(synset.images.shape[1:])} but {dataset} images are "
+                      f"{(data.spec.channels, *data.spec.size)}; evaluate it on the dataset it was distilled on")
+    ipc = config.ipc or (synset.meta.get("ipc") if synset else None)
+    return synset, data, dataset, ipc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config, _ = parse_config(EvalConfig, argv, build_parser(EvalConfig, "python -m dd.eval", __doc__))
+    baselines = validate(config)
+    device = resolve_device(config.device)
+    synset, data, dataset, ipc = load_inputs(config, device)
+    if "random" in baselines and ipc is None:
+        raise DDError("the random baseline needs --ipc (or a --synset to take it from)")
+    out = Path(config.out or (Path(config.synset).parent / "eval" if config.synset else f"runs/eval-{dataset}"))
+    results_path = out / "results.json"
+    previous = read_json(results_path, "results")["runs"] if results_path.is_file() else []
+    protocol = Protocol(epochs=config.epochs, momentum=config.momentum, weight_decay=config.weight_decay,
+                        batch_size=config.batch_size, dsa_strategy=config.dsa_strategy)
+
+    def sources(seed: int) -> list[tuple[dict[str, Any], Callable[[], tuple[torch.Tensor, torch.Tensor]]]]:
+        """(record fields, training data) of every source evaluated with ``seed``."""
+        found = []
+        if synset is not None:
+            lr = config.lr if config.lr is not None else synset.lr
+            found.append(({"source": "distilled", "method": synset.meta.get("method", "unknown"), "ipc": ipc,
+                           "labels": "soft" if synset.soft else "hard", "lr": lr},
+                          lambda: (synset.images, synset.labels)))
+        if "random" in baselines:
+            found.append(({"source": "random", "method": "random", "ipc": ipc, "labels": "hard",
+                           "lr": config.baseline_lr}, lambda: random_subset(data, ipc, seed)))
+        if "full" in baselines:
+            found.append(({"source": "full", "method": "full", "ipc": None, "labels": "hard",
+                           "lr": config.baseline_lr}, lambda: data.train))
+        return found
+
+    jobs = [({**fields, "dataset": dataset, "model": model, "seed": config.seed + r,
+              "protocol": protocol.describe(fields["lr"])}, get)
+            for model in config.models.split(",") for r in range(config.runs)
+            for fields, get in sources(config.seed + r)]
+    spec = data.spec
+
+    def key(run: dict[str, Any]) -> tuple:
+        return (run["source"], run["model"], run["seed"], run["ipc"], repr(run["protocol"]), run.get("method"))
+
+    done = {key(r) for r in previous}
+    runs = list(previous)
+    todo = [(record, get) for record, get in jobs if key(record) not in done]
+    if len(todo) < len(jobs):
+        print(f"eval: {len(jobs) - len(todo)} of {len(jobs)} runs already in {results_path}")
+    bar = tqdm(todo, desc="eval", unit="run")
+    for record, get in bar:
+        bar.set_postfix(source=record["source"], model=record["model"], seed=record["seed"])
+        accuracy = train_and_test(record["model"], spec.channels, spec.num_classes, spec.size, get(), data.test,
+                                  record["lr"], protocol, record["seed"])
+        runs.append({**record, "accuracy": accuracy})
+        atomic_write_json(results_path, {"config": to_dict(config), "runs": runs})
+    table = markdown_table([r for r in runs if key(r) in {key(j) for j, _ in jobs}])
+    atomic_write_bytes(out / "results.md", table.encode())
+    print(table)
+    print(f"results: {results_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

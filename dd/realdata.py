@@ -1,0 +1,52 @@
+"""Real data in the model's input space, on the device: the step every stage starts with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dd.data import DatasetSpec, Preprocessor, load_dataset
+
+
+@dataclass
+class PreparedData:
+    """A dataset after preprocessing (standard normalisation or ZCA), on one device."""
+
+    spec: DatasetSpec
+    preprocessor: Preprocessor
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+    @property
+    def train(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.train_images, self.train_labels
+
+    @property
+    def test(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.test_images, self.test_labels
+
+
+def prepare_data(
+    dataset: str,
+    device: torch.device,
+    data_path: str | None = None,
+    download: bool = False,
+    preprocess: str | Preprocessor = "standard",
+    image_size: int | None = None,
+) -> PreparedData:
+    """Load ``dataset`` and map it to the model's input space. ``preprocess`` is a kind to fit on the
+    train set (``standard`` or ``zca``) or an already fitted ``Preprocessor`` (reused, never refitted)."""
+    raw = load_dataset(dataset, data_path=data_path, download=download, image_size=image_size)
+    if isinstance(preprocess, str):
+        preprocess = Preprocessor.fit(preprocess, raw.spec, raw.train_images)
+    return PreparedData(
+        spec=raw.spec,
+        preprocessor=preprocess,
+        train_images=preprocess(raw.train_images.to(device)),
+        train_labels=raw.train_labels.to(device),
+        test_images=preprocess(raw.test_images.to(device)),
+        test_labels=raw.test_labels.to(device),
+    )

@@ -1,0 +1,26 @@
+"""Shared fixtures: a small expert buffer on digits, trained once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dd.buffer.__main__ import main as buffer_main
+
+TINY_BUFFER_FLAGS = ["--num-experts", "2", "--epochs", "4", "--batch-size", "64", "--test-every", "2",
+                     "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def digits_buffer(tmp_path_factory) -> Path:
+    """``buffers/`` root holding 2 ConvNet experts of 4 epochs on digits."""
+    root = tmp_path_factory.mktemp("buffers")
+    assert buffer_main([*TINY_BUFFER_FLAGS, "--buffer-dir", str(root)]) == 0
+    return root

@@ -1,0 +1,50 @@
+"""Expert training into the trajectory store: contents, resume equality, error paths."""
+
+import json
+
+import pytest
+import torch
+
+from dd.buffer.__main__ import main as buffer_main
+from dd.buffer.store import TrajectoryStore
+from dd.errors import DDError
+from tests.conftest import TINY_BUFFER_FLAGS
+
+
+def only_store(root):
+    (manifest,) = root.glob("digits/ConvNet/*/manifest.json")
+    return TrajectoryStore.open(manifest.parent)
+
+
+def test_buffer_contents(digits_buffer):
+    store = only_store(digits_buffer)
+    assert store.completed() == [0, 1]
+    trajectory = store.read_expert(0)
+    assert trajectory.shape == (5, store.param_spec.numel)
+    steps = (trajectory[1:] - trajectory[:-1]).norm(dim=1)
+    assert (steps > 0).all(), "every epoch must be a distinct snapshot (copies, not aliases)"
+    assert not torch.equal(store.read_expert(0)[0], store.read_expert(1)[0]), "experts start from different inits"
+    record = store.records()[0]
+    assert record["test_acc"][0] is None and record["test_acc"][2] is not None
+    assert 0.2 < record["final_test_acc"] <= 1.0
+    assert json.loads((store.root / "manifest.json").read_text())["recipe"]["batch_size"] == 64
+
+
+def test_resumed_run_equals_uninterrupted(tmp_path, digits_buffer):
+    root = tmp_path / "b"
+    flags = [*TINY_BUFFER_FLAGS, "--buffer-dir", str(root)]
+    assert buffer_main([*flags[:1], "1", *flags[2:]]) == 0  # "interrupted" after one expert
+    assert only_store(root).completed() == [0]
+    assert buffer_main(flags) == 0
+    resumed, reference = only_store(root), only_store(digits_buffer)
+    for i in (0, 1):
+        assert torch.equal(resumed.read_expert(i), reference.read_expert(i))
+
+
+def test_bad_buffer_flags(tmp_path):
+    with pytest.raises(DDError, match="unknown dataset 'nope'"):
+        buffer_main(["--dataset", "nope", "--buffer-dir", str(tmp_path)])
+    with pytest.raises(DDError, match="unknown model 'Nope'"):
+        buffer_main(["--model", "Nope", "--buffer-dir", str(tmp_path)])
+    with pytest.raises(DDError, match="--epochs must be positive"):
+        buffer_main(["--epochs", "0", "--buffer-dir", str(tmp_path)])

@@ -1,0 +1,60 @@
+"""MTT distillation end to end on digits: outputs, resume equality, and the error paths."""
+
+import json
+
+import pytest
+import torch
+
+import dd
+from dd.distill.__main__ import main as distill_main
+from dd.errors import DDError
+
+
+def flags(buffer_root, run_dir, *extra):
+    return ["--buffer-dir", str(buffer_root), "--run-dir", str(run_dir), "--iterations", "4", "--syn-steps", "5",
+            "--expert-epochs", "2", "--max-start-epoch", "2", "--lr-img", "100", "--eval-every", "0",
+            "--eval-epochs", "20", "--checkpoint-every", "2", "--log-every", "1", "--device", "cpu", *extra]
+
+
+def test_mtt_run_writes_its_artefacts(tmp_path, digits_buffer):
+    run = tmp_path / "run"
+    assert distill_main(flags(digits_buffer, run)) == 0
+    synset = dd.load_synset(run / "synset")
+    assert synset.images.shape == (10, 1, 8, 8)
+    assert synset.labels.tolist() == list(range(10))
+    assert synset.meta["method"] == "mtt" and synset.meta["iteration"] == 4
+    assert synset.lr != 0.01, "the learnable lr must move"
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in metrics if "loss" in m] == [1, 2, 3, 4]
+    assert all(m["loss"] > 0 for m in metrics if "loss" in m)
+    assert any("eval/ConvNet" in m for m in metrics)
+    assert (run / "grid.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(DDError, match="already holds a run"):
+        distill_main(flags(digits_buffer, run))
+
+
+def test_resumed_distillation_equals_uninterrupted(tmp_path, digits_buffer):
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert distill_main(flags(digits_buffer, full)) == 0
+    assert distill_main([*flags(digits_buffer, split), "--iterations", "2"]) == 0
+    assert distill_main([*flags(digits_buffer, split), "--resume"]) == 0
+    a, b = dd.load_synset(full / "synset"), dd.load_synset(split / "synset")
+    assert torch.equal(a.images, b.images) and a.lr == b.lr
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--max-start-epoch", "4"], "needs 6"),
+    (["--method", "nope"], "unknown method 'nope'"),
+    (["--model", "ConvNetD2"], "no expert buffer"),
+    (["--ipc", "1000"], "larger than class"),
+    (["--syn-steps", "0"], "--syn-steps must be positive"),
+])
+def test_bad_distill_inputs(tmp_path, digits_buffer, extra, message):
+    with pytest.raises(DDError, match=message):
+        distill_main([*flags(digits_buffer, tmp_path / "r"), *extra])
+
+
+def test_buffer_of_another_model_is_refused(tmp_path, digits_buffer):
+    (store,) = digits_buffer.glob("digits/ConvNet/*")
+    with pytest.raises(DDError, match="holds ConvNet experts on digits"):
+        distill_main([*flags(digits_buffer, tmp_path / "r"), "--buffer", str(store), "--model", "ConvNetD2"])
