@@ -48,3 +48,25 @@ def test_bad_buffer_flags(tmp_path):
         buffer_main(["--model", "Nope", "--buffer-dir", str(tmp_path)])
     with pytest.raises(DDError, match="--epochs must be positive"):
         buffer_main(["--epochs", "0", "--buffer-dir", str(tmp_path)])
+
+
+def test_import_command_converts_an_original_buffer(tmp_path):
+    from dd.models import create_model
+
+    experts = []
+    for seed in range(3):
+        model = create_model("ConvNetD1", 1, 10, (8, 8), seed=seed)
+        experts.append([[p.detach().clone() + epoch for p in model.parameters()] for epoch in range(3)])
+    torch.save(experts, tmp_path / "replay_buffer_0.pt")
+    argv = ["import", str(tmp_path / "replay_buffer_0.pt"), "--dataset", "digits", "--model", "ConvNetD1",
+            "--epochs", "2", "--buffer-dir", str(tmp_path / "b")]
+    assert buffer_main(argv) == 0
+    (manifest,) = (tmp_path / "b").glob("digits/ConvNetD1/*/manifest.json")
+    store = TrajectoryStore.open(manifest.parent)
+    assert store.completed() == [0, 1, 2]
+    for i, expert in enumerate(experts):
+        expected = torch.stack([torch.cat([p.reshape(-1) for p in snapshot]) for snapshot in expert])
+        assert torch.equal(store.read_expert(i), expected)
+    assert store.header["recipe"]["origin"] == "imported replay_buffer"
+    with pytest.raises(DDError, match="made for a different model"):
+        buffer_main([*argv[:4], "--model", "ConvNet", *argv[6:]])

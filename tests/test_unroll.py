@@ -35,7 +35,7 @@ def test_plan_covers_the_set_in_chunks():
 def test_full_unroll_equals_hand_written_loop():
     model, student, images, labels, w0, _, plan = tiny_problem(strategy="color_scale")
     lr = torch.tensor(0.05, dtype=torch.float64)
-    w_final = full_unroll(student, w0, images, labels, lr, plan)
+    (w_final,) = full_unroll(student, w0, images, labels, lr, plan, [5])
 
     net = copy.deepcopy(model)
     load_flat_(net, w0)
@@ -56,17 +56,19 @@ def test_gradient_matches_finite_differences():
     lr = torch.tensor(0.05, dtype=torch.float64, requires_grad=True)
 
     def loss_of(imgs, rate):
-        return normalized_distance(full_unroll(student, w0, imgs, labels, rate, plan), w0, target)
+        (w_final,) = full_unroll(student, w0, imgs, labels, rate, plan, [5])
+        return normalized_distance(w_final, w0, target)
 
     loss_of(images, lr).backward()
+    x, rate = images.detach(), lr.detach()
     eps = 1e-6
     for flat_index in [0, 17, 40, 95]:
         bump = torch.zeros_like(images).view(-1)
         bump[flat_index] = eps
         bump = bump.view_as(images)
-        numeric = (loss_of(images.detach() + bump, lr.detach()) - loss_of(images.detach() - bump, lr.detach())) / (2 * eps)
+        numeric = (loss_of(x + bump, rate) - loss_of(x - bump, rate)) / (2 * eps)
         assert torch.allclose(images.grad.view(-1)[flat_index], numeric, rtol=1e-4, atol=1e-9), flat_index
-    numeric_lr = (loss_of(images.detach(), lr.detach() + eps) - loss_of(images.detach(), lr.detach() - eps)) / (2 * eps)
+    numeric_lr = (loss_of(x, rate + eps) - loss_of(x, rate - eps)) / (2 * eps)
     assert torch.allclose(lr.grad, numeric_lr, rtol=1e-4)
     assert images.grad.abs().sum() > 0
 

@@ -65,12 +65,12 @@ def validate(config: BufferConfig) -> None:
         raise DDError(f"--lr must be positive, got {config.lr}")
 
 
-def store_root(buffer_dir: str, dataset: str, model: str, recipe: ExpertRecipe) -> Path:
+def store_root(buffer_dir: str, dataset: str, model: str, recipe: dict) -> Path:
     """``<buffer_dir>/<dataset>/<model>/<recipe-tag>``."""
-    return Path(buffer_dir) / dataset / model / recipe_tag(recipe.to_dict())
+    return Path(buffer_dir) / dataset / model / recipe_tag(recipe)
 
 
-def store_header(spec, model_name: str, recipe: ExpertRecipe, preprocess: dict, **extra) -> dict:
+def store_header(spec, model_name: str, recipe: dict, preprocess: dict, **extra) -> dict:
     """The manifest header of a store: dataset, model, parameter layout and recipe."""
     model = create_model(model_name, spec.channels, spec.num_classes, spec.size, seed=0)
     return {
@@ -78,8 +78,8 @@ def store_header(spec, model_name: str, recipe: ExpertRecipe, preprocess: dict, 
                     "num_classes": spec.num_classes, "preprocess": preprocess},
         "model": {"name": model_name},
         "param_spec": param_spec(model).to_json(),
-        "recipe": recipe.to_dict(),
-        "num_epochs": recipe.epochs,
+        "recipe": recipe,
+        "num_epochs": recipe["epochs"],
         **extra,
     }
 
@@ -92,8 +92,8 @@ def train_main(argv: Sequence[str] | None) -> int:
                         "zca" if config.zca else "standard", config.image_size)
     spec = data.spec
     recipe = config.recipe()
-    store = TrajectoryStore.create(store_root(config.buffer_dir, spec.name, config.model, recipe),
-                                   store_header(spec, config.model, recipe, data.preprocessor.describe()))
+    store = TrajectoryStore.create(store_root(config.buffer_dir, spec.name, config.model, recipe.to_dict()),
+                                   store_header(spec, config.model, recipe.to_dict(), data.preprocessor.describe()))
     if store.load_preprocess() is None:
         store.save_preprocess(*data.preprocessor.state())
     todo = store.missing(config.num_experts)
@@ -134,8 +134,11 @@ def import_main(argv: Sequence[str]) -> int:
     spec = get_spec(config.dataset)
     recipe = ExpertRecipe(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
                           batch_size=config.batch_size, epochs=config.epochs, dsa_strategy=config.dsa_strategy,
-                          preprocess="zca" if config.zca else "standard")
-    header = store_header(spec, config.model, recipe, {"kind": recipe.preprocess},
+                          preprocess="zca" if config.zca else "standard").to_dict()
+    # Imported experts get their own folder: their data pipeline was not ours, so they never mix
+    # with experts trained here under the same hyper-parameters.
+    recipe["origin"] = "imported replay_buffer"
+    header = store_header(spec, config.model, recipe, {"kind": recipe["preprocess"]},
                           imported_from=[str(p) for p in extras["paths"]])
     store = TrajectoryStore.create(store_root(config.buffer_dir, spec.name, config.model, recipe), header)
     indices = import_legacy(extras["paths"], store)

@@ -32,8 +32,21 @@ class DistillConfig:
     lr_img: float = opt(1000.0, "learning rate of the synthetic images (SGD, momentum 0.5)")
     lr_lr: float = opt(1e-5, "learning rate of the learnable inner lr (SGD, momentum 0.5)")
     lr_teacher: float = opt(0.01, "initial value of the learnable inner lr")
-    pix_init: str = opt("real", "initial images: random real images of each class, or Gaussian noise",
-                        choices=("real", "noise"))
+    pix_init: str = opt("real", "initial images: random real images per class, Gaussian noise, real images the "
+                        "experts classify correctly (DATM), or k-means representatives of expert logits (AST)",
+                        choices=("real", "noise", "correct", "kmeans"))
+    soft_labels: bool = opt(False, "learnable soft labels initialised from expert logits (DATM)")
+    lr_y: float = opt(2.0, "learning rate of the soft labels (SGD, momentum 0.9; DATM)")
+    threshold: float | None = opt(None, "skip the outer update when the matching loss exceeds this (DATM)")
+    current_max_start_epoch: int | None = opt(None, "initial upper bound of the start-epoch window, growing "
+                                              "linearly to max_start_epoch (DATM sequential generation)")
+    expansion_end: int = opt(3000, "iterations over which the window's upper bound grows (DATM)")
+    ema_decay: float = opt(0.999, "decay of the exponential moving average of the images (FTD)")
+    inner_momentum: float = opt(0.9, "heavy-ball momentum of the student's inner SGD (AST)")
+    balance_loss: bool = opt(False, "weight the inner loss by the start epoch, w(s) (AST)")
+    middle_loss: str = opt("none", "intermediate matching at inner steps (N//M)k against epoch s+k (AST)",
+                           choices=("none", "agg", "adaptive"))
+    weight_perturb: bool = opt(False, "relative Gaussian perturbation of the start conv weights (AST)")
     dsa_strategy: str = opt("color_crop_cutout_flip_scale_rotate", "DSA ops in the inner loop and evaluation")
     unroll: str = opt("full", "how the inner loop is differentiated", choices=("full",))
     max_cached_experts: int = opt(64, "experts kept in memory at once (the rest are re-read from disk)")

@@ -28,7 +28,7 @@ from dd.distill.config import DistillConfig
 from dd.distill.experts import ExpertPool, find_store
 from dd.distill.methods import Method, get_method
 from dd.distill.synset import SynSet, save_synset
-from dd.distill.unroll import UNROLLS, Student, make_plan
+from dd.distill.unroll import UNROLLS, make_plan
 from dd.errors import DDError
 from dd.io import atomic_write_bytes
 from dd.metrics import MetricsLog
@@ -104,7 +104,7 @@ class Distiller:
         self.ctx = Context(config, data, store, model, self.device)
         self.method: Method = get_method(config.method)(self.ctx)
         self.experts = ExpertPool(store, self.device, config.max_cached_experts)
-        self.student = Student(model, DSA(config.dsa_strategy), self.method.inner_loss)
+        self.student = self.method.make_student(model, DSA(config.dsa_strategy))
         self.unroll = UNROLLS[config.unroll]
         self.run_dir = default_run_dir(config)
         self.generator = make_generator(config.seed)
@@ -116,51 +116,59 @@ class Distiller:
     def _init_state(self) -> None:
         images = self.method.init_images(self.generator)
         self.images = images.detach().clone().requires_grad_(True)
-        self.labels = self.method.init_labels(self.images.detach())
+        labels = self.method.init_labels(self.images.detach()).detach().clone()
+        self.labels = labels.requires_grad_(True) if self.method.learn_labels() else labels
         self.syn_lr = torch.tensor(self.config.lr_teacher, device=self.device, requires_grad=True)
-        self.opt_img = torch.optim.SGD([self.images], lr=self.config.lr_img, momentum=0.5)
-        self.opt_lr = torch.optim.SGD([self.syn_lr], lr=self.config.lr_lr, momentum=0.5)
-
-    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"img": self.opt_img, "lr": self.opt_lr}
+        self.optimizers = {"img": torch.optim.SGD([self.images], lr=self.config.lr_img, momentum=0.5),
+                           "lr": torch.optim.SGD([self.syn_lr], lr=self.config.lr_lr, momentum=0.5)}
+        if self.labels.requires_grad:
+            self.optimizers["y"] = torch.optim.SGD([self.labels], lr=self.config.lr_y, momentum=0.9)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {"images": self.images.detach(), "labels": self.labels.detach(),
                    "syn_lr": self.syn_lr.detach().reshape(1), "generator": self.generator.get_state()}
-        for name, opt in self._optimizers().items():
+        for name, opt in self.optimizers.items():
             for i, group in enumerate(opt.param_groups):
                 for j, p in enumerate(group["params"]):
                     buf = opt.state.get(p, {}).get("momentum_buffer")
                     if buf is not None:
                         tensors[f"opt.{name}.{i}.{j}"] = buf
+        tensors.update({f"method.{k}": v for k, v in self.method.state_tensors().items()})
         return tensors
 
     def load_state(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
         with torch.no_grad():
             self.images.copy_(tensors["images"].to(self.device))
+            self.labels.copy_(tensors["labels"].to(self.device))
             self.syn_lr.copy_(tensors["syn_lr"][0].to(self.device))
-        self.labels = tensors["labels"].to(self.device)
         self.generator.set_state(tensors["generator"])
-        for name, opt in self._optimizers().items():
+        for name, opt in self.optimizers.items():
             for i, group in enumerate(opt.param_groups):
                 for j, p in enumerate(group["params"]):
                     key = f"opt.{name}.{i}.{j}"
                     if key in tensors:
                         opt.state[p]["momentum_buffer"] = tensors[key].to(self.device)
+        self.method.load_state_tensors({k.split(".", 1)[1]: v.to(self.device) for k, v in tensors.items()
+                                        if k.startswith("method.")})
         self.iteration = int(state["iteration"])
         self.best = dict(state.get("best", {}))
 
-    def synset(self) -> SynSet:
-        """The current synthetic set as an artefact."""
+    def synset(self, images: torch.Tensor | None = None, name: str = "") -> SynSet:
+        """The current synthetic set (or ``images`` with the current labels and lr) as an artefact."""
         cfg = self.config
         tensors, meta = self.ctx.data.preprocessor.state()
+        images = self.images if images is None else images
         return SynSet(
-            images=self.images.detach().cpu(), labels=self.labels.detach().cpu(), lr=self.syn_lr.item(),
-            meta={"dataset": cfg.dataset, "ipc": cfg.ipc, "method": cfg.method, "model": cfg.model,
-                  "iteration": self.iteration, "buffer": str(self.ctx.store.root), "config": to_dict(cfg),
-                  "preprocess_meta": meta},
+            images=images.detach().cpu(), labels=self.labels.detach().cpu(), lr=self.syn_lr.item(),
+            meta={"dataset": cfg.dataset, "ipc": cfg.ipc, "method": cfg.method + (f"-{name}" if name else ""),
+                  "model": cfg.model, "iteration": self.iteration, "buffer": str(self.ctx.store.root),
+                  "config": to_dict(cfg), "preprocess_meta": meta},
             preprocess={k: v.cpu() for k, v in tensors.items()},
         )
+
+    def sets(self) -> dict[str, torch.Tensor]:
+        """The optimised images under "" and the method's extra sets (e.g. FTD's "ema") by name."""
+        return {"": self.images.detach(), **self.method.extra_sets()}
 
     # -- one iteration -------------------------------------------------------------------------
     def step(self) -> torch.Tensor:
@@ -168,40 +176,46 @@ class Distiller:
         cfg = self.config
         _, trajectory = self.experts.sample(self.generator)
         start = self.method.start_epoch(self.iteration, self.generator)
-        w_start, w_target = trajectory[start], trajectory[start + cfg.expert_epochs]
-        batch = cfg.batch_syn or self.images.shape[0]
-        plan = make_plan(self.images.shape[0], batch, cfg.syn_steps, self.generator)
-        w_final = self.unroll(self.student, w_start, self.images, self.labels, self.syn_lr, plan)
-        loss = self.method.match_loss(w_final, w_start, w_target)
-        self.opt_img.zero_grad(set_to_none=True)
-        self.opt_lr.zero_grad(set_to_none=True)
+        w_start = self.method.start_params(trajectory, start, self.generator)
+        plan = make_plan(self.images.shape[0], cfg.batch_syn or self.images.shape[0], cfg.syn_steps, self.generator)
+        captured = self.unroll(self.student, w_start, self.images, self.labels, self.syn_lr, plan,
+                               self.method.capture_steps())
+        loss = self.method.match_loss(captured, w_start, trajectory, start)
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.method.accept_update(loss.detach()):
-            self.opt_img.step()
-            self.opt_lr.step()
+            for opt in self.optimizers.values():
+                opt.step()
+            self.method.after_update(self.images.detach())
         return loss.detach()
 
     # -- evaluation and outputs ----------------------------------------------------------------
     def evaluate(self) -> dict[str, list[float]]:
-        """Train fresh networks on the current set (the dd.eval protocol) and return test accuracies."""
+        """Train fresh networks on each current set (the dd.eval protocol) and return test accuracies
+        under ``<model>`` for the optimised set and ``<set>/<model>`` for the method's extra sets."""
         cfg, data = self.config, self.ctx.data
         spec = data.spec
         protocol = Protocol(epochs=cfg.eval_epochs, batch_size=cfg.eval_batch_size, dsa_strategy=cfg.dsa_strategy)
-        images, labels, lr = self.images.detach(), self.labels.detach(), self.syn_lr.item()
+        labels, lr = self.labels.detach(), self.syn_lr.item()
         results = {}
-        for name in cfg.eval_models.split(","):
-            results[name] = [train_and_test(name, spec.channels, spec.num_classes, spec.size, (images, labels),
-                                            data.test, lr, protocol, seed=cfg.seed + run)
-                             for run in range(cfg.eval_runs)]
+        for set_name, images in self.sets().items():
+            for model in cfg.eval_models.split(","):
+                key = f"{set_name}/{model}" if set_name else model
+                results[key] = [train_and_test(model, spec.channels, spec.num_classes, spec.size, (images, labels),
+                                               data.test, lr, protocol, seed=cfg.seed + run)
+                                for run in range(cfg.eval_runs)]
         return results
 
     def save_outputs(self, best: bool = False) -> None:
-        synset = self.synset()
-        save_synset(self.run_dir / "synset", synset)
-        if best:
-            save_synset(self.run_dir / "synset_best", synset)
-        images = self.ctx.data.preprocessor.invert(synset.images)
-        save_grid(self.run_dir / "grid.png", images, nrow=self.config.ipc if self.config.ipc > 1 else images.shape[0])
+        for set_name, images in self.sets().items():
+            synset = self.synset(images, set_name)
+            folder = "synset" + (f"_{set_name}" if set_name else "")
+            save_synset(self.run_dir / folder, synset)
+            if best:
+                save_synset(self.run_dir / f"{folder}_best", synset)
+        pixels = self.ctx.data.preprocessor.invert(self.images.detach().cpu())
+        save_grid(self.run_dir / "grid.png", pixels, nrow=self.config.ipc if self.config.ipc > 1 else pixels.shape[0])
 
     def checkpoint(self) -> None:
         save_checkpoint(self.run_dir, self.state_tensors(),
@@ -219,9 +233,25 @@ class Distiller:
         atomic_write_bytes(self.run_dir / "config.json", (json.dumps(to_dict(self.config), indent=2) + "\n").encode())
 
     def _check_finite(self, loss: float) -> None:
+        """Stop before a diverged state is saved: the last checkpoint and set stay the last good ones."""
         if not math.isfinite(loss) or not torch.isfinite(self.images).all() or not torch.isfinite(self.syn_lr):
             raise DDError(f"distillation diverged at iteration {self.iteration} (loss {loss}); the last good set is "
                           f"in {self.run_dir / 'synset'}; lower --lr-img or --lr-lr and rerun with --resume")
+
+    def _evaluate(self, log: MetricsLog) -> bool:
+        """Evaluate, log, and return whether the first eval model's accuracy improved."""
+        results = self.evaluate()
+        record: dict[str, float] = {}
+        improved = False
+        for rank, (name, accs) in enumerate(results.items()):
+            mean = sum(accs) / len(accs)
+            record[f"eval/{name}"] = mean
+            if mean > self.best.get(name, -1.0):
+                self.best[name] = mean
+                improved = improved or rank == 0
+        log.write({"iteration": self.iteration, **record})
+        tqdm.write(" ".join(f"{k}={v:.4f}" for k, v in record.items()) + f" (iteration {self.iteration})")
+        return improved
 
     def run(self) -> SynSet:
         """Run (or resume) the loop to ``iterations``; returns the final synthetic set."""
@@ -236,35 +266,23 @@ class Distiller:
             count += 1
             self.iteration += 1
             bar.update(1)
-            if self.iteration % cfg.log_every == 0 or self.iteration == cfg.iterations:
-                loss = (loss_sum / count).item()
+            last = self.iteration == cfg.iterations
+            if self.iteration % cfg.log_every == 0 or last:
+                loss = (loss_sum / count).item()  # the only host sync of the loop, every log_every iterations
                 self._check_finite(loss)
-                seconds = (time.perf_counter() - tic) / count
                 log.write({"iteration": self.iteration, "loss": loss, "syn_lr": self.syn_lr.item(),
-                           "seconds_per_iteration": seconds})
+                           "seconds_per_iteration": (time.perf_counter() - tic) / count})
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.syn_lr.item():.4g}")
                 loss_sum.zero_()
                 count, tic = 0, time.perf_counter()
-            evaluate_now = (cfg.eval_every > 0 and self.iteration % cfg.eval_every == 0) or \
-                self.iteration == cfg.iterations
-            improved = False
-            if evaluate_now:
-                results = self.evaluate()
-                record = {"iteration": self.iteration}
-                for name, accs in results.items():
-                    mean = sum(accs) / len(accs)
-                    record[f"eval/{name}"] = mean
-                    if mean > self.best.get(name, -1.0):
-                        self.best[name] = mean
-                        improved = name == cfg.eval_models.split(",")[0]
-                log.write(record)
-                bar.write(" ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "iteration")
-                          + f" (iteration {self.iteration})")
+            evaluate_now = last or (cfg.eval_every > 0 and self.iteration % cfg.eval_every == 0)
             if evaluate_now or self.iteration % cfg.checkpoint_every == 0:
-                self._check_finite(float("nan") if not torch.isfinite(self.images).all() else 0.0)
+                paused = time.perf_counter()
+                self._check_finite(0.0)
+                improved = self._evaluate(log) if evaluate_now else False
                 self.save_outputs(best=improved)
                 self.checkpoint()
+                tic += time.perf_counter() - paused  # seconds_per_iteration excludes evaluation and saving
         bar.close()
         log.close()
         return self.synset()
-

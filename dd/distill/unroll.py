@@ -7,7 +7,7 @@ the MTT code; the unroll is a registry entry so a constant-memory variant can ta
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -37,7 +37,9 @@ def make_plan(num_images: int, batch_size: int, steps: int, generator: torch.Gen
 
 
 class Student:
-    """One inner SGD step of the student, w' = w - lr * grad_w loss(f(DSA(x_B); w), y_B)."""
+    """The student's inner optimiser as a function of flat parameters. Its state is a tuple whose first
+    entry is the parameters; plain SGD keeps nothing else: w' = w - lr * grad_w loss(f(DSA(x_B); w), y_B).
+    Methods with other inner optimisers (AST's heavy-ball momentum) subclass it."""
 
     def __init__(self, model: nn.Module, augment: DSA,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = classification_loss) -> None:
@@ -45,25 +47,39 @@ class Student:
         self.augment = augment
         self.loss_fn = loss_fn
 
-    def step(self, w: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor,
-             index: torch.Tensor, seed: int, create_graph: bool = True) -> torch.Tensor:
-        """The parameters after one step on minibatch ``index`` augmented with ``seed``."""
+    def init_state(self, w0: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The inner optimiser's state at the start parameters."""
+        return (w0,)
+
+    def gradient(self, w: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
+                 seed: int, create_graph: bool = True) -> torch.Tensor:
+        """grad_w of the inner loss on minibatch ``index`` augmented with ``seed``."""
         index = index.to(images.device)
         x = self.augment(images[index], make_generator(seed))
         loss = self.loss_fn(functional_forward(self.model, w, x), labels[index])
         (grad,) = torch.autograd.grad(loss, w, create_graph=create_graph)
-        return w - lr * grad
+        return grad
+
+    def step(self, state: tuple[torch.Tensor, ...], images: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor,
+             index: torch.Tensor, seed: int, create_graph: bool = True) -> tuple[torch.Tensor, ...]:
+        """The state after one inner step."""
+        w = state[0]
+        return (w - lr * self.gradient(w, images, labels, index, seed, create_graph),)
 
 
 def full_unroll(student: Student, w0: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
-                lr: torch.Tensor, plan: InnerPlan) -> torch.Tensor:
-    """Final student parameters w_N, differentiable w.r.t. images, labels and lr through every step
-    (memory grows linearly with the number of steps)."""
-    w = w0.detach().requires_grad_(True)
-    for index, seed in zip(plan.indices, plan.seeds, strict=True):
-        w = student.step(w, images, labels, lr, index, seed)
-    return w
+                lr: torch.Tensor, plan: InnerPlan, capture: Sequence[int]) -> list[torch.Tensor]:
+    """Student parameters after each step count in ``capture`` (e.g. ``[N]`` for the end point),
+    differentiable w.r.t. images, labels and lr through every step (memory grows linearly with N)."""
+    state = student.init_state(w0.detach().requires_grad_(True))
+    captured = []
+    for step, (index, seed) in enumerate(zip(plan.indices, plan.seeds, strict=True), start=1):
+        state = student.step(state, images, labels, lr, index, seed)
+        if step in capture:
+            captured.append(state[0])
+    return captured
 
 
-Unroll = Callable[[Student, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, InnerPlan], torch.Tensor]
+Unroll = Callable[[Student, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, InnerPlan, Sequence[int]],
+                  list[torch.Tensor]]
 UNROLLS: dict[str, Unroll] = {"full": full_unroll}

@@ -10,8 +10,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
+from dd.augment import DSA
 from dd.data import class_indices
+from dd.distill.unroll import Student
 from dd.errors import DDError
 from dd.training import classification_loss
 
@@ -72,17 +75,51 @@ class Method:
         cfg, spec = self.ctx.config, self.ctx.data.spec
         return torch.arange(spec.num_classes, device=images.device).repeat_interleave(cfg.ipc)
 
+    def learn_labels(self) -> bool:
+        """Whether the labels are optimised (with SGD(lr_y, momentum 0.9)); only soft labels can be."""
+        return False
+
     def start_epoch(self, iteration: int, generator: torch.Generator) -> int:
         """Start epoch t drawn uniformly from [min_start_epoch, max_start_epoch)."""
         cfg = self.ctx.config
         return int(torch.randint(cfg.min_start_epoch, cfg.max_start_epoch, (1,), generator=generator))
 
+    def start_params(self, trajectory: torch.Tensor, start: int, generator: torch.Generator) -> torch.Tensor:
+        """The student's start parameters: the expert at epoch t."""
+        return trajectory[start]
+
+    def make_student(self, model: nn.Module, augment: DSA) -> Student:
+        """The inner optimiser (plain SGD with the learnable lr)."""
+        return Student(model, augment, self.inner_loss)
+
     def inner_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy on class ids, soft cross-entropy on logit labels."""
         return classification_loss(logits, labels)
 
-    def match_loss(self, w_final: torch.Tensor, w_start: torch.Tensor, w_target: torch.Tensor) -> torch.Tensor:
-        return normalized_distance(w_final, w_start, w_target)
+    def capture_steps(self) -> list[int]:
+        """Inner step counts whose parameters ``match_loss`` needs (the end point N)."""
+        return [self.ctx.config.syn_steps]
+
+    def match_loss(self, captured: list[torch.Tensor], w_start: torch.Tensor, trajectory: torch.Tensor,
+                   start: int) -> torch.Tensor:
+        """Normalised distance of the end point to the expert at epoch t+M."""
+        target = trajectory[start + self.ctx.config.expert_epochs]
+        return normalized_distance(captured[-1], w_start, target)
 
     def accept_update(self, loss: torch.Tensor) -> bool:
         """Whether the outer optimisers step on this iteration (always, in MTT)."""
         return True
+
+    def after_update(self, images: torch.Tensor) -> None:
+        """Called after every accepted outer step (FTD updates its EMA here)."""
+
+    def extra_sets(self) -> dict[str, torch.Tensor]:
+        """Further image sets to save and evaluate beside the optimised one (FTD's EMA), by name."""
+        return {}
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Method state that a checkpoint must hold to resume exactly."""
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what ``state_tensors`` returned."""
