@@ -25,3 +25,20 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     g = torch.Generator(device=device)
     g.manual_seed(int(seed))
     return g
+
+
+def describe_machine() -> str:
+    """One line naming the CPU (and GPU), core count and torch version, for benchmark and result notes."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+    if torch.cuda.is_available():
+        text += f", {torch.cuda.get_device_name()}"
+    return text

@@ -58,3 +58,20 @@ def test_buffer_of_another_model_is_refused(tmp_path, digits_buffer):
     (store,) = digits_buffer.glob("digits/ConvNet/*")
     with pytest.raises(DDError, match="holds ConvNet experts on digits"):
         distill_main([*flags(digits_buffer, tmp_path / "r"), "--buffer", str(store), "--model", "ConvNetD2"])
+
+
+def test_buffer_preset_picks_its_store(tmp_path, digits_buffer):
+    import shutil
+
+    from dd.buffer.__main__ import main as buffer_main
+    from tests.conftest import TINY_BUFFER_FLAGS
+
+    root = tmp_path / "buffers"
+    shutil.copytree(digits_buffer, root)
+    assert buffer_main([*TINY_BUFFER_FLAGS, "--num-experts", "1", "--lr", "0.02", "--buffer-dir", str(root)]) == 0
+    with pytest.raises(DDError, match="several expert buffers"):
+        distill_main(flags(root, tmp_path / "r"))
+    preset = tmp_path / "b.yaml"
+    preset.write_text("num_experts: 1\nepochs: 4\nlr: 0.02\nbatch_size: 64\n")
+    assert distill_main([*flags(root, tmp_path / "r"), "--buffer-config", str(preset), "--iterations", "1"]) == 0
+    assert "lr0.02" in dd.load_synset(tmp_path / "r" / "synset").meta["buffer"]

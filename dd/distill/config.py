@@ -21,6 +21,8 @@ class DistillConfig:
     model: str = opt("ConvNet", "student architecture; must match the experts'")
     buffer: str | None = opt(None, "trajectory store folder (default: the only one under "
                                    "<buffer-dir>/<dataset>/<model>/)")
+    buffer_config: str | None = opt(None, "buffer preset whose experts to match (e.g. experiments/buffer/"
+                                    "digits_gsam.yaml): picks its store when several recipes exist")
     buffer_dir: str = opt("buffers", "root of the trajectory stores")
     ipc: int = opt(1, "synthetic images per class")
     iterations: int = opt(5000, "outer iterations")

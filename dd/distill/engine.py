@@ -91,7 +91,7 @@ class Distiller:
         validate(config)
         self.config = config
         self.device = resolve_device(config.device)
-        store = find_store(config.buffer, config.buffer_dir, config.dataset, config.model)
+        store = find_store(config.buffer, config.buffer_dir, config.dataset, config.model, config.buffer_config)
         check_store(store, config)
         stored = store.load_preprocess()
         preprocess = (Preprocessor.from_state(*stored) if stored is not None

@@ -11,10 +11,18 @@ from dd.buffer.store import TrajectoryStore
 from dd.errors import DDError
 
 
-def find_store(buffer: str | None, buffer_dir: str, dataset: str, model: str) -> TrajectoryStore:
-    """Open ``buffer`` if given, else the single store under ``<buffer_dir>/<dataset>/<model>/``."""
+def find_store(buffer: str | None, buffer_dir: str, dataset: str, model: str,
+               buffer_config: str | None = None) -> TrajectoryStore:
+    """Open ``buffer`` if given; else the store that the buffer preset ``buffer_config`` writes; else the
+    single store under ``<buffer_dir>/<dataset>/<model>/``."""
     if buffer:
         return TrajectoryStore.open(buffer)
+    if buffer_config:
+        from dd.buffer.__main__ import BufferConfig, store_root
+        from dd.config import load_yaml, make_config
+
+        recipe = make_config(BufferConfig, load_yaml(buffer_config), f"buffer preset {buffer_config}")
+        return TrajectoryStore.open(store_root(buffer_dir, dataset, model, recipe.recipe().to_dict()))
     parent = Path(buffer_dir) / dataset / model
     candidates = sorted(p for p in parent.glob("*") if (p / "manifest.json").is_file())
     if not candidates:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from dd.augment import DSA
-from dd.data import class_indices
+from dd.distill.init import init_images
 from dd.distill.unroll import Student
 from dd.errors import DDError
 from dd.training import classification_loss
@@ -55,20 +55,8 @@ class Method:
         self.ctx = ctx
 
     def init_images(self, generator: torch.Generator) -> torch.Tensor:
-        """[K*ipc, C, H, W] in model space: random real images of each class, or Gaussian noise."""
-        cfg, data = self.ctx.config, self.ctx.data
-        spec = data.spec
-        if cfg.pix_init == "noise":
-            return torch.randn((spec.num_classes * cfg.ipc, spec.channels, *spec.size), generator=generator).to(
-                data.train_images.device)
-        chunks = []
-        for c, idx in enumerate(class_indices(data.train_labels.cpu(), spec.num_classes)):
-            if len(idx) < cfg.ipc:
-                raise DDError(f"--ipc {cfg.ipc} is larger than class {c} of {spec.name}, which has {len(idx)} "
-                              f"training images; lower --ipc")
-            pick = idx[torch.randperm(len(idx), generator=generator)[: cfg.ipc]]
-            chunks.append(data.train_images[pick.to(data.train_images.device)])
-        return torch.cat(chunks).clone()
+        """[K*ipc, C, H, W] in model space, by ``--pix-init`` (see ``dd.distill.init``)."""
+        return init_images(self.ctx.config.pix_init, self.ctx, generator)
 
     def init_labels(self, images: torch.Tensor) -> torch.Tensor:
         """Class ids [K*ipc], ``ipc`` consecutive images per class (not learned in MTT)."""
