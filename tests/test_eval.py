@@ -8,20 +8,39 @@ import torch
 import dd
 from dd.errors import DDError
 from dd.eval.__main__ import main as eval_main
-from dd.eval.report import format_cell, markdown_table
+from dd.eval.report import augment_of, format_cell, improvement_table, improvements, markdown_table, split_by_setting
 from dd.training import soft_cross_entropy
 
 
-@pytest.fixture
-def synset_dir(tmp_path):
+def make_set(folder, soft: bool):
+    """One real digit per class as a set; ``soft``: [10, 10] logits whose argmax is the true class."""
     from dd.data import Preprocessor, load_dataset
     raw = load_dataset("digits")
     pre = Preprocessor.fit("standard", raw.spec, raw.train_images)
     tensors, meta = pre.state()
     idx = torch.cat([torch.nonzero(raw.train_labels == c)[:1, 0] for c in range(10)])
-    synset = dd.SynSet(pre(raw.train_images[idx]), raw.train_labels[idx], 0.01,
-                       {"dataset": "digits", "ipc": 1, "method": "mtt", "preprocess_meta": meta}, tensors)
-    return dd.save_synset(tmp_path / "set", synset)
+    labels = raw.train_labels[idx]
+    if soft:
+        noise = torch.rand(10, 10, generator=torch.Generator().manual_seed(0))
+        labels = 3.0 * torch.nn.functional.one_hot(labels, 10).float() + noise
+    synset = dd.SynSet(pre(raw.train_images[idx]), labels, 0.01,
+                       {"dataset": "digits", "ipc": 1, "method": "datm" if soft else "mtt", "preprocess_meta": meta},
+                       tensors)
+    return dd.save_synset(folder, synset)
+
+
+@pytest.fixture
+def synset_dir(tmp_path):
+    return make_set(tmp_path / "set", soft=False)
+
+
+@pytest.fixture
+def soft_dir(tmp_path):
+    return make_set(tmp_path / "soft", soft=True)
+
+
+def read_runs(folder):
+    return json.loads((folder / "results.json").read_text())["runs"]
 
 
 def test_eval_records_and_resume(tmp_path, synset_dir):
@@ -74,3 +93,82 @@ def test_soft_cross_entropy_by_hand():
     hard = torch.tensor([[2.0, -1.0, 0.5]])
     assert torch.allclose(soft_cross_entropy(hard, torch.tensor([[50.0, 0.0, 0.0]])),
                           torch.nn.functional.cross_entropy(hard, torch.tensor([0])))
+
+
+def test_soft_set_under_hard_and_soft_labels(tmp_path, soft_dir, synset_dir):
+    flags = ["--runs", "1", "--epochs", "10", "--device", "cpu"]
+    argv = ["--synset", str(soft_dir), "--labels", "auto,hard,soft", *flags, "--out", str(tmp_path / "s")]
+    assert eval_main(argv) == 0
+    runs = read_runs(tmp_path / "s")
+    assert [r["labels"] for r in runs] == ["soft", "hard"]  # auto on a soft set is soft: evaluated once
+    assert all(r["augment"] == "dsa" and r["protocol"]["augment"] != "none" for r in runs)
+    # --labels hard trains on the argmax: exactly the run of the hard set with those labels
+    assert eval_main(["--synset", str(synset_dir), "--labels", "hard,auto", *flags, "--out", str(tmp_path / "h")]) == 0
+    hard_runs = read_runs(tmp_path / "h")
+    assert [r["labels"] for r in hard_runs] == ["hard"]
+    assert runs[1]["accuracy"] == hard_runs[0]["accuracy"]
+
+
+def test_label_and_augment_errors(tmp_path, synset_dir):
+    with pytest.raises(DDError, match="--labels soft needs a set with soft labels"):
+        eval_main(["--synset", str(synset_dir), "--labels", "soft", "--out", str(tmp_path)])
+    with pytest.raises(DDError, match="unknown --labels setting 'fuzzy'"):
+        eval_main(["--synset", str(synset_dir), "--labels", "hard,fuzzy", "--out", str(tmp_path)])
+    with pytest.raises(DDError, match="unknown --augment setting 'zca'"):
+        eval_main(["--synset", str(synset_dir), "--augment", "zca", "--out", str(tmp_path)])
+
+
+def test_augment_none_and_random_under_each_setting(tmp_path, soft_dir):
+    argv = ["--synset", str(soft_dir), "--labels", "hard,auto", "--augment", "dsa,none", "--baseline", "random",
+            "--runs", "1", "--epochs", "10", "--device", "cpu", "--out", str(tmp_path / "ev")]
+    assert eval_main(argv) == 0
+    runs = read_runs(tmp_path / "ev")
+    settings = sorted((r["source"], r["labels"], r["augment"]) for r in runs)
+    assert settings == [("distilled", "hard", "dsa"), ("distilled", "hard", "none"), ("distilled", "soft", "dsa"),
+                        ("distilled", "soft", "none"), ("random", "hard", "dsa"), ("random", "hard", "none")]
+    for r in runs:
+        assert (r["protocol"]["augment"] == "none") == (r["augment"] == "none")
+    md = (tmp_path / "ev" / "results.md").read_text()
+    assert "## labels soft, augment none" in md and "## improvement over random real" in md
+    assert "| model | labels hard, augment dsa | labels soft, augment dsa | labels hard, augment none |" in md
+
+
+def test_resume_distinguishes_settings(tmp_path, soft_dir, capsys):
+    base = ["--synset", str(soft_dir), "--baseline", "random", "--runs", "1", "--epochs", "10", "--device", "cpu",
+            "--out", str(tmp_path / "ev")]
+    assert eval_main([*base, "--labels", "hard", "--augment", "none"]) == 0
+    first = read_runs(tmp_path / "ev")
+    assert len(first) == 2
+    capsys.readouterr()
+    assert eval_main([*base, "--labels", "hard,soft", "--augment", "dsa,none"]) == 0
+    assert "eval: 2 of 6 runs already in" in capsys.readouterr().out
+    runs = read_runs(tmp_path / "ev")
+    assert runs[:2] == first and len(runs) == 6
+    assert len({(r["source"], r["labels"], r["augment"]) for r in runs}) == 6
+
+
+def test_improvement_table_by_hand():
+    def run(source, model, labels, augment, accuracy, ipc=1):
+        return {"source": source, "method": "datm" if source == "distilled" else source, "model": model,
+                "ipc": ipc, "labels": labels, "augment": augment, "accuracy": accuracy}
+
+    runs = [run("distilled", "ConvNet", "soft", "dsa", 0.60), run("distilled", "ConvNet", "soft", "dsa", 0.70),
+            run("distilled", "ConvNet", "hard", "none", 0.40), run("random", "ConvNet", "hard", "dsa", 0.30),
+            run("random", "ConvNet", "hard", "dsa", 0.50), run("random", "ConvNet", "hard", "none", 0.35),
+            run("random", "ConvNet", "hard", "none", 0.99, ipc=10),  # other ipc: never compared
+            run("distilled", "VGG11", "soft", "dsa", 0.80),  # no random run for VGG11: no cell
+            run("full", "ConvNet", "hard", "dsa", 0.95)]
+    found = improvements(runs)
+    assert found.keys() == {("ConvNet", ("soft", "dsa")), ("ConvNet", ("hard", "none"))}
+    assert found[("ConvNet", ("soft", "dsa"))] == pytest.approx((0.65, 0.40))
+    assert found[("ConvNet", ("hard", "none"))] == pytest.approx((0.40, 0.35))
+    table = improvement_table(runs)
+    assert "| model | labels soft, augment dsa | labels hard, augment none |" in table
+    assert "| ConvNet | +25.00 (65.00 vs 40.00) | +5.00 (40.00 vs 35.00) |" in table
+    assert "VGG11" not in table
+    assert improvement_table([run("distilled", "ConvNet", "soft", "dsa", 0.6)]) == ""
+    by_setting = split_by_setting(runs)
+    assert list(by_setting) == [("soft", "dsa"), ("hard", "none")]
+    assert sum(r["source"] == "random" for r in by_setting[("soft", "dsa")]) == 2  # baselines join by augment
+    assert augment_of({"protocol": {"augment": "none"}}) == "none"  # records without the field
+    assert augment_of({"protocol": {"augment": "flip"}}) == "dsa"

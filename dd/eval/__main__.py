@@ -3,14 +3,21 @@ the baselines, all under one protocol (MTT's: SGD momentum 0.9, wd 5e-4, lr x0.1
 
     python -m dd.eval --synset runs/mtt-digits-ipc1/synset --models ConvNet,ResNet18 --runs 5 --baseline random,full
 
+Soft labels [N,K] train with soft cross-entropy and test by argmax accuracy. Since soft labels and
+training-time augmentation can inflate results (the point of DD-Ranking, Li et al. 2025),
+``--labels hard,auto --augment dsa,none`` evaluates every (labels, augment) combination: ``hard``
+trains on the argmax of soft labels, ``auto`` on the set's own labels, ``soft`` insists on soft ones;
+``none`` turns DSA off. Random real images (always hard labels) run under each ``--augment`` setting.
+
 Writes results.json (a list ``runs`` of records: source, method, model, ipc, seed, accuracy, labels,
-protocol) and results.md (architecture x source, mean ± std). Rerunning skips runs already recorded.
+augment, protocol) and results.md (architecture x source per setting, and the improvement of the set
+over random real images per setting). Rerunning skips runs already recorded under the same setting.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +30,15 @@ from dd.data import Preprocessor, class_indices, list_datasets
 from dd.device import make_generator, resolve_device
 from dd.distill.synset import SynSet, load_synset
 from dd.errors import DDError
-from dd.eval.report import markdown_table
+from dd.eval.report import augment_of, results_markdown
 from dd.io import atomic_write_bytes, atomic_write_json, read_json
 from dd.models import list_models
 from dd.realdata import PreparedData, prepare_data
 from dd.training import Protocol, train_and_test
 
 BASELINES = ("random", "full")
+LABELS = ("auto", "hard", "soft")
+AUGMENTS = ("dsa", "none")
 
 
 @dataclass
@@ -50,10 +59,23 @@ class EvalConfig:
     momentum: float = opt(0.9, "SGD momentum")
     weight_decay: float = opt(5e-4, "SGD weight decay")
     dsa_strategy: str = opt("color_crop_cutout_flip_scale_rotate", "DSA ops on training batches ('none' for none)")
+    labels: str = opt("auto", "comma-separated label settings of the set: auto (its own), hard (argmax), soft")
+    augment: str = opt("dsa", "comma-separated augmentation settings: dsa (--dsa-strategy) or none")
     baseline: str = opt("", "comma-separated baselines to run beside the set: random, full")
     out: str | None = opt(None, "output folder (default: <synset>/../eval, or runs/eval-<dataset>)")
     seed: int = opt(0, "first seed; run r uses seed + r")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+
+
+def parse_list(value: str, choices: Sequence[str], flag: str) -> list[str]:
+    """The distinct entries of a comma-separated flag, in order, each checked against ``choices``."""
+    items = list(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    for item in items:
+        if item not in choices:
+            raise DDError(f"unknown {flag} setting '{item}'; choose from {', '.join(choices)} (comma-separated)")
+    if not items:
+        raise DDError(f"{flag} is empty; choose from {', '.join(choices)} (comma-separated)")
+    return items
 
 
 def validate(config: EvalConfig) -> list[str]:
@@ -72,7 +94,34 @@ def validate(config: EvalConfig) -> list[str]:
         raise DDError("nothing to evaluate; pass --synset PATH and/or --baseline random,full")
     if config.dataset is not None and config.dataset not in list_datasets():
         raise DDError(f"unknown dataset '{config.dataset}'; choose from {', '.join(list_datasets())}")
+    parse_list(config.labels, LABELS, "--labels")
+    parse_list(config.augment, AUGMENTS, "--augment")
     return baselines
+
+
+def label_settings(synset: SynSet | None, modes: list[str], path: str | None) -> dict[str, torch.Tensor]:
+    """The set's training labels under each ``--labels`` mode, keyed by what they are (hard/soft).
+
+    ``auto`` keeps the set's labels, ``hard`` takes their argmax, ``soft`` requires soft labels."""
+    if "soft" in modes and (synset is None or not synset.soft):
+        found = f"the set at {path} has hard labels" if synset is not None else "no --synset was given"
+        raise DDError(f"--labels soft needs a set with soft labels [N,K], but {found}; use --labels hard or auto")
+    if synset is None:
+        return {}
+    settings: dict[str, torch.Tensor] = {}
+    for mode in modes:
+        name = "hard" if mode == "hard" or not synset.soft else "soft"
+        settings[name] = synset.hard_labels() if name == "hard" else synset.labels
+    return settings
+
+
+def augment_protocols(base: Protocol, modes: list[str]) -> dict[str, Protocol]:
+    """The protocol under each ``--augment`` mode (``none``: no DSA), keyed by the augmentation used."""
+    found: dict[str, Protocol] = {}
+    for mode in modes:
+        protocol = base if mode == "dsa" else replace(base, dsa_strategy="none")
+        found.setdefault(augment_of({"protocol": protocol.describe(0.0)}), protocol)
+    return found
 
 
 def random_subset(data: PreparedData, ipc: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,15 +168,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = read_json(results_path, "results")["runs"] if results_path.is_file() else []
     protocol = Protocol(epochs=config.epochs, momentum=config.momentum, weight_decay=config.weight_decay,
                         batch_size=config.batch_size, dsa_strategy=config.dsa_strategy)
+    labels = label_settings(synset, parse_list(config.labels, LABELS, "--labels"), config.synset)
+    protocols = augment_protocols(protocol, parse_list(config.augment, AUGMENTS, "--augment"))
 
     def sources(seed: int) -> list[tuple[dict[str, Any], Callable[[], tuple[torch.Tensor, torch.Tensor]]]]:
         """(record fields, training data) of every source evaluated with ``seed``."""
         found = []
-        if synset is not None:
+        for name, set_labels in labels.items():
             lr = config.lr if config.lr is not None else synset.lr
             found.append(({"source": "distilled", "method": synset.meta.get("method", "unknown"), "ipc": ipc,
-                           "labels": "soft" if synset.soft else "hard", "lr": lr},
-                          lambda: (synset.images, synset.labels)))
+                           "labels": name, "lr": lr}, lambda y=set_labels: (synset.images, y)))
         if "random" in baselines:
             found.append(({"source": "random", "method": "random", "ipc": ipc, "labels": "hard",
                            "lr": config.baseline_lr}, lambda: random_subset(data, ipc, seed)))
@@ -136,14 +186,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "lr": config.baseline_lr}, lambda: data.train))
         return found
 
-    jobs = [({**fields, "dataset": dataset, "model": model, "seed": config.seed + r,
-              "protocol": protocol.describe(fields["lr"])}, get)
+    jobs = [({**fields, "dataset": dataset, "model": model, "seed": config.seed + r, "augment": augment,
+              "protocol": augmented.describe(fields["lr"])}, get)
             for model in config.models.split(",") for r in range(config.runs)
-            for fields, get in sources(config.seed + r)]
+            for augment, augmented in protocols.items() for fields, get in sources(config.seed + r)]
     spec = data.spec
 
     def key(run: dict[str, Any]) -> tuple:
-        return (run["source"], run["model"], run["seed"], run["ipc"], repr(run["protocol"]), run.get("method"))
+        return (run["source"], run["model"], run["seed"], run["ipc"], repr(run["protocol"]), run.get("method"),
+                run.get("labels", "hard"), augment_of(run))
 
     done = {key(r) for r in previous}
     runs = list(previous)
@@ -152,12 +203,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"eval: {len(jobs) - len(todo)} of {len(jobs)} runs already in {results_path}")
     bar = tqdm(todo, desc="eval", unit="run")
     for record, get in bar:
-        bar.set_postfix(source=record["source"], model=record["model"], seed=record["seed"])
+        bar.set_postfix(source=record["source"], model=record["model"], seed=record["seed"],
+                        labels=record["labels"], augment=record["augment"])
         accuracy = train_and_test(record["model"], spec.channels, spec.num_classes, spec.size, get(), data.test,
-                                  record["lr"], protocol, record["seed"])
+                                  record["lr"], protocols[record["augment"]], record["seed"])
         runs.append({**record, "accuracy": accuracy})
         atomic_write_json(results_path, {"config": to_dict(config), "runs": runs})
-    table = markdown_table([r for r in runs if key(r) in {key(j) for j, _ in jobs}])
+    table = results_markdown([r for r in runs if key(r) in {key(j) for j, _ in jobs}])
     atomic_write_bytes(out / "results.md", table.encode())
     print(table)
     print(f"results: {results_path}")
