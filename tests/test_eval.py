@@ -172,3 +172,13 @@ def test_improvement_table_by_hand():
     assert sum(r["source"] == "random" for r in by_setting[("soft", "dsa")]) == 2  # baselines join by augment
     assert augment_of({"protocol": {"augment": "none"}}) == "none"  # records without the field
     assert augment_of({"protocol": {"augment": "flip"}}) == "dsa"
+
+
+def test_baseline_from_a_separate_call_joins_the_report(tmp_path, synset_dir):
+    argv = ["--synset", str(synset_dir), "--epochs", "2", "--out", str(tmp_path / "ev"), "--device", "cpu"]
+    assert eval_main([*argv, "--runs", "2", "--baseline", "random"]) == 0
+    assert eval_main([*argv, "--runs", "1", "--baseline", "full"]) == 0
+    table = (tmp_path / "ev" / "results.md").read_text()
+    assert "(2) |" in table and "(1) |" in table and "full" in table and "random" in table
+    assert eval_main([*argv, "--runs", "1", "--epochs", "3"]) == 0  # another protocol: reported on its own
+    assert "full" not in (tmp_path / "ev" / "results.md").read_text()

@@ -209,7 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   record["lr"], protocols[record["augment"]], record["seed"])
         runs.append({**record, "accuracy": accuracy})
         atomic_write_json(results_path, {"config": to_dict(config), "runs": runs})
-    table = results_markdown([r for r in runs if key(r) in {key(j) for j, _ in jobs}])
+    # The report covers every recorded run of this folder trained with the models and protocols asked for
+    # now, so a baseline evaluated in a separate call (e.g. the costly full data with fewer seeds) joins it.
+    asked = {(j["model"], repr(j["protocol"]["epochs"]), augment_of(j)) for j, _ in jobs}
+    table = results_markdown([r for r in runs if (r["model"], repr(r["protocol"]["epochs"]), augment_of(r)) in asked])
     atomic_write_bytes(out / "results.md", table.encode())
     print(table)
     print(f"results: {results_path}")
