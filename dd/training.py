@@ -8,7 +8,8 @@ soft logits [N, K] (soft cross-entropy against their softmax, as DATM).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,29 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return soft_cross_entropy(logits, labels) if labels.dim() == 2 else F.cross_entropy(logits, labels)
 
 
+StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], None]
+"""``step(model, x_aug, y, x_clean)``: one optimisation step on a batch (see ``train_epoch``)."""
+
+
+@contextmanager
+def frozen_running_stats(model: nn.Module) -> Iterator[None]:
+    """Train-mode passes inside leave BatchNorm running statistics and counters as they were: the norm
+    layers run with momentum 0 (running <- 1 * running + 0 * batch) and their counters are restored.
+    Batch statistics still normalise; autograd graphs built inside stay valid after exit."""
+    norms = [m for m in model.modules() if getattr(m, "running_mean", None) is not None and hasattr(m, "momentum")]
+    saved = [(m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+             for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum, count in saved:
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
+
+
 def iterate_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
     """One epoch of shuffled index batches (CPU index tensors) drawn from ``generator``."""
     return list(torch.randperm(n, generator=generator).split(batch_size))
@@ -43,18 +67,18 @@ def train_epoch(
     batch_size: int,
     augment: DSA | None,
     generator: torch.Generator,
-    step: Callable[[nn.Module, torch.Tensor, torch.Tensor], None] | None = None,
+    step: StepFn | None = None,
 ) -> None:
-    """One pass over (images, labels). ``step(model, x, y)`` replaces the default forward/backward/step
-    (used by optimisers that need several passes per batch); DSA is applied before it."""
+    """One pass over (images, labels). ``step(model, x_aug, y, x_clean)`` replaces the default
+    forward/backward/step (recipes with several passes per batch or a term on the un-augmented batch);
+    ``x_aug`` is the DSA-augmented batch (``x_clean`` itself when ``augment`` is None)."""
     model.train()
     for idx in iterate_batches(images.shape[0], batch_size, generator):
         idx = idx.to(images.device)
-        x, y = images[idx], labels[idx]
-        if augment is not None:
-            x = augment(x, generator)
+        x_clean, y = images[idx], labels[idx]
+        x = augment(x_clean, generator) if augment is not None else x_clean
         if step is not None:
-            step(model, x, y)
+            step(model, x, y, x_clean)
             continue
         optimizer.zero_grad(set_to_none=True)
         classification_loss(model(x), y).backward()

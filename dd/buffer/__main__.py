@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dd.buffer.experts import ExpertRecipe, expert_seed, train_expert
+from dd.buffer.experts import STEPS, ExpertRecipe, expert_seed, train_expert
 from dd.buffer.legacy import import_legacy
 from dd.buffer.store import TrajectoryStore, recipe_tag
 from dd.cli import run_cli
@@ -36,20 +36,32 @@ class BufferConfig:
     model: str = opt("ConvNet", "expert architecture (see dd.models.list_models())")
     num_experts: int = opt(100, "number of experts to train")
     epochs: int = opt(50, "epochs per expert (stored trajectory has epochs+1 snapshots)")
-    lr: float = opt(0.01, "expert learning rate (constant)")
+    optimizer: str = opt("sgd", f"expert optimiser: {' or '.join(STEPS)} (gsam = FTD/DATM flat experts over the SGD)")
+    lr: float = opt(0.01, "expert learning rate (constant unless --lr-decay-epoch)")
     momentum: float = opt(0.0, "expert SGD momentum")
     weight_decay: float = opt(0.0, "expert SGD weight decay")
     batch_size: int = opt(256, "expert batch size")
     dsa_strategy: str = opt("color_crop_cutout_flip_scale_rotate", "DSA ops applied to every batch ('none' for none)")
+    rho: float = opt(0.01, "GSAM perturbation radius, constant (gsam only)")
+    alpha: float = opt(0.3, "GSAM weight of the surrogate-gap term; 0 = SAM (gsam only)")
+    adaptive: bool = opt(True, "GSAM: ASAM-style perturbation scaled by |w| (gsam only)")
+    lr_decay_epoch: int | None = opt(None, "multiply the lr by --lr-decay-factor once, after this 0-based "
+                                           "epoch (AST: epochs//2+1); none = constant lr")
+    lr_decay_factor: float = opt(0.6, "lr factor of the one decay (AST: 0.6)")
+    loss_warmup: bool = opt(False, "AST clipping-loss warm-up: CE x 0.5, 0.55, ..., 0.95 in epochs 0-9")
+    gp_lambda: float = opt(0.0, "AST gradient penalty weight on the clean batch (AST: 2; 0 = off)")
     test_every: int = opt(1, "measure test accuracy every k epochs (0: only after the last epoch)")
     seed: int = opt(0, "base seed; expert i is determined by (recipe, seed, i)")
     buffer_dir: str = opt("buffers", "root of the trajectory stores")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
 
     def recipe(self) -> ExpertRecipe:
-        return ExpertRecipe(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
-                            batch_size=self.batch_size, epochs=self.epochs, dsa_strategy=self.dsa_strategy,
-                            preprocess="zca" if self.zca else "standard")
+        return ExpertRecipe(optimizer=self.optimizer, lr=self.lr, momentum=self.momentum,
+                            weight_decay=self.weight_decay, batch_size=self.batch_size, epochs=self.epochs,
+                            dsa_strategy=self.dsa_strategy, preprocess="zca" if self.zca else "standard",
+                            rho=self.rho, alpha=self.alpha, adaptive=self.adaptive,
+                            lr_decay_epoch=self.lr_decay_epoch, lr_decay_factor=self.lr_decay_factor,
+                            loss_warmup=self.loss_warmup, gp_lambda=self.gp_lambda)
 
 
 def validate(config: BufferConfig) -> None:
@@ -61,8 +73,17 @@ def validate(config: BufferConfig) -> None:
     for name in ("num_experts", "epochs", "batch_size"):
         if getattr(config, name) <= 0:
             raise DDError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
-    if config.lr <= 0:
-        raise DDError(f"--lr must be positive, got {config.lr}")
+    if config.optimizer not in STEPS:
+        raise DDError(f"unknown --optimizer '{config.optimizer}'; choose {' or '.join(STEPS)}")
+    for name in ("lr", "lr_decay_factor"):
+        if getattr(config, name) <= 0:
+            raise DDError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
+    for name in ("rho", "alpha", "gp_lambda", "momentum", "weight_decay"):
+        if getattr(config, name) < 0:
+            raise DDError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
+    if config.lr_decay_epoch is not None and not 0 <= config.lr_decay_epoch < config.epochs - 1:
+        raise DDError(f"--lr-decay-epoch must be in 0..{config.epochs - 2} for {config.epochs} epochs "
+                      f"(a later decay changes nothing), got {config.lr_decay_epoch}; or none for a constant lr")
 
 
 def store_root(buffer_dir: str, dataset: str, model: str, recipe: dict) -> Path:

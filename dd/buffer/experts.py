@@ -3,26 +3,41 @@
 The recipe is a plain dataclass so it can be recorded in the store's manifest and hashed into the
 store's folder name; expert ``i`` is fully determined by (recipe, base seed, i), which is what makes
 a resumed buffer run end with the same experts as an uninterrupted one.
+
+Recipes: MTT (plain SGD, the defaults), GSAM flat experts of FTD/DATM (``optimizer="gsam"``, see
+``dd.buffer.gsam``) and AST smooth experts (momentum, lr decay, loss warm-up and gradient penalty, see
+``dd.buffer.smooth``). Each is one step function handed to the shared ``train_epoch`` loop.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from dd.augment import DSA
+from dd.buffer.gsam import gsam_step
+from dd.buffer.smooth import smooth_loss, smooth_step, warmup_factor
 from dd.device import make_generator
 from dd.functional import flatten_params
 from dd.models import create_model
-from dd.training import accuracy, train_epoch
+from dd.training import StepFn, accuracy, train_epoch
 
 
 @dataclass(frozen=True)
 class ExpertRecipe:
-    """How one expert is trained (MTT defaults: plain SGD, constant lr, DSA on every batch)."""
+    """How one expert is trained (MTT defaults: plain SGD, constant lr, DSA on every batch).
+
+    ``optimizer`` "gsam" wraps the SGD in GSAM with ``rho``, ``alpha`` and ``adaptive``. The lr is
+    multiplied by ``lr_decay_factor`` once, after 0-based epoch ``lr_decay_epoch`` (AST: E//2+1, as the
+    reference's ``if e == E//2+1`` at the end of epoch e); the optimiser is kept, so is its momentum (the
+    reference re-creates it and drops the momentum: a deliberate difference). ``loss_warmup`` scales the
+    CE by AST's c_e; ``gp_lambda`` > 0 adds AST's gradient penalty.
+    """
 
     optimizer: str = "sgd"
     lr: float = 0.01
@@ -32,10 +47,55 @@ class ExpertRecipe:
     epochs: int = 50
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
     preprocess: str = "standard"
+    rho: float = 0.01
+    alpha: float = 0.3
+    adaptive: bool = True
+    lr_decay_epoch: int | None = None
+    lr_decay_factor: float = 0.6
+    loss_warmup: bool = False
+    gp_lambda: float = 0.0
 
     def to_dict(self) -> dict:
-        """The recipe as recorded in the manifest."""
-        return dataclasses.asdict(self)
+        """The recipe as recorded in the manifest and hashed into the store's folder name: the settings
+        in effect. GSAM's entries appear for ``gsam`` only, the lr decay when it is on, the warm-up and
+        GP when on; so a plain-SGD recipe keeps the folder it had before these recipes existed."""
+        recipe = dataclasses.asdict(self)
+        if self.optimizer != "gsam":
+            for key in ("rho", "alpha", "adaptive"):
+                del recipe[key]
+        if self.lr_decay_epoch is None:
+            del recipe["lr_decay_epoch"], recipe["lr_decay_factor"]
+        if not self.loss_warmup:
+            del recipe["loss_warmup"]
+        if not self.gp_lambda:
+            del recipe["gp_lambda"]
+        return recipe
+
+    def lr_at(self, epoch: int) -> float:
+        """The lr of 0-based ``epoch``: ``lr``, times ``lr_decay_factor`` after epoch ``lr_decay_epoch``."""
+        decayed = self.lr_decay_epoch is not None and epoch > self.lr_decay_epoch
+        return self.lr * self.lr_decay_factor if decayed else self.lr
+
+    def loss_scale(self, epoch: int) -> float:
+        """The factor on the cross-entropy in 0-based ``epoch`` (AST's c_e with ``loss_warmup``, else 1)."""
+        return warmup_factor(epoch) if self.loss_warmup else 1.0
+
+    def step(self, optimizer: torch.optim.Optimizer, epoch: int) -> StepFn:
+        """The ``train_epoch`` step of 0-based ``epoch`` for ``optimizer`` (the base SGD)."""
+        return STEPS[self.optimizer](self, optimizer, self.loss_scale(epoch))
+
+
+def _sgd(recipe: ExpertRecipe, optimizer: torch.optim.Optimizer, scale: float) -> StepFn:
+    return smooth_step(optimizer, scale, recipe.gp_lambda)
+
+
+def _gsam(recipe: ExpertRecipe, optimizer: torch.optim.Optimizer, scale: float) -> StepFn:
+    loss = functools.partial(smooth_loss, scale=scale, gp_lambda=recipe.gp_lambda)
+    return gsam_step(optimizer, recipe.rho, recipe.alpha, recipe.adaptive, loss)
+
+
+# Expert optimisers by name: recipe, base SGD and this epoch's loss scale -> train_epoch step.
+STEPS: dict[str, Callable[[ExpertRecipe, torch.optim.Optimizer, float], StepFn]] = {"sgd": _sgd, "gsam": _gsam}
 
 
 def expert_seed(base_seed: int, index: int) -> int:
@@ -55,8 +115,8 @@ def train_expert(
     test_every: int = 0,
 ) -> tuple[torch.Tensor, dict]:
     """Train one expert and return its trajectory [epochs+1, P] (row 0 = init, on CPU) and a record
-    (seed, per-epoch test accuracy or None where not measured, seconds). ``test_every`` = k tests
-    every k epochs; the last epoch is always tested."""
+    (seed, per-epoch test accuracy or None where not measured, the lr of each epoch, seconds).
+    ``test_every`` = k tests every k epochs; the last epoch is always tested."""
     images, labels = train
     model = create_model(model_name, channels, num_classes, im_size, seed=seed).to(images.device)
     generator = make_generator(seed)
@@ -65,12 +125,17 @@ def train_expert(
                                 weight_decay=recipe.weight_decay)
     snapshots = [flatten_params(model).cpu()]
     test_acc: list[float | None] = [None] * (recipe.epochs + 1)
+    lrs = []
     start = time.perf_counter()
-    for epoch in range(1, recipe.epochs + 1):
-        train_epoch(model, images, labels, optimizer, recipe.batch_size, augment, generator)
+    for e in range(recipe.epochs):  # 0-based epoch; snapshot e+1 is taken after it
+        lrs.append(recipe.lr_at(e))
+        for group in optimizer.param_groups:
+            group["lr"] = lrs[-1]
+        train_epoch(model, images, labels, optimizer, recipe.batch_size, augment, generator,
+                    recipe.step(optimizer, e))
         snapshots.append(flatten_params(model).cpu())
-        if epoch == recipe.epochs or (test_every > 0 and epoch % test_every == 0):
-            test_acc[epoch] = accuracy(model, *test)
-    record = {"seed": seed, "test_acc": test_acc, "final_test_acc": test_acc[-1],
+        if e + 1 == recipe.epochs or (test_every > 0 and (e + 1) % test_every == 0):
+            test_acc[e + 1] = accuracy(model, *test)
+    record = {"seed": seed, "test_acc": test_acc, "final_test_acc": test_acc[-1], "lr": lrs,
               "train_seconds": round(time.perf_counter() - start, 3)}
     return torch.stack(snapshots), record

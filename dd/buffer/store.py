@@ -65,6 +65,9 @@ def recipe_tag(recipe: dict) -> str:
     canonical = json.dumps(_canonical(recipe), sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:8]
     parts = [str(recipe.get("optimizer", "sgd"))]
+    if "rho" in recipe:
+        parts += [f"rho{_fmt(recipe['rho'])}", f"a{_fmt(recipe.get('alpha'))}"]
+        parts += [] if recipe.get("adaptive", True) else ["nonadaptive"]
     for key, prefix in (("lr", "lr"), ("momentum", "m"), ("weight_decay", "wd"), ("epochs", "e"),
                         ("batch_size", "b")):
         if key in recipe:
@@ -73,6 +76,12 @@ def recipe_tag(recipe: dict) -> str:
         parts.append("dsa" if recipe["dsa_strategy"] not in (None, "", "none") else "nodsa")
     if "preprocess" in recipe:
         parts.append(str(recipe["preprocess"]))
+    if recipe.get("lr_decay_epoch") is not None:
+        parts.append(f"decay{recipe['lr_decay_epoch']}x{_fmt(recipe.get('lr_decay_factor'))}")
+    if recipe.get("loss_warmup"):
+        parts.append("warmup")
+    if recipe.get("gp_lambda"):
+        parts.append(f"gp{_fmt(recipe['gp_lambda'])}")
     readable = re.sub(r"[^A-Za-z0-9.+-]+", "-", "-".join(parts)).strip("-.")
     return f"{readable}_{digest}"
 
