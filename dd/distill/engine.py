@@ -271,7 +271,7 @@ class Distiller:
                 loss = (loss_sum / count).item()  # the only host sync of the loop, every log_every iterations
                 self._check_finite(loss)
                 log.write({"iteration": self.iteration, "loss": loss, "syn_lr": self.syn_lr.item(),
-                           "seconds_per_iteration": (time.perf_counter() - tic) / count})
+                           "seconds_per_iteration": (time.perf_counter() - tic) / count, **self.method.metrics()})
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.syn_lr.item():.4g}")
                 loss_sum.zero_()
                 count, tic = 0, time.perf_counter()

@@ -105,6 +105,10 @@ class Method:
         """Further image sets to save and evaluate beside the optimised one (FTD's EMA), by name."""
         return {}
 
+    def metrics(self) -> dict[str, float]:
+        """Values to log with the loss every ``log_every`` iterations (DATM's count of skipped updates)."""
+        return {}
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Method state that a checkpoint must hold to resume exactly."""
         return {}
