@@ -12,7 +12,10 @@ fi
 if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
   echo "installing $TORCH_SPEC"
   # shellcheck disable=SC2086
-  .venv/bin/python -m pip install -q $TORCH_SPEC
+  .venv/bin/python -m pip install -q $TORCH_SPEC 2> >(grep -v "^WARNING: Location" >&2)
 fi
-.venv/bin/python -m pip install -q -e ".[${DD_EXTRAS:-}]" 2>&1 | grep -v -E "^WARNING: Location" || true
+spec="."
+[ -n "${DD_EXTRAS:-}" ] && spec=".[${DD_EXTRAS}]"
+# pip's exit status is kept; only its noise about absent local index folders is filtered out.
+.venv/bin/python -m pip install -q -e "$spec" 2> >(grep -v "^WARNING: Location" >&2)
 .venv/bin/python -c "import dd" || { echo "error: dd failed to install into .venv" >&2; exit 1; }
