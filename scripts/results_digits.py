@@ -51,7 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=300, help="distillation iterations of every method")
     parser.add_argument("--seeds", type=int, default=5, help="evaluation seeds per row")
-    parser.add_argument("--epochs", type=int, default=300, help="evaluation epochs (experiments/eval/digits.yaml)")
+    parser.add_argument("--epochs", type=int, default=200, help="evaluation epochs (experiments/eval/digits.yaml)")
     parser.add_argument("--work", default="runs/results-digits", help="folder for buffers' runs and evaluations")
     parser.add_argument("--out", default="docs", help="where results-digits.md/.json are written")
     args = parser.parse_args()
