@@ -20,7 +20,6 @@ from pathlib import Path
 from dd.device import describe_machine
 
 METHODS = ("mtt", "ftd", "datm", "ast")
-IPCS = (1, 10)
 CROSS_ARCH = ("ResNet18", "VGG11", "AlexNet", "MLP")
 
 
@@ -52,10 +51,14 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=300, help="distillation iterations of every method")
     parser.add_argument("--seeds", type=int, default=5, help="evaluation seeds per row")
     parser.add_argument("--epochs", type=int, default=200, help="evaluation epochs (experiments/eval/digits.yaml)")
+    parser.add_argument("--ipcs", default="1,10", help="comma-separated IPCs to run")
+    parser.add_argument("--cross-arch", action=argparse.BooleanOptionalAction, default=True,
+                        help="evaluate the best set of each IPC on ResNet18, VGG11, AlexNet and MLP")
     parser.add_argument("--work", default="runs/results-digits", help="folder for buffers' runs and evaluations")
     parser.add_argument("--out", default="docs", help="where results-digits.md/.json are written")
     args = parser.parse_args()
     work, out = Path(args.work), Path(args.out)
+    ipcs = [int(k) for k in args.ipcs.split(",")]
     common = ["--runs", str(args.seeds), "--epochs", str(args.epochs)]
 
     for recipe in ("digits", "digits_gsam", "digits_ast"):
@@ -63,7 +66,7 @@ def main() -> None:
 
     runs: list[dict] = []
     speed: dict[tuple[str, int], float] = {}
-    for ipc in IPCS:
+    for ipc in ipcs:
         for method in METHODS:
             run_dir = work / f"{method}-ipc{ipc}"
             sh("dd.distill", "--config", f"experiments/{method}/digits_ipc{ipc}.yaml", "--iterations",
@@ -82,7 +85,7 @@ def main() -> None:
     runs += read_runs(full)
 
     # Cross-architecture rows for the best ConvNet set of each IPC, with random real beside it.
-    for ipc in IPCS:
+    for ipc in ipcs if args.cross_arch else []:
         distilled = [r for r in runs if r["source"] == "distilled" and r["ipc"] == ipc and r["model"] == "ConvNet"]
         best = max({r["method"] for r in distilled},
                    key=lambda m: statistics.fmean(r["accuracy"] for r in distilled if r["method"] == m))
@@ -94,19 +97,21 @@ def main() -> None:
            "--out", str(run_dir / "eval-cross-arch"), *common)
         runs += [r for r in read_runs(run_dir / "eval-cross-arch") if r["model"] != "ConvNet"]
 
-    write_report(runs, speed, out, args)
+    write_report(runs, speed, out, args, ipcs)
 
 
-def write_report(runs: list[dict], speed: dict[tuple[str, int], float], out: Path, args: argparse.Namespace) -> None:
+def write_report(runs: list[dict], speed: dict[tuple[str, int], float], out: Path, args: argparse.Namespace,
+                 ipcs: list[int]) -> None:
     machine = describe_machine()
     lines = ["# dd on digits: MTT, FTD, DATM and AST", "",
              f"Produced by `python scripts/results_digits.py --iterations {args.iterations} --seeds {args.seeds} "
-             f"--epochs {args.epochs}` on {machine}. Test accuracy in % (mean ± std over {args.seeds} seeds), "
+             f"--epochs {args.epochs} --ipcs {args.ipcs}{'' if args.cross_arch else ' --no-cross-arch'}` "
+             f"on {machine}. Test accuracy in % (mean ± std over {args.seeds} seeds), "
              "ConvNet distilled and evaluated; every set trained under the same protocol (SGD momentum 0.9, "
              f"wd 5e-4, {args.epochs} epochs, lr x0.1 at half, DSA), with the set's learned lr "
              "(baselines: lr 0.01). Full data: the 1,437 training images.", ""]
     full = [r for r in runs if r["source"] == "full" and r["model"] == "ConvNet"]
-    for ipc in IPCS:
+    for ipc in ipcs:
         lines += [f"## IPC {ipc}", "", "| method | ConvNet | s/iteration |", "|---|---|---|"]
         for method in sorted({r["method"] for r in runs if r["source"] == "distilled" and r["ipc"] == ipc},
                              key=lambda m: (METHODS.index(m.split("-")[0]), m)):
