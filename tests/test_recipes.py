@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dd.augment import DSA
-from dd.buffer.__main__ import BufferConfig, store_root
 from dd.buffer.__main__ import main as buffer_main
+from dd.buffer.config import BufferConfig, store_root
 from dd.buffer.experts import ExpertRecipe, train_expert
 from dd.buffer.gsam import gsam_direction, gsam_step
 from dd.buffer.smooth import gradient_penalty, smooth_loss, smooth_step, warmup_factor

@@ -18,7 +18,7 @@ def find_store(buffer: str | None, buffer_dir: str, dataset: str, model: str,
     if buffer:
         return TrajectoryStore.open(buffer)
     if buffer_config:
-        from dd.buffer.__main__ import BufferConfig, store_root
+        from dd.buffer.config import BufferConfig, store_root
         from dd.config import load_yaml, make_config
 
         recipe = make_config(BufferConfig, load_yaml(buffer_config), f"buffer preset {buffer_config}")

@@ -1,0 +1,94 @@
+"""The buffer stage's config and where its store lives: shared by ``python -m dd.buffer`` and by
+``dd.distill --buffer-config``, which finds the store a buffer preset writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from dd.buffer.experts import STEPS, ExpertRecipe
+from dd.buffer.store import recipe_tag
+from dd.config import opt
+from dd.data import list_datasets
+from dd.errors import DDError
+from dd.functional import param_spec
+from dd.models import create_model, list_models
+
+
+@dataclass
+class BufferConfig:
+    dataset: str = opt("digits", "dataset name (see dd.data.list_datasets())")
+    data_path: str = opt("data", "folder holding the dataset (torchvision layout or an ImageFolder tree)")
+    download: bool = opt(False, "download the dataset through torchvision if it is missing")
+    image_size: int | None = opt(None, "side length for imagefolder datasets")
+    zca: bool = opt(False, "ZCA-whiten the images (kornia, eps 0.1, fitted once on the train set)")
+    model: str = opt("ConvNet", "expert architecture (see dd.models.list_models())")
+    num_experts: int = opt(100, "number of experts to train")
+    epochs: int = opt(50, "epochs per expert (stored trajectory has epochs+1 snapshots)")
+    optimizer: str = opt("sgd", f"expert optimiser: {' or '.join(STEPS)} (gsam = FTD/DATM flat experts over the SGD)")
+    lr: float = opt(0.01, "expert learning rate (constant unless --lr-decay-epoch)")
+    momentum: float = opt(0.0, "expert SGD momentum")
+    weight_decay: float = opt(0.0, "expert SGD weight decay")
+    batch_size: int = opt(256, "expert batch size")
+    dsa_strategy: str = opt("color_crop_cutout_flip_scale_rotate", "DSA ops applied to every batch ('none' for none)")
+    rho: float = opt(0.01, "GSAM perturbation radius, constant (gsam only)")
+    alpha: float = opt(0.3, "GSAM weight of the surrogate-gap term; 0 = SAM (gsam only)")
+    adaptive: bool = opt(True, "GSAM: ASAM-style perturbation scaled by |w| (gsam only)")
+    lr_decay_epoch: int | None = opt(None, "multiply the lr by --lr-decay-factor once, after this 0-based "
+                                           "epoch (AST: epochs//2+1); none = constant lr")
+    lr_decay_factor: float = opt(0.6, "lr factor of the one decay (AST: 0.6)")
+    loss_warmup: bool = opt(False, "AST clipping-loss warm-up: CE x 0.5, 0.55, ..., 0.95 in epochs 0-9")
+    gp_lambda: float = opt(0.0, "AST gradient penalty weight on the clean batch (AST: 2; 0 = off)")
+    test_every: int = opt(1, "measure test accuracy every k epochs (0: only after the last epoch)")
+    seed: int = opt(0, "base seed; expert i is determined by (recipe, seed, i)")
+    buffer_dir: str = opt("buffers", "root of the trajectory stores")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+
+    def recipe(self) -> ExpertRecipe:
+        return ExpertRecipe(optimizer=self.optimizer, lr=self.lr, momentum=self.momentum,
+                            weight_decay=self.weight_decay, batch_size=self.batch_size, epochs=self.epochs,
+                            dsa_strategy=self.dsa_strategy, preprocess="zca" if self.zca else "standard",
+                            rho=self.rho, alpha=self.alpha, adaptive=self.adaptive,
+                            lr_decay_epoch=self.lr_decay_epoch, lr_decay_factor=self.lr_decay_factor,
+                            loss_warmup=self.loss_warmup, gp_lambda=self.gp_lambda)
+
+
+def validate(config: BufferConfig) -> None:
+    """Reject bad values before any work starts."""
+    if config.dataset not in list_datasets():
+        raise DDError(f"unknown dataset '{config.dataset}'; choose from {', '.join(list_datasets())}")
+    if config.model not in list_models():
+        raise DDError(f"unknown model '{config.model}'; see dd.models.list_models() for the choices")
+    for name in ("num_experts", "epochs", "batch_size"):
+        if getattr(config, name) <= 0:
+            raise DDError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
+    if config.optimizer not in STEPS:
+        raise DDError(f"unknown --optimizer '{config.optimizer}'; choose {' or '.join(STEPS)}")
+    for name in ("lr", "lr_decay_factor"):
+        if getattr(config, name) <= 0:
+            raise DDError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
+    for name in ("rho", "alpha", "gp_lambda", "momentum", "weight_decay"):
+        if getattr(config, name) < 0:
+            raise DDError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
+    if config.lr_decay_epoch is not None and not 0 <= config.lr_decay_epoch < config.epochs - 1:
+        raise DDError(f"--lr-decay-epoch must be in 0..{config.epochs - 2} for {config.epochs} epochs "
+                      f"(a later decay changes nothing), got {config.lr_decay_epoch}; or none for a constant lr")
+
+
+def store_root(buffer_dir: str, dataset: str, model: str, recipe: dict) -> Path:
+    """``<buffer_dir>/<dataset>/<model>/<recipe-tag>``."""
+    return Path(buffer_dir) / dataset / model / recipe_tag(recipe)
+
+
+def store_header(spec, model_name: str, recipe: dict, preprocess: dict, **extra) -> dict:
+    """The manifest header of a store: dataset, model, parameter layout and recipe."""
+    model = create_model(model_name, spec.channels, spec.num_classes, spec.size, seed=0)
+    return {
+        "dataset": {"name": spec.name, "channels": spec.channels, "size": list(spec.size),
+                    "num_classes": spec.num_classes, "preprocess": preprocess},
+        "model": {"name": model_name},
+        "param_spec": param_spec(model).to_json(),
+        "recipe": recipe,
+        "num_epochs": recipe["epochs"],
+        **extra,
+    }
