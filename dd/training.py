@@ -8,7 +8,7 @@ soft logits [N, K] (soft cross-entropy against their softmax, as DATM).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -59,6 +59,15 @@ def iterate_batches(n: int, batch_size: int, generator: torch.Generator) -> list
     return list(torch.randperm(n, generator=generator).split(batch_size))
 
 
+def augmented_batch(
+    images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, augment: DSA | None, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x_aug, y, x_clean)`` of the batch at CPU indices ``idx``; ``x_aug`` is ``x_clean`` without ``augment``."""
+    idx = idx.to(images.device)
+    x_clean, y = images[idx], labels[idx]
+    return (augment(x_clean, generator) if augment is not None else x_clean), y, x_clean
+
+
 def train_epoch(
     model: nn.Module,
     images: torch.Tensor,
@@ -74,9 +83,7 @@ def train_epoch(
     ``x_aug`` is the DSA-augmented batch (``x_clean`` itself when ``augment`` is None)."""
     model.train()
     for idx in iterate_batches(images.shape[0], batch_size, generator):
-        idx = idx.to(images.device)
-        x_clean, y = images[idx], labels[idx]
-        x = augment(x_clean, generator) if augment is not None else x_clean
+        x, y, x_clean = augmented_batch(images, labels, idx, augment, generator)
         if step is not None:
             step(model, x, y, x_clean)
             continue
@@ -114,6 +121,51 @@ class Protocol:
                 "optimizer": "sgd"}
 
 
+def eval_generator(seed: int) -> torch.Generator:
+    """The generator of a protocol run with ``seed``: epoch permutations and DSA parameters (the model's
+    initialisation draws from ``seed`` itself)."""
+    return make_generator(seed + 1_000_003)
+
+
+def protocol_optimizer(params: Iterable[torch.Tensor], lr: float, protocol: Protocol) -> torch.optim.SGD:
+    """The protocol's SGD (momentum, weight decay) over ``params``, at the initial ``lr``."""
+    return torch.optim.SGD(params, lr=lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay)
+
+
+def set_epoch_lr(optimizer: torch.optim.Optimizer, lr: float, epoch: int, protocol: Protocol) -> None:
+    """The protocol's schedule for 0-based ``epoch``: ``lr`` for the first half, ``lr * 0.1`` after."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * 0.1 if epoch >= protocol.epochs // 2 else lr
+
+
+def protocol_augment(protocol: Protocol) -> DSA | None:
+    """The protocol's DSA, or None when it trains without augmentation."""
+    return DSA(protocol.dsa_strategy) if protocol.dsa_strategy else None
+
+
+def train_model(
+    model_name: str,
+    channels: int,
+    num_classes: int,
+    im_size: tuple[int, int],
+    train: tuple[torch.Tensor, torch.Tensor],
+    lr: float,
+    protocol: Protocol,
+    seed: int,
+) -> nn.Module:
+    """A fresh ``model_name`` (initialised from ``seed``) trained on ``train`` under ``protocol``, on the
+    images' device. All randomness (init, order, DSA) comes from ``seed``."""
+    images, labels = train
+    model = create_model(model_name, channels, num_classes, im_size, seed=seed).to(images.device)
+    generator = eval_generator(seed)
+    augment = protocol_augment(protocol)
+    optimizer = protocol_optimizer(model.parameters(), lr, protocol)
+    for epoch in range(protocol.epochs):
+        set_epoch_lr(optimizer, lr, epoch, protocol)
+        train_epoch(model, images, labels, optimizer, protocol.batch_size, augment, generator)
+    return model
+
+
 def train_and_test(
     model_name: str,
     channels: int,
@@ -127,16 +179,4 @@ def train_and_test(
 ) -> float:
     """Train a fresh ``model_name`` (initialised from ``seed``) on ``train`` under ``protocol`` and return
     its test accuracy after the last epoch. All randomness (init, order, DSA) comes from ``seed``."""
-    images, labels = train
-    device = images.device
-    model = create_model(model_name, channels, num_classes, im_size, seed=seed).to(device)
-    generator = make_generator(seed + 1_000_003)
-    augment = DSA(protocol.dsa_strategy) if protocol.dsa_strategy else None
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=protocol.momentum,
-                                weight_decay=protocol.weight_decay)
-    for epoch in range(protocol.epochs):
-        if epoch == protocol.epochs // 2:
-            for group in optimizer.param_groups:
-                group["lr"] = lr * 0.1
-        train_epoch(model, images, labels, optimizer, protocol.batch_size, augment, generator)
-    return accuracy(model, *test)
+    return accuracy(train_model(model_name, channels, num_classes, im_size, train, lr, protocol, seed), *test)

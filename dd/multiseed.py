@@ -1,0 +1,116 @@
+"""Several seeds of one architecture trained at once under the evaluation protocol.
+
+The S models' parameters are stacked into tensors [S, ...] and one ``torch.func.vmap`` of
+``functional_call`` runs the forward and backward of all seeds together; SGD with momentum and weight
+decay is elementwise, so one optimizer over the stacked tensors is S independent optimizers. Each seed
+keeps everything its sequential run (``dd.training.train_model``) has: the initial weights from
+``create_model(..., seed=s)`` and its own generator for the epoch permutations and the DSA parameters,
+so a batched seed follows the sequential run up to floating-point reassociation in the batched kernels
+(weights within 1e-7 after 30 epochs; over hundreds of epochs the rounding grows and an accuracy can move
+by a few test images, as between two machines). Architectures that ``can_batch`` rejects are trained one
+seed after another.
+
+Batching saves kernel launches and Python overhead, which dominate small models on a GPU; on a CPU the
+step is compute-bound and vmap's layout copies make it no faster (slower at 100 images per batch), so
+CPU callers may prefer ``batched=False``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from dd.errors import DDError
+from dd.models import create_model
+from dd.training import (
+    Protocol,
+    accuracy,
+    augmented_batch,
+    classification_loss,
+    eval_generator,
+    iterate_batches,
+    protocol_augment,
+    protocol_optimizer,
+    set_epoch_lr,
+    train_model,
+)
+
+
+def can_batch(model: nn.Module) -> bool:
+    """Whether seeds of ``model`` can train under one vmap: the model has no buffers (state outside the
+    parameters that training mutates and the seeds would share, e.g. BatchNorm running statistics) and no
+    dropout (its masks come from the global RNG and could not follow each seed's sequential run)."""
+    return not any(True for _ in model.buffers()) and not any(
+        isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
+
+
+def _train_stacked(models: list[nn.Module], train: tuple[torch.Tensor, torch.Tensor], lr: float,
+                   protocol: Protocol, seeds: Sequence[int]) -> None:
+    """Train ``models`` (one per seed, same architecture) in place, all seeds in each vmapped step."""
+    images, labels = train
+    names = [name for name, _ in models[0].named_parameters()]
+    per_model = [dict(m.named_parameters()) for m in models]
+    stacked = {name: torch.stack([p[name].detach() for p in per_model]).requires_grad_() for name in names}
+    generators = [eval_generator(seed) for seed in seeds]
+    augment = protocol_augment(protocol)
+    optimizer = protocol_optimizer(stacked.values(), lr, protocol)
+    template = models[0].train()
+    losses = vmap(lambda params, x, y: classification_loss(functional_call(template, params, (x,)), y))
+    for epoch in range(protocol.epochs):
+        set_epoch_lr(optimizer, lr, epoch, protocol)
+        orders = [iterate_batches(images.shape[0], protocol.batch_size, g) for g in generators]
+        for step in zip(*orders, strict=True):
+            xs, ys = [], []
+            for idx, g in zip(step, generators, strict=True):  # each seed's batch and DSA draw, as alone
+                x, y, _ = augmented_batch(images, labels, idx, augment, g)
+                xs.append(x)
+                ys.append(y)
+            optimizer.zero_grad(set_to_none=True)
+            losses(stacked, torch.stack(xs), torch.stack(ys)).sum().backward()  # seed s's loss: its slice only
+            optimizer.step()
+    with torch.no_grad():
+        for i, params in enumerate(per_model):
+            for name in names:
+                params[name].copy_(stacked[name][i])
+
+
+def train_seeds(
+    model_name: str,
+    channels: int,
+    num_classes: int,
+    im_size: tuple[int, int],
+    train: tuple[torch.Tensor, torch.Tensor],
+    lr: float,
+    protocol: Protocol,
+    seeds: Sequence[int],
+    batched: bool = True,
+) -> list[nn.Module]:
+    """``[train_model(..., seed) for seed in seeds]``, trained together when ``batched`` and ``can_batch``."""
+    if len(seeds) == 0:
+        raise DDError("no seeds to train; pass at least one seed (e.g. seeds=[0])")
+    models = [create_model(model_name, channels, num_classes, im_size, seed=seed).to(train[0].device)
+              for seed in seeds]
+    if not (batched and can_batch(models[0])):
+        return [train_model(model_name, channels, num_classes, im_size, train, lr, protocol, seed) for seed in seeds]
+    _train_stacked(models, train, lr, protocol, seeds)
+    return models
+
+
+def train_and_test_seeds(
+    model_name: str,
+    channels: int,
+    num_classes: int,
+    im_size: tuple[int, int],
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    lr: float,
+    protocol: Protocol,
+    seeds: Sequence[int],
+    batched: bool = True,
+) -> list[float]:
+    """Test accuracy of each seed, as ``[train_and_test(..., seed) for seed in seeds]`` (same arguments)."""
+    models = train_seeds(model_name, channels, num_classes, im_size, train, lr, protocol, seeds, batched)
+    return [accuracy(model, *test) for model in models]
