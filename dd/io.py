@@ -107,7 +107,7 @@ def sha256_file(path: str | Path) -> str:
 def pack_state(obj: Any, prefix: str) -> tuple[dict[str, torch.Tensor], Any]:
     """Split a nested state (``state_dict()`` of a module or an optimiser) into its tensors, named
     ``<prefix>.<i>``, and a JSON-able skeleton; ``unpack_state`` reverses it. Dict keys keep their type
-    (an optimiser's state is keyed by ints), so nothing has to be pickled."""
+    (an optimiser's state is keyed by ints) and tuples stay tuples, so nothing has to be pickled."""
     tensors: dict[str, torch.Tensor] = {}
 
     def walk(value: Any) -> Any:
@@ -118,7 +118,7 @@ def pack_state(obj: Any, prefix: str) -> tuple[dict[str, torch.Tensor], Any]:
         if isinstance(value, dict):
             return {"dict": [[k, walk(v)] for k, v in value.items()]}
         if isinstance(value, (list, tuple)):
-            return {"list": [walk(v) for v in value]}
+            return {type(value).__name__: [walk(v) for v in value]}
         return {"value": value}
 
     return tensors, walk(obj)
@@ -130,6 +130,7 @@ def unpack_state(skeleton: Any, tensors: dict[str, torch.Tensor], device: torch.
         return tensors[skeleton["tensor"]].to(device)
     if "dict" in skeleton:
         return {k: unpack_state(v, tensors, device) for k, v in skeleton["dict"]}
-    if "list" in skeleton:
-        return [unpack_state(v, tensors, device) for v in skeleton["list"]]
+    if "list" in skeleton or "tuple" in skeleton:
+        items = [unpack_state(v, tensors, device) for v in skeleton.get("list", skeleton.get("tuple"))]
+        return items if "list" in skeleton else tuple(items)
     return skeleton["value"]

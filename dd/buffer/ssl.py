@@ -112,7 +112,9 @@ def train_teacher(config) -> int:
     spec, pixels = raw.spec, raw.train_images.to(device)
     preprocess = Preprocessor.fit("standard", spec, raw.train_images)
     model = create_model(config.model, spec.channels, spec.num_classes, spec.size, seed=config.seed).to(device)
-    projector = make_projector(embed_dim(model), config.proj_dim).to(device)
+    with torch.random.fork_rng(devices=[]):  # the projector's init from the seed, not the global RNG
+        torch.manual_seed(config.seed)
+        projector = make_projector(embed_dim(model), config.proj_dim).to(device)
     params = [p for n, p in model.named_parameters() if n in backbone_state(model)] + list(projector.parameters())
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     generator = make_generator(config.seed)
