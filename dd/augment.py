@@ -171,6 +171,12 @@ def rand_rotate(x: torch.Tensor, p: DSAParams, g: torch.Generator) -> torch.Tens
     return affine(x, rotate_theta(angle).to(x.device, x.dtype, non_blocking=True))
 
 
+def crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random translation by up to 1/8 of the side (pad-4 crop at 32 px) then a horizontal flip with p 0.5,
+    both per sample: the standard crop + flip augmentation (KRR-ST's real batches and fine-tuning)."""
+    return rand_flip(rand_crop(x, DSAParams(), generator), DSAParams(), generator)
+
+
 GROUPS: dict[str, tuple[Op, ...]] = {
     "color": (rand_brightness, rand_saturation, rand_contrast),
     "brightness": (rand_brightness,),

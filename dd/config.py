@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import types
 import typing
 from collections.abc import Sequence
@@ -148,6 +149,18 @@ def parse_config(cls: type[T], argv: Sequence[str] | None, parser: argparse.Argu
         make_config(cls, values, source=f"config file {config_path}")  # report bad keys by file
     values.update(ns)
     return make_config(cls, values, source="command line"), extras
+
+
+def peek_option(argv: Sequence[str] | None, name: str, default: str) -> str:
+    """The value of ``--name`` in ``argv``, else of ``name`` in its ``--config`` YAML, else ``default``:
+    lets a command choose the config class that parses the rest (``dd.distill --method krr_st``)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None)
+    ns, _ = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    if getattr(ns, name) is not None:
+        return getattr(ns, name)
+    return str(load_yaml(ns.config).get(name, default)) if ns.config else default
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -102,3 +102,35 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def pack_state(obj: Any, prefix: str) -> tuple[dict[str, torch.Tensor], Any]:
+    """Split a nested state (``state_dict()`` of a module or an optimiser) into its tensors, named
+    ``<prefix>.<i>``, and a JSON-able skeleton; ``unpack_state`` reverses it. Dict keys keep their type
+    (an optimiser's state is keyed by ints) and tuples stay tuples, so nothing has to be pickled."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            name = f"{prefix}.{len(tensors)}"
+            tensors[name] = value.detach()
+            return {"tensor": name}
+        if isinstance(value, dict):
+            return {"dict": [[k, walk(v)] for k, v in value.items()]}
+        if isinstance(value, (list, tuple)):
+            return {type(value).__name__: [walk(v) for v in value]}
+        return {"value": value}
+
+    return tensors, walk(obj)
+
+
+def unpack_state(skeleton: Any, tensors: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> Any:
+    """The nested state that ``pack_state`` split into ``skeleton`` and ``tensors`` (tensors moved to ``device``)."""
+    if "tensor" in skeleton:
+        return tensors[skeleton["tensor"]].to(device)
+    if "dict" in skeleton:
+        return {k: unpack_state(v, tensors, device) for k, v in skeleton["dict"]}
+    if "list" in skeleton or "tuple" in skeleton:
+        items = [unpack_state(v, tensors, device) for v in skeleton.get("list", skeleton.get("tuple"))]
+        return items if "list" in skeleton else tuple(items)
+    return skeleton["value"]

@@ -74,13 +74,14 @@ def train_epoch(
     labels: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     batch_size: int,
-    augment: DSA | None,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None,
     generator: torch.Generator,
     step: StepFn | None = None,
 ) -> None:
     """One pass over (images, labels). ``step(model, x_aug, y, x_clean)`` replaces the default
     forward/backward/step (recipes with several passes per batch or a term on the un-augmented batch);
-    ``x_aug`` is the DSA-augmented batch (``x_clean`` itself when ``augment`` is None)."""
+    ``x_aug`` is the batch augmented by ``augment(x, generator)`` (a ``DSA``, or e.g. ``crop_flip``; ``x_clean``
+    itself when ``augment`` is None)."""
     model.train()
     for idx in iterate_batches(images.shape[0], batch_size, generator):
         x, y, x_clean = augmented_batch(images, labels, idx, augment, generator)

@@ -24,3 +24,15 @@ def digits_buffer(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("buffers")
     assert buffer_main([*TINY_BUFFER_FLAGS, "--buffer-dir", str(root)]) == 0
     return root
+
+
+TINY_TEACHER_FLAGS = ["--teacher", "barlow_twins", "--dataset", "digits-0to4", "--model", "ConvNetW32", "--epochs", "2",
+                      "--batch-size", "128", "--lr", "0.05", "--momentum", "0.9", "--proj-dim", "32", "--device", "cpu"]
+
+
+@pytest.fixture(scope="session")
+def digits_teacher(tmp_path_factory) -> Path:
+    """``buffers/`` root holding a 2-epoch Barlow Twins ConvNetW32 teacher on digits-0to4."""
+    root = tmp_path_factory.mktemp("teachers")
+    assert buffer_main([*TINY_TEACHER_FLAGS, "--buffer-dir", str(root)]) == 0
+    return root

@@ -1,6 +1,7 @@
 """``python -m dd.buffer``: train expert networks on real data and store their trajectories.
 
     python -m dd.buffer --config experiments/buffer/digits.yaml      # train (resumes if interrupted)
+    python -m dd.buffer --config experiments/buffer/digits-0to4_barlow_twins.yaml   # an SSL teacher (KRR-ST)
     python -m dd.buffer import replay_buffer_0.pt ... --dataset cifar10 --model ConvNet --epochs 50
 """
 
@@ -15,6 +16,7 @@ from tqdm import tqdm
 from dd.buffer.config import BufferConfig, store_header, store_root, validate
 from dd.buffer.experts import ExpertRecipe, expert_seed, train_expert
 from dd.buffer.legacy import import_legacy
+from dd.buffer.ssl import train_teacher
 from dd.buffer.store import TrajectoryStore
 from dd.cli import run_cli
 from dd.config import build_parser, opt, parse_config
@@ -25,6 +27,8 @@ from dd.realdata import prepare_data
 
 def train_main(argv: Sequence[str] | None) -> int:
     config, _ = parse_config(BufferConfig, argv, build_parser(BufferConfig, "python -m dd.buffer", __doc__))
+    if config.teacher != "none":
+        return train_teacher(config)
     validate(config)
     device = resolve_device(config.device)
     data = prepare_data(config.dataset, device, config.data_path, config.download,

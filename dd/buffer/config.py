@@ -40,6 +40,11 @@ class BufferConfig:
     loss_warmup: bool = opt(False, "AST clipping-loss warm-up: CE x 0.5, 0.55, ..., 0.95 in epochs 0-9")
     gp_lambda: float = opt(0.0, "AST gradient penalty weight on the clean batch (AST: 2; 0 = off)")
     test_every: int = opt(1, "measure test accuracy every k epochs (0: only after the last epoch)")
+    teacher: str = opt("none", "none = train experts; barlow_twins = train one self-supervised teacher encoder for "
+                       "KRR-ST instead (SGD with --lr, --momentum, --weight-decay, --batch-size, --epochs)",
+                       choices=("none", "barlow_twins"))
+    bt_lambda: float = opt(5e-3, "Barlow Twins weight of the off-diagonal terms (teacher only)")
+    proj_dim: int = opt(512, "width of the Barlow Twins projector (teacher only)")
     seed: int = opt(0, "base seed; expert i is determined by (recipe, seed, i)")
     buffer_dir: str = opt("buffers", "root of the trajectory stores")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")

@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from dd.io import load_tensors_and_metadata, save_tensors
+from dd.errors import DDError
+from dd.io import atomic_write_json, load_tensors_and_metadata, save_tensors
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -28,3 +29,15 @@ def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         return None
     tensors, metadata = load_tensors_and_metadata(path, what="checkpoint")
     return tensors, json.loads(metadata["state"])
+
+
+def open_run(run_dir: Path, resume: bool,
+             config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """Create ``run_dir`` with its resolved ``config.json``; returns its last checkpoint when resuming, and
+    refuses to overwrite a run that has one unless ``resume``."""
+    found = load_checkpoint(run_dir)
+    if found is not None and not resume:
+        raise DDError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "config.json", config)
+    return found

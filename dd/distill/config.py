@@ -13,7 +13,8 @@ from dd.config import opt
 
 @dataclass
 class DistillConfig:
-    method: str = opt("mtt", "distillation method (see dd.distill.methods)")
+    method: str = opt("mtt", "distillation method (see dd.distill.methods); krr_st has flags of its own, "
+                             "listed by --method krr_st --help")
     dataset: str = opt("digits", "dataset name (see dd.data.list_datasets())")
     data_path: str = opt("data", "folder holding the dataset")
     download: bool = opt(False, "download the dataset through torchvision if it is missing")

@@ -8,7 +8,6 @@ step the outer optimisers (SGD with momentum 0.5, as MTT) when the method accept
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -23,14 +22,13 @@ from dd.buffer.store import TrajectoryStore
 from dd.config import to_dict
 from dd.data import Preprocessor, list_datasets
 from dd.device import make_generator, resolve_device
-from dd.distill.checkpoint import load_checkpoint, save_checkpoint
+from dd.distill.checkpoint import open_run, save_checkpoint
 from dd.distill.config import DistillConfig
 from dd.distill.experts import ExpertPool, find_store
 from dd.distill.methods import Method, get_method
 from dd.distill.synset import SynSet, save_synset
 from dd.distill.unroll import UNROLLS, make_plan
 from dd.errors import DDError
-from dd.io import atomic_write_bytes
 from dd.metrics import MetricsLog
 from dd.models import create_model, list_models
 from dd.realdata import PreparedData, prepare_data
@@ -222,15 +220,10 @@ class Distiller:
                         {"iteration": self.iteration, "best": self.best, "config": to_dict(self.config)})
 
     def _prepare_run_dir(self) -> None:
-        found = load_checkpoint(self.run_dir)
-        if found is not None and not self.config.resume:
-            raise DDError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another "
-                          f"--run-dir")
+        found = open_run(self.run_dir, self.config.resume, to_dict(self.config))
         if found is not None:
             self.load_state(*found)
             print(f"resumed {self.run_dir} at iteration {self.iteration}")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.run_dir / "config.json", (json.dumps(to_dict(self.config), indent=2) + "\n").encode())
 
     def _check_finite(self, loss: float) -> None:
         """Stop before a diverged state is saved: the last checkpoint and set stay the last good ones."""

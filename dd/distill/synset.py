@@ -1,7 +1,8 @@
 """The synthetic-set artefact: images, labels, the learned lr and metadata, as safetensors + JSON.
 
 A set is a folder holding ``synset.safetensors`` (tensors ``images`` [N,C,H,W] in the model's input
-space, ``labels`` [N] int64 or [N,K] float32 logits, ``lr`` [1], and the preprocessing state under
+space, ``labels`` [N] int64 or [N,K] float32 logits, or [N,D] target representations for a transfer
+set (``meta["kind"] == "transfer"``, KRR-ST), ``lr`` [1], and the preprocessing state under
 ``preprocess.*`` so images can be inverted for display) and ``synset.json`` (metadata). Nothing in it
 executes code on load, and it is usable without the rest of dd through ``SynSet.dataset()``.
 """
@@ -25,13 +26,19 @@ META_FILE = "synset.json"
 
 @dataclass
 class SynSet:
-    """A distilled set. ``labels`` are hard class ids [N] or soft logits [N, K]."""
+    """A distilled set. ``labels`` are hard class ids [N], soft logits [N, K], or target representations
+    [N, D] of a transfer set (``transfer``), which pre-trains a network by regression, not classification."""
 
     images: torch.Tensor
     labels: torch.Tensor
     lr: float
     meta: dict[str, Any] = field(default_factory=dict)
     preprocess: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def transfer(self) -> bool:
+        """Whether this is a transfer set (``meta["kind"] == "transfer"``): labels are target representations."""
+        return self.meta.get("kind") == "transfer"
 
     @property
     def soft(self) -> bool:
@@ -60,7 +67,7 @@ def save_synset(path: str | Path, synset: SynSet) -> Path:
     save_tensors(folder / TENSORS_FILE, tensors)
     meta = dict(synset.meta)
     meta.update(format_version=FORMAT_VERSION, lr=float(synset.lr), num_images=int(synset.images.shape[0]),
-                labels="soft" if synset.soft else "hard")
+                labels="targets" if synset.transfer else "soft" if synset.soft else "hard")
     atomic_write_json(folder / META_FILE, meta)
     return folder
 

@@ -12,6 +12,9 @@ trains on the argmax of soft labels, ``auto`` on the set's own labels, ``soft`` 
 Writes results.json (a list ``runs`` of records: source, method, model, ipc, seed, accuracy, labels,
 augment, protocol) and results.md (architecture x source per setting, and the improvement of the set
 over random real images per setting). Rerunning skips runs already recorded under the same setting.
+
+``--protocol transfer`` evaluates a KRR-ST transfer set instead (pre-train, then linear probe and
+fine-tuning on target datasets): see python -m dd.eval --protocol transfer --help.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ import torch
 from tqdm import tqdm
 
 from dd.cli import run_cli
-from dd.config import build_parser, opt, parse_config, to_dict
+from dd.config import build_parser, opt, parse_config, peek_option, to_dict
 from dd.data import Preprocessor, class_indices, list_datasets
 from dd.device import make_generator, resolve_device
 from dd.distill.synset import SynSet, load_synset
 from dd.errors import DDError
+from dd.eval import transfer
 from dd.eval.report import augment_of, results_markdown
 from dd.io import atomic_write_bytes, atomic_write_json, read_json
 from dd.models import list_models
@@ -139,6 +143,8 @@ def random_subset(data: PreparedData, ipc: int, seed: int) -> tuple[torch.Tensor
 def load_inputs(config: EvalConfig, device: torch.device) -> tuple[SynSet | None, PreparedData, str, int | None]:
     """The set (if any), the real data under the set's preprocessing, the dataset name and the ipc."""
     synset = load_synset(config.synset, device) if config.synset else None
+    if synset is not None and synset.transfer:
+        raise DDError(f"the set at {config.synset} is a transfer set (KRR-ST); evaluate it with --protocol transfer")
     dataset = config.dataset or (synset.meta.get("dataset") if synset else None) or "digits"
     if synset is not None and synset.meta.get("dataset") not in (None, dataset):
         raise DDError(f"the set at {config.synset} was distilled on {synset.meta['dataset']}, not {dataset}; "
@@ -157,6 +163,8 @@ def load_inputs(config: EvalConfig, device: torch.device) -> tuple[SynSet | None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if peek_option(argv, "protocol", "classification") == "transfer":
+        return transfer.main(argv)
     config, _ = parse_config(EvalConfig, argv, build_parser(EvalConfig, "python -m dd.eval", __doc__))
     baselines = validate(config)
     device = resolve_device(config.device)

@@ -40,8 +40,12 @@ class ConvNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(c * h * w, num_classes)
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Features [B, D] fed to the classifier."""
+        return self.features(x).flatten(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
+        return self.classifier(self.embed(x))
 
 
 VARIANTS: dict[str, dict] = {

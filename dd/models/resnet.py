@@ -65,11 +65,15 @@ class ResNet(nn.Module):
         self.layers = nn.Sequential(*stages)
         self.classifier = nn.Linear(cin * h * w if avgpool else cin, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Features [B, D] fed to the classifier (globally pooled unless ``avgpool``)."""
         out = self.layers(self.stem(x))
         if not self.avgpool:
             out = F.adaptive_avg_pool2d(out, 1)
-        return self.classifier(out.flatten(1))
+        return out.flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
 
 
 for _name, _settings in {

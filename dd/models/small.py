@@ -35,8 +35,12 @@ class _ConvStack(nn.Module):
             fcs += [nn.Linear(dims[i], dims[i + 1]), nn.ReLU()]
         self.classifier = nn.Sequential(*fcs[:-1])
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Features [B, D] fed to the last linear layer (the hidden FC layers included)."""
+        return self.classifier[:-1](self.features(x).flatten(1))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
+        return self.classifier[-1](self.embed(x))
 
 
 @register_model("AlexNet")

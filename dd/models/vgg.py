@@ -38,8 +38,12 @@ class VGG(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(c * h * w, num_classes)
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Features [B, D] fed to the classifier."""
+        return self.features(x).flatten(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
+        return self.classifier(self.embed(x))
 
 
 register_model("VGG11")(functools.partial(VGG, cfg=VGG11))
