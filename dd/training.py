@@ -54,9 +54,11 @@ def frozen_running_stats(model: nn.Module) -> Iterator[None]:
                 m.num_batches_tracked.copy_(count)
 
 
-def iterate_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """One epoch of shuffled index batches (CPU index tensors) drawn from ``generator``."""
-    return list(torch.randperm(n, generator=generator).split(batch_size))
+def iterate_batches(n: int, batch_size: int, generator: torch.Generator,
+                    device: torch.device | str = "cpu") -> list[torch.Tensor]:
+    """One epoch of shuffled index batches drawn from the CPU ``generator``; the permutation moves to
+    ``device`` in one copy per epoch, not one per batch."""
+    return list(torch.randperm(n, generator=generator).to(device, non_blocking=True).split(batch_size))
 
 
 def train_epoch(
@@ -73,8 +75,7 @@ def train_epoch(
     forward/backward/step (recipes with several passes per batch or a term on the un-augmented batch);
     ``x_aug`` is the DSA-augmented batch (``x_clean`` itself when ``augment`` is None)."""
     model.train()
-    for idx in iterate_batches(images.shape[0], batch_size, generator):
-        idx = idx.to(images.device)
+    for idx in iterate_batches(images.shape[0], batch_size, generator, images.device):
         x_clean, y = images[idx], labels[idx]
         x = augment(x_clean, generator) if augment is not None else x_clean
         if step is not None:
