@@ -55,8 +55,8 @@ class DistillConfig:
                       "and replaying the steps backwards (one more forward and backward per step)",
                       choices=("full", "checkpointed"))
     unroll_snapshot_every: int = opt(1, "checkpointed unroll: keep the student's state after every k-th inner step "
-                                     "only and replay the steps in between during the backward pass (less memory, "
-                                     "more time)")
+                                     "only and replay the steps in between during the backward pass (about "
+                                     "syn_steps/k + k states; k near sqrt(syn_steps) holds the fewest)")
     max_cached_experts: int = opt(64, "experts kept in memory at once (the rest are re-read from disk)")
     eval_every: int = opt(500, "evaluate every k iterations (0: only at the end)")
     eval_models: str = opt("ConvNet", "comma-separated architectures for the evaluations during the run")
