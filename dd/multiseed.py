@@ -61,7 +61,7 @@ def _train_stacked(models: list[nn.Module], train: tuple[torch.Tensor, torch.Ten
     losses = vmap(lambda params, x, y: classification_loss(functional_call(template, params, (x,)), y))
     for epoch in range(protocol.epochs):
         set_epoch_lr(optimizer, lr, epoch, protocol)
-        orders = [iterate_batches(images.shape[0], protocol.batch_size, g) for g in generators]
+        orders = [iterate_batches(images.shape[0], protocol.batch_size, g, images.device) for g in generators]
         for step in zip(*orders, strict=True):
             xs, ys = [], []
             for idx, g in zip(step, generators, strict=True):  # each seed's batch and DSA draw, as alone

@@ -54,15 +54,18 @@ def frozen_running_stats(model: nn.Module) -> Iterator[None]:
                 m.num_batches_tracked.copy_(count)
 
 
-def iterate_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """One epoch of shuffled index batches (CPU index tensors) drawn from ``generator``."""
-    return list(torch.randperm(n, generator=generator).split(batch_size))
+def iterate_batches(n: int, batch_size: int, generator: torch.Generator,
+                    device: torch.device | str = "cpu") -> list[torch.Tensor]:
+    """One epoch of shuffled index batches drawn from the CPU ``generator``; the permutation moves to
+    ``device`` in one copy per epoch, not one per batch."""
+    return list(torch.randperm(n, generator=generator).to(device, non_blocking=True).split(batch_size))
 
 
 def augmented_batch(
     images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, augment: DSA | None, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(x_aug, y, x_clean)`` of the batch at CPU indices ``idx``; ``x_aug`` is ``x_clean`` without ``augment``."""
+    """``(x_aug, y, x_clean)`` of the batch at indices ``idx`` (best already on the images' device, see
+    ``iterate_batches``); ``x_aug`` is ``x_clean`` without ``augment``."""
     idx = idx.to(images.device)
     x_clean, y = images[idx], labels[idx]
     return (augment(x_clean, generator) if augment is not None else x_clean), y, x_clean
@@ -83,7 +86,7 @@ def train_epoch(
     ``x_aug`` is the batch augmented by ``augment(x, generator)`` (a ``DSA``, or e.g. ``crop_flip``; ``x_clean``
     itself when ``augment`` is None)."""
     model.train()
-    for idx in iterate_batches(images.shape[0], batch_size, generator):
+    for idx in iterate_batches(images.shape[0], batch_size, generator, images.device):
         x, y, x_clean = augmented_batch(images, labels, idx, augment, generator)
         if step is not None:
             step(model, x, y, x_clean)

@@ -51,7 +51,13 @@ class DistillConfig:
                            choices=("none", "agg", "adaptive"))
     weight_perturb: bool = opt(False, "relative Gaussian perturbation of the start conv weights (AST)")
     dsa_strategy: str = opt("color_crop_cutout_flip_scale_rotate", "DSA ops in the inner loop and evaluation")
-    unroll: str = opt("full", "how the inner loop is differentiated", choices=("full",))
+    unroll: str = opt("full", "how the inner loop is differentiated: full keeps every step's graph (memory grows "
+                      "with syn_steps); checkpointed gives the same gradient keeping one step's graph at a time "
+                      "and replaying the steps backwards (one more forward and backward per step)",
+                      choices=("full", "checkpointed"))
+    unroll_snapshot_every: int = opt(1, "checkpointed unroll: keep the student's state after every k-th inner step "
+                                     "only and replay the steps in between during the backward pass (about "
+                                     "syn_steps/k + k states; k near sqrt(syn_steps) holds the fewest)")
     max_cached_experts: int = opt(64, "experts kept in memory at once (the rest are re-read from disk)")
     eval_every: int = opt(500, "evaluate every k iterations (0: only at the end)")
     eval_models: str = opt("ConvNet", "comma-separated architectures for the evaluations during the run")

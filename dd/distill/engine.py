@@ -27,7 +27,7 @@ from dd.distill.config import DistillConfig
 from dd.distill.experts import ExpertPool, find_store
 from dd.distill.methods import Method, get_method
 from dd.distill.synset import SynSet, save_synset
-from dd.distill.unroll import UNROLLS, make_plan
+from dd.distill.unroll import make_plan, make_unroll
 from dd.errors import DDError
 from dd.metrics import MetricsLog
 from dd.models import create_model, list_models
@@ -64,8 +64,7 @@ def validate(config: DistillConfig) -> None:
     if not 0 <= config.min_start_epoch < config.max_start_epoch:
         raise DDError(f"need 0 <= --min-start-epoch < --max-start-epoch, got {config.min_start_epoch} and "
                       f"{config.max_start_epoch}")
-    if config.unroll not in UNROLLS:
-        raise DDError(f"unknown unroll '{config.unroll}'; choose from {', '.join(UNROLLS)}")
+    make_unroll(config.unroll, config.unroll_snapshot_every)  # raises on a bad unroll or stride
 
 
 def default_run_dir(config: DistillConfig) -> Path:
@@ -103,7 +102,7 @@ class Distiller:
         self.method: Method = get_method(config.method)(self.ctx)
         self.experts = ExpertPool(store, self.device, config.max_cached_experts)
         self.student = self.method.make_student(model, DSA(config.dsa_strategy))
-        self.unroll = UNROLLS[config.unroll]
+        self.unroll = make_unroll(config.unroll, config.unroll_snapshot_every)
         self.run_dir = default_run_dir(config)
         self.generator = make_generator(config.seed)
         self.iteration = 0
@@ -175,7 +174,8 @@ class Distiller:
         _, trajectory = self.experts.sample(self.generator)
         start = self.method.start_epoch(self.iteration, self.generator)
         w_start = self.method.start_params(trajectory, start, self.generator)
-        plan = make_plan(self.images.shape[0], cfg.batch_syn or self.images.shape[0], cfg.syn_steps, self.generator)
+        plan = make_plan(self.images.shape[0], cfg.batch_syn or self.images.shape[0], cfg.syn_steps, self.generator,
+                         self.device)
         captured = self.unroll(self.student, w_start, self.images, self.labels, self.syn_lr, plan,
                                self.method.capture_steps())
         loss = self.method.match_loss(captured, w_start, trajectory, start)

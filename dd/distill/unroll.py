@@ -2,38 +2,52 @@
 
 An iteration first draws an ``InnerPlan`` (which synthetic images each step uses and the DSA seed of
 each step), so any unroll can replay a step exactly. ``full_unroll`` keeps every step's graph, as in
-the MTT code; the unroll is a registry entry so a constant-memory variant can take its place.
+the MTT code: memory grows linearly with the number of steps N. ``checkpointed_unroll`` gives the
+same gradient in memory that does not grow with N beyond the student's state vectors: its forward
+pass keeps only the state after each step, and its backward pass replays the steps in reverse, one
+at a time, propagating the adjoint (reverse-mode accumulation through the unrolled optimiser, as in
+Maclaurin et al. 2015 without the reversible arithmetic). It is exact, not TESLA's first-order
+approximation: each replayed step keeps the second-order terms through its inner gradient.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from dd.augment import DSA
 from dd.device import make_generator
+from dd.errors import DDError
 from dd.functional import functional_forward
-from dd.training import classification_loss
+from dd.training import classification_loss, frozen_running_stats
+
+State = tuple[torch.Tensor, ...]
 
 
 @dataclass
 class InnerPlan:
-    """Per inner step: the synthetic indices of its minibatch (CPU) and the seed of its augmentation."""
+    """Per inner step: the synthetic indices of its minibatch and the seed of its augmentation."""
 
     indices: list[torch.Tensor]
     seeds: list[int]
 
 
-def make_plan(num_images: int, batch_size: int, steps: int, generator: torch.Generator) -> InnerPlan:
-    """Minibatches are consecutive chunks of fresh random permutations of the synthetic set (MTT)."""
+def make_plan(num_images: int, batch_size: int, steps: int, generator: torch.Generator,
+              device: torch.device | str = "cpu") -> InnerPlan:
+    """Minibatches are consecutive chunks of fresh random permutations of the synthetic set (MTT).
+    The indices are drawn on the CPU and moved to ``device`` in one copy, not one per step."""
     chunks: list[torch.Tensor] = []
     while len(chunks) < steps:
         chunks.extend(torch.randperm(num_images, generator=generator).split(batch_size))
+    chunks = chunks[:steps]
     seeds = torch.randint(0, 2**62, (steps,), generator=generator).tolist()
-    return InnerPlan(chunks[:steps], seeds)
+    indices = torch.cat(chunks).to(device, non_blocking=True).split([len(c) for c in chunks])
+    return InnerPlan(list(indices), seeds)
 
 
 class Student:
@@ -47,7 +61,7 @@ class Student:
         self.augment = augment
         self.loss_fn = loss_fn
 
-    def init_state(self, w0: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def init_state(self, w0: torch.Tensor) -> State:
         """The inner optimiser's state at the start parameters."""
         return (w0,)
 
@@ -60,8 +74,8 @@ class Student:
         (grad,) = torch.autograd.grad(loss, w, create_graph=create_graph)
         return grad
 
-    def step(self, state: tuple[torch.Tensor, ...], images: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor,
-             index: torch.Tensor, seed: int, create_graph: bool = True) -> tuple[torch.Tensor, ...]:
+    def step(self, state: State, images: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor,
+             index: torch.Tensor, seed: int, create_graph: bool = True) -> State:
         """The state after one inner step."""
         w = state[0]
         return (w - lr * self.gradient(w, images, labels, index, seed, create_graph),)
@@ -80,6 +94,101 @@ def full_unroll(student: Student, w0: torch.Tensor, images: torch.Tensor, labels
     return captured
 
 
+# -- the checkpointed unroll ---------------------------------------------------------------------------
+def _replay(student: Student, state: State, images: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor,
+            plan: InnerPlan, step: int) -> State:
+    """The detached state after 1-based inner ``step`` from the detached state before it, without a graph
+    through the step (the inner gradient still needs one through the forward)."""
+    with torch.enable_grad():
+        w = state[0].detach().requires_grad_(True)
+        new = student.step((w, *state[1:]), images, labels, lr, plan.indices[step - 1], plan.seeds[step - 1],
+                           create_graph=False)
+    return tuple(s.detach() for s in new)
+
+
+class _CheckpointedUnroll(torch.autograd.Function):
+    """Forward: the captured parameters, keeping the state every ``snapshot_every`` steps. Backward: per
+    segment between snapshots (last first), replay the segment's states, then walk its steps in reverse,
+    each rebuilt with its graph, mapping the adjoint of the state after a step to the adjoint of the
+    state before it (a vector-Jacobian product) and adding the step's images, labels and lr terms."""
+
+    @staticmethod
+    def forward(ctx, student: Student, plan: InnerPlan, capture: Sequence[int], snapshot_every: int,
+                w0: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor
+                ) -> tuple[torch.Tensor, ...]:
+        ctx.save_for_backward(images, labels, lr)
+        data = (images.detach(), labels.detach(), lr.detach())
+        steps = len(plan.seeds)
+        state = tuple(s.detach() for s in student.init_state(w0.detach()))
+        snapshots, captured = {0: state}, []
+        for step in range(1, steps + 1):
+            state = _replay(student, state, *data, plan, step)
+            if step % snapshot_every == 0:
+                snapshots[step] = state
+            if step in capture:
+                captured.append(state[0])
+        ctx.student, ctx.plan, ctx.snapshot_every, ctx.snapshots = student, plan, snapshot_every, snapshots
+        ctx.capture = [step for step in sorted(set(capture)) if step <= steps]
+        return tuple(captured)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grad_captured: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        student, plan, k = ctx.student, ctx.plan, ctx.snapshot_every
+        data = [x.detach() for x in ctx.saved_tensors]
+        needs = ctx.needs_input_grad[5:]  # images, labels, lr
+        inputs = [x.detach().requires_grad_(True) if need else x for x, need in zip(data, needs, strict=True)]
+        wanted = [x for x in inputs if x.requires_grad]
+        totals = [torch.zeros_like(x) for x in wanted]
+        incoming = dict(zip(ctx.capture, grad_captured, strict=True))
+        last = ctx.capture[-1]
+        adjoint = [torch.zeros_like(s) for s in ctx.snapshots[0]]
+        with frozen_running_stats(student.model):  # replays leave BatchNorm statistics as the forward left them
+            for start in reversed(range(0, last, k)):
+                end = min(start + k, last)
+                states = [ctx.snapshots[start]]
+                for step in range(start + 1, end):
+                    states.append(_replay(student, states[-1], *data, plan, step))
+                for step in range(end, start, -1):
+                    if step in incoming:
+                        adjoint[0] = adjoint[0] + incoming[step]
+                    before = [s.detach().requires_grad_(True) for s in states.pop()]
+                    with torch.enable_grad():
+                        after = student.step(tuple(before), *inputs, plan.indices[step - 1], plan.seeds[step - 1])
+                        grads = torch.autograd.grad(after, [*before, *wanted], adjoint, allow_unused=True)
+                    adjoint = [torch.zeros_like(s) if g is None else g
+                               for g, s in zip(grads[:len(before)], before, strict=True)]
+                    for total, g in zip(totals, grads[len(before):], strict=True):
+                        if g is not None:
+                            total.add_(g)
+        out = iter(totals)
+        return (None, None, None, None, None, *(next(out) if need else None for need in needs))
+
+
+def checkpointed_unroll(student: Student, w0: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
+                        lr: torch.Tensor, plan: InnerPlan, capture: Sequence[int],
+                        snapshot_every: int = 1) -> list[torch.Tensor]:
+    """``full_unroll``'s values and exact gradient w.r.t. images, labels and lr (w0 is a constant, as there),
+    holding one step's graph at a time plus the state after every ``snapshot_every``-th step. Each step
+    runs once in the forward pass (no second-order graph) and once in the backward pass (with it); with
+    k = ``snapshot_every`` > 1 the k - 1 steps inside each segment run once more to rebuild its states,
+    so memory holds about N / k + k states instead of N."""
+    return list(_CheckpointedUnroll.apply(student, plan, capture, snapshot_every, w0, images, labels, lr))
+
+
 Unroll = Callable[[Student, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, InnerPlan, Sequence[int]],
                   list[torch.Tensor]]
-UNROLLS: dict[str, Unroll] = {"full": full_unroll}
+UNROLLS: dict[str, Unroll] = {"full": full_unroll, "checkpointed": checkpointed_unroll}
+
+
+def make_unroll(name: str, snapshot_every: int = 1) -> Unroll:
+    """The registered unroll ``name``; ``snapshot_every`` is the checkpointed unroll's snapshot stride."""
+    if name not in UNROLLS:
+        raise DDError(f"unknown unroll '{name}'; choose from {', '.join(UNROLLS)}")
+    if snapshot_every < 1:
+        raise DDError(f"--unroll-snapshot-every must be positive, got {snapshot_every}")
+    if name == "checkpointed":
+        return functools.partial(checkpointed_unroll, snapshot_every=snapshot_every)
+    if snapshot_every != 1:
+        raise DDError(f"--unroll-snapshot-every only applies to --unroll checkpointed, not '{name}'")
+    return UNROLLS[name]

@@ -140,7 +140,7 @@ def perturb_conv_weights(w: torch.Tensor, spec: ParamSpec, generator: torch.Gene
     for shape in spec.shapes:
         n = math.prod(shape)
         if len(shape) == 4:
-            d = torch.randn(n, generator=generator, dtype=w.dtype).to(w.device)
+            d = torch.randn(n, generator=generator, dtype=w.dtype).to(w.device, non_blocking=True)
             out[offset:offset + n] *= 1 + d / d.norm()
         offset += n
     return out

@@ -1,0 +1,328 @@
+"""Speed and memory of dd's hot paths; prints a table and writes docs/benchmarks.md and docs/benchmarks.json.
+
+    python scripts/bench.py                    # the full benchmark (run it on an otherwise idle machine)
+    python scripts/bench.py --quick --out /tmp/bench   # a smoke run of every section (tiny settings)
+
+Sections (each a function returning rows; add one to SECTIONS and its rows appear in both files):
+
+- ``distill_iter``: seconds per distillation iteration (unroll + matching loss + backward + outer SGD
+  step) and its peak memory, per dataset, syn_steps and unroll: full, checkpointed keeping every state,
+  checkpointed keeping every ceil(sqrt(N))-th state (``--unroll-snapshot-every``). Each configuration runs
+  in a fresh subprocess; the student starts from random parameters and matches a random target (no buffer needed),
+  through the real ``Student``, unroll and ``normalized_distance`` code.
+- ``plain_step`` and ``inner_step_ratio``: one plain training step (DSA, forward, backward, SGD step) on
+  the same synthetic batch with the same model, and one inner step of the full unroll (iteration time /
+  syn_steps) divided by it.
+- ``expert_epoch``: expert-training throughput (``train_epoch`` with the default expert recipe), images/s.
+
+Times are medians of ``--repeats`` runs after one warm-up. Ratios use figures measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dd.augment import DSA
+from dd.buffer.experts import ExpertRecipe
+from dd.data import class_indices
+from dd.device import describe_machine, make_generator, resolve_device
+from dd.distill.methods.base import normalized_distance
+from dd.distill.unroll import Student, make_plan, make_unroll
+from dd.functional import flatten_params
+from dd.models import create_model
+from dd.realdata import prepare_data
+from dd.training import classification_loss, train_epoch
+
+# glibc returns freed blocks of 128 KiB and more to the system at once, so the resident set follows the
+# live memory and "peak RSS during the measured iterations minus RSS before them" measures them alone.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    syn_steps: tuple[int, ...]
+    repeats: int
+    ipc: int
+    expert_images: int  # size of the CIFAR-shaped training set of the throughput section
+    device: str
+
+
+FULL = Settings(syn_steps=(10, 20, 40, 80), repeats=5, ipc=10, expert_images=5000, device="auto")
+QUICK = Settings(syn_steps=(2, 4), repeats=1, ipc=1, expert_images=64, device="auto")
+DATASETS = {"digits": "ConvNet", "cifar-shaped": "ConvNetD3"}
+
+
+# -- the problems ------------------------------------------------------------------------------------------
+def training_set(dataset: str, device: torch.device, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The digits training set (``n`` unused), or ``n`` random CIFAR-shaped images [n, 3, 32, 32] in 10
+    balanced classes."""
+    if dataset == "digits":
+        data = prepare_data("digits", device)
+        return data.train_images, data.train_labels
+    g = make_generator(0)
+    return torch.randn(n, 3, 32, 32, generator=g).to(device), torch.arange(n).remainder(10).to(device)
+
+
+def synthetic_set(dataset: str, device: torch.device, ipc: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ipc`` images per class: the first real digits of each class, or random CIFAR-shaped tensors."""
+    images, labels = training_set(dataset, device, 10 * ipc)
+    picks = torch.cat([idx[:ipc] for idx in class_indices(labels, 10)])
+    return images[picks].clone(), labels[picks].clone()
+
+
+def model_for(dataset: str, images: torch.Tensor) -> torch.nn.Module:
+    return create_model(DATASETS[dataset], images.shape[1], 10, tuple(images.shape[2:]), seed=0).to(images.device)
+
+
+def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` runs (callers run it once before, as a warm-up)."""
+    seconds = []
+    for _ in range(repeats):
+        synchronize(device)
+        tic = time.perf_counter()
+        fn()
+        synchronize(device)
+        seconds.append(time.perf_counter() - tic)
+    return statistics.median(seconds)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# -- memory ------------------------------------------------------------------------------------------------
+def _status_mb(key: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key)) / 1024
+
+
+def reset_peak(device: torch.device) -> float:
+    """Start a peak-memory window; returns the memory in use (MB) at its start."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 2**20
+    Path("/proc/self/clear_refs").write_text("5")  # resets the peak RSS (VmHWM) to the current RSS
+    return _status_mb("VmRSS:")
+
+
+def peak(device: torch.device) -> float:
+    """Peak memory (MB) since ``reset_peak``: allocated tensors on CUDA, the resident set on CPU."""
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _status_mb("VmHWM:")
+
+
+# -- distill_iter: one configuration, in a fresh process ----------------------------------------------------
+def worker_env() -> dict[str, str]:
+    return {**os.environ, **MALLOC_ENV}
+
+
+def distill_worker(dataset: str, unroll_name: str, syn_steps: int, snapshot_every: int, settings: Settings) -> dict:
+    """Seconds per distillation iteration and the peak memory of the measured iterations."""
+    device = resolve_device(settings.device)
+    images, labels = synthetic_set(dataset, device, settings.ipc)
+    model = model_for(dataset, images)
+    student = Student(model, DSA())
+    unroll = make_unroll(unroll_name, snapshot_every)
+    w_start = flatten_params(model)
+    w_target = w_start + 0.01 * torch.randn(w_start.shape, generator=make_generator(1)).to(device)
+    images.requires_grad_(True)
+    lr = torch.tensor(0.01, device=device, requires_grad=True)
+    optimizers = [torch.optim.SGD([images], lr=100.0, momentum=0.5), torch.optim.SGD([lr], lr=1e-5, momentum=0.5)]
+    generator = make_generator(2)
+
+    def iteration() -> None:
+        plan = make_plan(images.shape[0], images.shape[0], syn_steps, generator, device)
+        (w_final,) = unroll(student, w_start, images, labels, lr, plan, [syn_steps])
+        loss = normalized_distance(w_final, w_start, w_target)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in optimizers:
+            opt.step()
+
+    iteration()  # warm-up
+    synchronize(device)
+    before = reset_peak(device)
+    seconds = timed(iteration, settings.repeats, device)
+    return {"seconds": seconds, "peak_mem_mb": round(peak(device) - before, 1)}
+
+
+def variants(syn_steps: int) -> list[tuple[str, int]]:
+    """(unroll, snapshot stride) pairs measured at ``syn_steps``: the full unroll, the checkpointed one keeping
+    every state (fastest) and keeping every ceil(sqrt(N))-th (least memory: about 2 sqrt(N) states)."""
+    stride = math.isqrt(syn_steps - 1) + 1
+    return [("full", 1), ("checkpointed", 1), *([("checkpointed", stride)] if stride > 1 else [])]
+
+
+def distill_iter(settings: Settings) -> list[dict]:
+    rows = []
+    for dataset in DATASETS:
+        for syn_steps in settings.syn_steps:
+            for unroll, stride in variants(syn_steps):
+                command = [sys.executable, __file__, "--worker", dataset, unroll, str(syn_steps),
+                           "--snapshot-every", str(stride), "--repeats", str(settings.repeats),
+                           "--ipc", str(settings.ipc), "--device", settings.device]
+                done = subprocess.run(command, check=True, capture_output=True, text=True, env=worker_env())
+                figures = json.loads(done.stdout.splitlines()[-1])
+                rows.append({"name": "distill_iter", "unroll": unroll, "snapshot_every": stride,
+                             "syn_steps": syn_steps, "dataset": dataset, "ipc": settings.ipc, **figures})
+                print(rows[-1], flush=True)
+    return rows
+
+
+# -- plain step and the inner-step ratio --------------------------------------------------------------------
+def plain_step_seconds(dataset: str, device: torch.device, ipc: int, repeats: int) -> float:
+    """One DSA + forward + backward + SGD step of the model on the whole synthetic set."""
+    images, labels = synthetic_set(dataset, device, ipc)
+    model = model_for(dataset, images)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    augment, generator = DSA(), make_generator(0)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        classification_loss(model(augment(images, generator)), labels).backward()
+        optimizer.step()
+
+    step()  # warm-up
+    return timed(step, repeats, device)
+
+
+def plain_step(settings: Settings) -> list[dict]:
+    device = resolve_device(settings.device)
+    return [{"name": "plain_step", "dataset": dataset, "ipc": settings.ipc,
+             "seconds": plain_step_seconds(dataset, device, settings.ipc, 10 * settings.repeats)}
+            for dataset in DATASETS]
+
+
+def inner_step_ratio(rows: list[dict]) -> list[dict]:
+    """(seconds per full-unroll iteration / syn_steps) / seconds per plain step, per dataset and syn_steps."""
+    plain = {r["dataset"]: r["seconds"] for r in rows if r["name"] == "plain_step"}
+    return [{"name": "inner_step_ratio", "dataset": r["dataset"], "syn_steps": r["syn_steps"], "ipc": r["ipc"],
+             "ratio": r["seconds"] / r["syn_steps"] / plain[r["dataset"]]}
+            for r in rows if r["name"] == "distill_iter" and r["unroll"] == "full" and r["dataset"] in plain]
+
+
+# -- expert throughput --------------------------------------------------------------------------------------
+def expert_epoch(settings: Settings) -> list[dict]:
+    """Images per second of one expert-training epoch (default recipe: SGD, batch 256, DSA)."""
+    device = resolve_device(settings.device)
+    recipe = ExpertRecipe()
+    rows = []
+    for dataset in DATASETS:
+        images, labels = training_set(dataset, device, settings.expert_images)
+        model = model_for(dataset, images)
+        optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
+        augment, generator = DSA(recipe.dsa_strategy), make_generator(0)
+        epoch = functools.partial(train_epoch, model, images, labels, optimizer, recipe.batch_size, augment, generator)
+        epoch()  # warm-up
+        seconds = timed(epoch, settings.repeats, device)
+        rows.append({"name": "expert_epoch", "dataset": dataset, "images": images.shape[0], "seconds": seconds,
+                     "images_per_s": images.shape[0] / seconds})
+    return rows
+
+
+SECTIONS: list[Callable[[Settings], list[dict]]] = [distill_iter, plain_step, expert_epoch]
+DERIVED: list[Callable[[list[dict]], list[dict]]] = [inner_step_ratio]
+
+
+# -- report -------------------------------------------------------------------------------------------------
+def fmt(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def tables(rows: list[dict]) -> list[str]:
+    """One Markdown table per row name, with the keys of its rows as columns."""
+    lines = []
+    for name in dict.fromkeys(r["name"] for r in rows):
+        group = [r for r in rows if r["name"] == name]
+        keys = [k for k in dict.fromkeys(k for r in group for k in r) if k != "name"]
+        lines += [f"### {name}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        lines += ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in group]
+        lines.append("")
+    return lines
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """The issue's targets, checked on this run's figures, per dataset: memory growth of the checkpointed
+    unroll from the smallest to the largest syn_steps, its time over the full unroll's, the inner-step ratio."""
+    lines = []
+    for dataset in DATASETS:
+        iters = [r for r in rows if r["name"] == "distill_iter" and r["dataset"] == dataset]
+        full = {r["syn_steps"]: r for r in iters if r["unroll"] == "full"}
+        for label, every_state in (("every state", True), ("every ceil(sqrt(N))-th state", False)):
+            mode = {r["syn_steps"]: r for r in iters
+                    if r["unroll"] == "checkpointed" and (r["snapshot_every"] == 1) == every_state}
+            if len(mode) < 2:
+                continue
+            low, high = min(mode), max(mode)
+            growth = mode[high]["peak_mem_mb"] / mode[low]["peak_mem_mb"] - 1
+            slowdown = max(mode[s]["seconds"] / full[s]["seconds"] for s in mode)
+            lines.append(f"- {dataset}, checkpointed keeping {label}: peak memory grows {100 * growth:+.1f} % from "
+                         f"syn_steps {low} to {high} (target <= +10 %); time is at most {slowdown:.2f}x the full "
+                         f"unroll's (target <= 1.5x)")
+        ratios = [r["ratio"] for r in rows if r["name"] == "inner_step_ratio" and r["dataset"] == dataset]
+        if ratios:
+            lines.append(f"- {dataset}: one inner step of the full unroll is {min(ratios):.2f}x to "
+                         f"{max(ratios):.2f}x a plain training step (target <= 3.5x)")
+    return lines
+
+
+def write_report(rows: list[dict], out: Path, command: str, machine: str, settings: Settings) -> None:
+    device = resolve_device(settings.device)
+    memory = ("torch.cuda.max_memory_allocated during the measured iterations minus the memory allocated before "
+              "them" if device.type == "cuda" else
+              "peak resident set size (VmHWM, reset through /proc/self/clear_refs) during the measured iterations "
+              "minus the resident set just before them, in a fresh process per configuration, with glibc told to "
+              "return freed blocks of 128 KiB and more at once")
+    lines = ["# Benchmarks", "", f"Machine: {machine}  ", f"Command: `{command}`  ",
+             f"Date: {time.strftime('%Y-%m-%d')}", "",
+             f"Seconds are medians of {settings.repeats} runs after a warm-up (plain steps: {10 * settings.repeats}); "
+             f"`peak_mem_mb` is {memory}. "
+             "Distillation: batch_syn = all images, DSA on, random start and target parameters.", "",
+             "## Targets", "", *targets(rows), "", "## Figures", "", *tables(rows)]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmarks.md").write_text("\n".join(lines))
+    (out / "benchmarks.json").write_text(json.dumps({"machine": machine, "command": command, "rows": rows},
+                                                    indent=2) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny settings: a smoke run of every section")
+    parser.add_argument("--syn-steps", help="comma-separated syn_steps of the distill_iter section")
+    parser.add_argument("--repeats", type=int, help="timed runs per figure (after one warm-up)")
+    parser.add_argument("--ipc", type=int, help="synthetic images per class of the distillation sections")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--out", default="docs", help="folder for benchmarks.md and benchmarks.json")
+    parser.add_argument("--snapshot-every", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=3, metavar=("DATASET", "UNROLL", "SYN_STEPS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    base = QUICK if args.quick else FULL
+    settings = Settings(tuple(int(s) for s in args.syn_steps.split(",")) if args.syn_steps else base.syn_steps,
+                        args.repeats or base.repeats, args.ipc or base.ipc, base.expert_images, args.device)
+    if args.worker:
+        dataset, unroll, syn_steps = args.worker
+        print(json.dumps(distill_worker(dataset, unroll, int(syn_steps), args.snapshot_every, settings)))
+        return
+    rows = [row for section in SECTIONS for row in section(settings)]
+    rows += [row for derive in DERIVED for row in derive(rows)]
+    machine = describe_machine()
+    write_report(rows, Path(args.out), "python scripts/bench.py " + " ".join(sys.argv[1:]), machine, settings)
+    print("\n".join(tables(rows) + targets(rows)))
+
+
+if __name__ == "__main__":
+    main()
