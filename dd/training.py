@@ -62,7 +62,8 @@ def iterate_batches(n: int, batch_size: int, generator: torch.Generator,
 
 
 def augmented_batch(
-    images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, augment: DSA | None, generator: torch.Generator
+    images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x_aug, y, x_clean)`` of the batch at indices ``idx`` (best already on the images' device, see
     ``iterate_batches``); ``x_aug`` is ``x_clean`` without ``augment``."""

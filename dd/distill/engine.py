@@ -31,8 +31,9 @@ from dd.distill.unroll import make_plan, make_unroll
 from dd.errors import DDError
 from dd.metrics import MetricsLog
 from dd.models import create_model, list_models
+from dd.multiseed import train_and_test_seeds
 from dd.realdata import PreparedData, prepare_data
-from dd.training import Protocol, train_and_test
+from dd.training import Protocol
 from dd.viz import save_grid
 
 
@@ -200,9 +201,10 @@ class Distiller:
         for set_name, images in self.sets().items():
             for model in cfg.eval_models.split(","):
                 key = f"{set_name}/{model}" if set_name else model
-                results[key] = [train_and_test(model, spec.channels, spec.num_classes, spec.size, (images, labels),
-                                               data.test, lr, protocol, seed=cfg.seed + run)
-                                for run in range(cfg.eval_runs)]
+                seeds = [cfg.seed + run for run in range(cfg.eval_runs)]
+                results[key] = train_and_test_seeds(model, spec.channels, spec.num_classes, spec.size,
+                                                    (images, labels), data.test, lr, protocol, seeds,
+                                                    batched=self.device.type == "cuda")
         return results
 
     def save_outputs(self, best: bool = False) -> None:
