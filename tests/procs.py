@@ -23,3 +23,6 @@ def run_ok(cmd: list[str]) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+MLP_BUFFER = ["dd.buffer", "--model", "MLP", "--num-experts", "3", "--epochs", "2", "--batch-size", "64",
+              "--test-every", "2", "--device", "cpu"]

@@ -7,11 +7,9 @@ import torch
 
 from dd.buffer.store import TrajectoryStore
 from dd.eval.results import run_key
-from tests.procs import TORCHRUN, python_m, run_ok
+from tests.procs import MLP_BUFFER, TORCHRUN, python_m, run_ok
 from tests.test_eval import make_set
 
-BUFFER = ["dd.buffer", "--model", "MLP", "--num-experts", "3", "--epochs", "2", "--batch-size", "64",
-          "--test-every", "2", "--device", "cpu"]
 EVAL = ["dd.eval", "--baseline", "random", "--models", "MLP,LeNet", "--runs", "2", "--epochs", "2", "--device", "cpu"]
 
 
@@ -20,12 +18,11 @@ def store_at(root) -> TrajectoryStore:
     return TrajectoryStore.open(manifest.parent)
 
 
-def test_torchrun_buffer_equals_single_process(tmp_path):
-    run_ok(python_m(*BUFFER, "--buffer-dir", tmp_path / "one"))
-    out = run_ok([*TORCHRUN, "-m", *BUFFER, "--buffer-dir", str(tmp_path / "two")]).stdout
+def test_torchrun_buffer_equals_single_process(tmp_path, mlp_buffer):
+    out = run_ok([*TORCHRUN, "-m", *MLP_BUFFER, "--buffer-dir", str(tmp_path / "two")]).stdout
     assert "(0/3 experts already stored, 2 ranks share the rest)" in out
     assert out.count("experts: 3, final test accuracy") == 1, "rank 0 alone prints the summary"
-    one, two = store_at(tmp_path / "one"), store_at(tmp_path / "two")
+    one, two = store_at(mlp_buffer), store_at(tmp_path / "two")
     assert two.completed() == [0, 1, 2] and two.verify() == []
     assert not list(two.root.glob(".*.tmp")), "no temporary file left behind"
     for i in range(3):
@@ -34,7 +31,7 @@ def test_torchrun_buffer_equals_single_process(tmp_path):
     # The 2-rank store resumed by 1 process: only the missing expert is trained, and it is the same.
     two.record_path(1).unlink()
     two.tensor_path(1).unlink()
-    assert "(2/3 experts already stored)" in run_ok(python_m(*BUFFER, "--buffer-dir", tmp_path / "two")).stdout
+    assert "(2/3 experts already stored)" in run_ok(python_m(*MLP_BUFFER, "--buffer-dir", tmp_path / "two")).stdout
     assert torch.equal(two.read_expert(1), one.read_expert(1))
 
 
