@@ -15,7 +15,7 @@ import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import yaml
 
@@ -74,9 +74,16 @@ def _type_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors (unknown flag, bad choice, missing value) are one-line ``DDError``s, not usage dumps."""
+
+    def error(self, message: str) -> NoReturn:
+        raise DDError(f"{message}; see {self.prog} --help")
+
+
 def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
     """An argparse parser with one ``--flag`` per dataclass field, plus ``--config``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", default=None,

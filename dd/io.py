@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -44,6 +45,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        raise DDError(f"no space left on the device while writing {path} (the previous file is intact); "
+                      "free some space and rerun the same command") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from dd.errors import DDError
+
+
+def _iteration(line: str) -> float:
+    """The iteration of a logged line; infinity for a blank line or one torn by a kill mid-write (dropped)."""
+    try:
+        return json.loads(line).get("iteration", 0)
+    except json.JSONDecodeError:
+        return math.inf
 
 
 class MetricsLog:
@@ -16,8 +25,7 @@ class MetricsLog:
                  resume_from: int | None = None) -> None:
         self.path = Path(path)
         if resume_from is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("iteration", 0) <= resume_from]
+            kept = [line for line in self.path.read_text().splitlines() if _iteration(line) <= resume_from]
             self.path.write_text("".join(line + "\n" for line in kept))
         self._file = open(self.path, "a")
         self._wandb = None

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dd.buffer.__main__ import main as buffer_main
+from tests.procs import MLP_BUFFER, python_m, run_ok
 
 TINY_BUFFER_FLAGS = ["--num-experts", "2", "--epochs", "4", "--batch-size", "64", "--test-every", "2",
                      "--device", "cpu"]
@@ -35,4 +36,13 @@ def digits_teacher(tmp_path_factory) -> Path:
     """``buffers/`` root holding a 2-epoch Barlow Twins ConvNetW32 teacher on digits-0to4."""
     root = tmp_path_factory.mktemp("teachers")
     assert buffer_main([*TINY_TEACHER_FLAGS, "--buffer-dir", str(root)]) == 0
+    return root
+
+
+@pytest.fixture(scope="session")
+def mlp_buffer(tmp_path_factory) -> Path:
+    """``buffers/`` root holding 3 MLP experts of 2 epochs on digits, from a one-thread subprocess (the
+    reference of the subprocess tests: kill and resume, torchrun)."""
+    root = tmp_path_factory.mktemp("mlp-buffers")
+    run_ok(python_m(*MLP_BUFFER, "--buffer-dir", root))
     return root

@@ -3,6 +3,7 @@
     python -m dd.buffer --config experiments/buffer/digits.yaml      # train (resumes if interrupted)
     python -m dd.buffer --config experiments/buffer/digits-0to4_barlow_twins.yaml   # an SSL teacher (KRR-ST)
     python -m dd.buffer import replay_buffer_0.pt ... --dataset cifar10 --model ConvNet --epochs 50
+    torchrun --nproc-per-node 4 -m dd.buffer --config ...          # 4 processes share the experts
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from dd import distributed
 from dd.buffer.config import BufferConfig, store_header, store_root, validate
 from dd.buffer.experts import ExpertRecipe, expert_seed, train_expert
 from dd.buffer.legacy import import_legacy
@@ -21,7 +23,6 @@ from dd.buffer.store import TrajectoryStore
 from dd.cli import run_cli
 from dd.config import build_parser, opt, parse_config
 from dd.data import get_spec
-from dd.device import resolve_device
 from dd.realdata import prepare_data
 
 
@@ -30,27 +31,34 @@ def train_main(argv: Sequence[str] | None) -> int:
     if config.teacher != "none":
         return train_teacher(config)
     validate(config)
-    device = resolve_device(config.device)
+    device = distributed.setup(config.device)
     data = prepare_data(config.dataset, device, config.data_path, config.download,
                         "zca" if config.zca else "standard", config.image_size)
     spec = data.spec
     recipe = config.recipe()
     store = TrajectoryStore.create(store_root(config.buffer_dir, spec.name, config.model, recipe.to_dict()),
                                    store_header(spec, config.model, recipe.to_dict(), data.preprocessor.describe()))
-    if store.load_preprocess() is None:
+    if distributed.is_main() and store.load_preprocess() is None:
         store.save_preprocess(*data.preprocessor.state())
     todo = store.missing(config.num_experts)
     done = config.num_experts - len(todo)
-    print(f"buffer: {store.root} ({done}/{config.num_experts} experts already stored)")
-    bar = tqdm(todo, desc="experts", unit="expert", initial=done, total=config.num_experts)
+    # Every rank lists the missing experts before any rank adds one, then takes every world-th of them:
+    # no two ranks write the same expert, whatever world size the earlier (killed) run had.
+    distributed.barrier()
+    mine = distributed.shard(todo)
+    if distributed.is_main():
+        ranks = f", {distributed.world_size()} ranks share the rest" if distributed.world_size() > 1 else ""
+        print(f"buffer: {store.root} ({done}/{config.num_experts} experts already stored{ranks})")
+    bar = tqdm(mine, desc="experts", unit="expert", disable=not distributed.is_main())
     for index in bar:
         seed = expert_seed(config.seed, index)
         trajectory, record = train_expert(config.model, spec.channels, spec.num_classes, spec.size,
                                           data.train, data.test, recipe, seed, config.test_every)
         store.write_expert(index, trajectory, record)
         bar.set_postfix(test_acc=f"{record['final_test_acc']:.3f}")
+    distributed.barrier()
     accs = [r["final_test_acc"] for r in store.records() if r.get("final_test_acc") is not None]
-    if accs:
+    if accs and distributed.is_main():
         print(f"experts: {len(accs)}, final test accuracy {sum(accs) / len(accs):.4f} (mean)")
     return 0
 

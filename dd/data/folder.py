@@ -123,6 +123,9 @@ def load_folder_tree(root: Path, name: str, size: int, layout: str) -> tuple[lis
     folders = _class_folders(train, name, layout)
     classes = [f.name for f in folders]
     train_paths, train_labels = _from_class_folders(train, classes, name, layout)
+    empty = sorted(set(classes) - {classes[i] for i in train_labels})
+    if empty:
+        raise DDError(f"dataset {name}: class folder {train / empty[0]} holds no images; add images or remove it")
     val = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
     if val is None:
         raise DDError(f"dataset {name}: neither {root / 'val'} nor {root / 'test'} exists; {layout}")

@@ -107,6 +107,7 @@ class Distiller:
         self.run_dir = default_run_dir(config)
         self.generator = make_generator(config.seed)
         self.iteration = 0
+        self.checkpointed = 0  # iteration of the last checkpoint written or resumed from
         self.best: dict[str, float] = {}
         self._init_state()
 
@@ -148,7 +149,7 @@ class Distiller:
                         opt.state[p]["momentum_buffer"] = tensors[key].to(self.device)
         self.method.load_state_tensors({k.split(".", 1)[1]: v.to(self.device) for k, v in tensors.items()
                                         if k.startswith("method.")})
-        self.iteration = int(state["iteration"])
+        self.iteration = self.checkpointed = int(state["iteration"])
         self.best = dict(state.get("best", {}))
 
     def synset(self, images: torch.Tensor | None = None, name: str = "") -> SynSet:
@@ -220,6 +221,7 @@ class Distiller:
     def checkpoint(self) -> None:
         save_checkpoint(self.run_dir, self.state_tensors(),
                         {"iteration": self.iteration, "best": self.best, "config": to_dict(self.config)})
+        self.checkpointed = self.iteration
 
     def _prepare_run_dir(self) -> None:
         found = open_run(self.run_dir, self.config.resume, to_dict(self.config))
@@ -229,9 +231,17 @@ class Distiller:
 
     def _check_finite(self, loss: float) -> None:
         """Stop before a diverged state is saved: the last checkpoint and set stay the last good ones."""
-        if not math.isfinite(loss) or not torch.isfinite(self.images).all() or not torch.isfinite(self.syn_lr):
-            raise DDError(f"distillation diverged at iteration {self.iteration} (loss {loss}); the last good set is "
-                          f"in {self.run_dir / 'synset'}; lower --lr-img or --lr-lr and rerun with --resume")
+        bad = [name for name, value in (("images", self.images), ("learned lr", self.syn_lr))
+               if not bool(torch.isfinite(value).all())]
+        if math.isfinite(loss) and not bad:
+            return
+        cfg = self.config
+        cause = (f"--lr-lr {cfg.lr_lr:g} is likely too high" if bad == ["learned lr"]
+                 else f"--lr-img {cfg.lr_img:g} is likely too high")
+        kept = (f"the last good set and checkpoint (iteration {self.checkpointed}) are in {self.run_dir}; rerun with "
+                "--resume and a lower value" if self.checkpointed else "no checkpoint yet; rerun with a lower value")
+        what = " and ".join(bad) if bad else f"loss ({loss})"
+        raise DDError(f"distillation diverged at iteration {self.iteration} (non-finite {what}): {cause}; {kept}")
 
     def _evaluate(self, log: MetricsLog) -> bool:
         """Evaluate, log, and return whether the first eval model's accuracy improved."""
@@ -254,30 +264,32 @@ class Distiller:
         self._prepare_run_dir()
         log = MetricsLog(self.run_dir / "metrics.jsonl", cfg.wandb, to_dict(cfg), resume_from=self.iteration)
         bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=f"{cfg.method} ipc{cfg.ipc}", unit="it")
-        loss_sum = torch.zeros((), device=self.device)
-        count, tic = 0, time.perf_counter()
-        while self.iteration < cfg.iterations:
-            loss_sum += self.step()
-            count += 1
-            self.iteration += 1
-            bar.update(1)
-            last = self.iteration == cfg.iterations
-            if self.iteration % cfg.log_every == 0 or last:
-                loss = (loss_sum / count).item()  # the only host sync of the loop, every log_every iterations
-                self._check_finite(loss)
-                log.write({"iteration": self.iteration, "loss": loss, "syn_lr": self.syn_lr.item(),
-                           "seconds_per_iteration": (time.perf_counter() - tic) / count, **self.method.metrics()})
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.syn_lr.item():.4g}")
-                loss_sum.zero_()
-                count, tic = 0, time.perf_counter()
-            evaluate_now = last or (cfg.eval_every > 0 and self.iteration % cfg.eval_every == 0)
-            if evaluate_now or self.iteration % cfg.checkpoint_every == 0:
-                paused = time.perf_counter()
-                self._check_finite(0.0)
-                improved = self._evaluate(log) if evaluate_now else False
-                self.save_outputs(best=improved)
-                self.checkpoint()
-                tic += time.perf_counter() - paused  # seconds_per_iteration excludes evaluation and saving
-        bar.close()
-        log.close()
+        try:  # a divergence error prints below a closed bar, not inside it
+            loss_sum = torch.zeros((), device=self.device)
+            count, tic = 0, time.perf_counter()
+            while self.iteration < cfg.iterations:
+                loss_sum += self.step()
+                count += 1
+                self.iteration += 1
+                bar.update(1)
+                last = self.iteration == cfg.iterations
+                if self.iteration % cfg.log_every == 0 or last:
+                    loss = (loss_sum / count).item()  # the only host sync of the loop, every log_every iterations
+                    self._check_finite(loss)
+                    log.write({"iteration": self.iteration, "loss": loss, "syn_lr": self.syn_lr.item(),
+                               "seconds_per_iteration": (time.perf_counter() - tic) / count, **self.method.metrics()})
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.syn_lr.item():.4g}")
+                    loss_sum.zero_()
+                    count, tic = 0, time.perf_counter()
+                evaluate_now = last or (cfg.eval_every > 0 and self.iteration % cfg.eval_every == 0)
+                if evaluate_now or self.iteration % cfg.checkpoint_every == 0:
+                    paused = time.perf_counter()
+                    self._check_finite(0.0)
+                    improved = self._evaluate(log) if evaluate_now else False
+                    self.save_outputs(best=improved)
+                    self.checkpoint()
+                    tic += time.perf_counter() - paused  # seconds_per_iteration excludes evaluation and saving
+        finally:
+            bar.close()
+            log.close()
         return self.synset()

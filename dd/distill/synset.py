@@ -3,7 +3,8 @@
 A set is a folder holding ``synset.safetensors`` (tensors ``images`` [N,C,H,W] in the model's input
 space, ``labels`` [N] int64 or [N,K] float32 logits, or [N,D] target representations for a transfer
 set (``meta["kind"] == "transfer"``, KRR-ST), ``lr`` [1], and the preprocessing state under
-``preprocess.*`` so images can be inverted for display) and ``synset.json`` (metadata). Nothing in it
+``preprocess.*`` so images can be inverted for display) and ``synset.json`` (metadata, with the SHA-256
+of the tensor file, so a truncated or bit-flipped set is refused on load). Nothing in it
 executes code on load, and it is usable without the rest of dd through ``SynSet.dataset()``.
 """
 
@@ -17,7 +18,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from dd.errors import DDError
-from dd.io import atomic_write_json, load_tensors, read_json, save_tensors
+from dd.io import atomic_write_json, load_tensors, read_json, save_tensors, sha256_file
 
 FORMAT_VERSION = 1
 TENSORS_FILE = "synset.safetensors"
@@ -67,7 +68,8 @@ def save_synset(path: str | Path, synset: SynSet) -> Path:
     save_tensors(folder / TENSORS_FILE, tensors)
     meta = dict(synset.meta)
     meta.update(format_version=FORMAT_VERSION, lr=float(synset.lr), num_images=int(synset.images.shape[0]),
-                labels="targets" if synset.transfer else "soft" if synset.soft else "hard")
+                labels="targets" if synset.transfer else "soft" if synset.soft else "hard",
+                sha256=sha256_file(folder / TENSORS_FILE))
     atomic_write_json(folder / META_FILE, meta)
     return folder
 
@@ -80,6 +82,9 @@ def load_synset(path: str | Path, device: torch.device | str = "cpu") -> SynSet:
     meta = read_json(folder / META_FILE, what="synthetic-set metadata")
     if meta.get("format_version") != FORMAT_VERSION:
         raise DDError(f"synthetic set {folder} has format {meta.get('format_version')}, expected {FORMAT_VERSION}")
+    if "sha256" in meta and (folder / TENSORS_FILE).is_file() and sha256_file(folder / TENSORS_FILE) != meta["sha256"]:
+        raise DDError(f"synthetic set {folder / TENSORS_FILE} is corrupted or truncated (checksum mismatch); "
+                      "restore it or regenerate it with dd.distill")
     tensors = load_tensors(folder / TENSORS_FILE, what="synthetic set")
     missing = {"images", "labels", "lr"} - tensors.keys()
     if missing:

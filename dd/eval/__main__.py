@@ -15,6 +15,8 @@ over random real images per setting). Rerunning skips runs already recorded unde
 
 ``--protocol transfer`` evaluates a KRR-ST transfer set instead (pre-train, then linear probe and
 fine-tuning on target datasets): see python -m dd.eval --protocol transfer --help.
+
+Under ``torchrun --nproc-per-node K -m dd.eval ...`` the K processes share the runs (see dd/eval/results.py).
 """
 
 from __future__ import annotations
@@ -27,15 +29,17 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from dd import distributed
 from dd.cli import run_cli
 from dd.config import build_parser, opt, parse_config, peek_option, to_dict
 from dd.data import Preprocessor, class_indices, list_datasets
-from dd.device import make_generator, resolve_device
+from dd.device import make_generator
 from dd.distill.synset import SynSet, load_synset
 from dd.errors import DDError
 from dd.eval import transfer
 from dd.eval.report import augment_of, results_markdown
-from dd.io import atomic_write_bytes, atomic_write_json, read_json
+from dd.eval.results import Results, run_key
+from dd.io import atomic_write_bytes
 from dd.models import list_models
 from dd.realdata import PreparedData, prepare_data
 from dd.training import Protocol, train_and_test
@@ -167,13 +171,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return transfer.main(argv)
     config, _ = parse_config(EvalConfig, argv, build_parser(EvalConfig, "python -m dd.eval", __doc__))
     baselines = validate(config)
-    device = resolve_device(config.device)
+    device = distributed.setup(config.device)
     synset, data, dataset, ipc = load_inputs(config, device)
     if "random" in baselines and ipc is None:
         raise DDError("the random baseline needs --ipc (or a --synset to take it from)")
     out = Path(config.out or (Path(config.synset).parent / "eval" if config.synset else f"runs/eval-{dataset}"))
-    results_path = out / "results.json"
-    previous = read_json(results_path, "results")["runs"] if results_path.is_file() else []
+    results = Results(out, to_dict(config))
     protocol = Protocol(epochs=config.epochs, momentum=config.momentum, weight_decay=config.weight_decay,
                         batch_size=config.batch_size, dsa_strategy=config.dsa_strategy)
     labels = label_settings(synset, parse_list(config.labels, LABELS, "--labels"), config.synset)
@@ -200,30 +203,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             for augment, augmented in protocols.items() for fields, get in sources(config.seed + r)]
     spec = data.spec
 
-    def key(run: dict[str, Any]) -> tuple:
-        return (run["source"], run["model"], run["seed"], run["ipc"], repr(run["protocol"]), run.get("method"),
-                run.get("labels", "hard"), augment_of(run))
-
-    done = {key(r) for r in previous}
-    runs = list(previous)
-    todo = [(record, get) for record, get in jobs if key(record) not in done]
-    if len(todo) < len(jobs):
-        print(f"eval: {len(jobs) - len(todo)} of {len(jobs)} runs already in {results_path}")
-    bar = tqdm(todo, desc="eval", unit="run")
+    done = {run_key(r) for r in results.previous}
+    todo = [(record, get) for record, get in jobs if run_key(record) not in done]
+    if len(todo) < len(jobs) and distributed.is_main():
+        print(f"eval: {len(jobs) - len(todo)} of {len(jobs)} runs already in {results.path}")
+    bar = tqdm(distributed.shard(todo), desc="eval", unit="run", disable=not distributed.is_main())
     for record, get in bar:
         bar.set_postfix(source=record["source"], model=record["model"], seed=record["seed"],
                         labels=record["labels"], augment=record["augment"])
         accuracy = train_and_test(record["model"], spec.channels, spec.num_classes, spec.size, get(), data.test,
                                   record["lr"], protocols[record["augment"]], record["seed"])
-        runs.append({**record, "accuracy": accuracy})
-        atomic_write_json(results_path, {"config": to_dict(config), "runs": runs})
+        results.add({**record, "accuracy": accuracy})
+    runs = results.finish()
+    if not distributed.is_main():
+        return 0
     # The report covers every recorded run of this folder trained with the models and protocols asked for
     # now, so a baseline evaluated in a separate call (e.g. the costly full data with fewer seeds) joins it.
     asked = {(j["model"], repr(j["protocol"]["epochs"]), augment_of(j)) for j, _ in jobs}
     table = results_markdown([r for r in runs if (r["model"], repr(r["protocol"]["epochs"]), augment_of(r)) in asked])
     atomic_write_bytes(out / "results.md", table.encode())
     print(table)
-    print(f"results: {results_path}")
+    print(f"results: {results.path}")
     return 0
 
 
