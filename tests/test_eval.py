@@ -182,3 +182,20 @@ def test_baseline_from_a_separate_call_joins_the_report(tmp_path, synset_dir):
     assert "(2) |" in table and "(1) |" in table and "full" in table and "random" in table
     assert eval_main([*argv, "--runs", "1", "--epochs", "3"]) == 0  # another protocol: reported on its own
     assert "full" not in (tmp_path / "ev" / "results.md").read_text()
+
+
+def test_batched_seeds_give_the_sequential_records(tmp_path, synset_dir, monkeypatch):
+    """--batch-seeds on trains the set's 3 seeds (and the full data's) as one vmapped group each, random
+    real images per seed; the records equal a sequential evaluation's."""
+    import dd.eval.__main__ as eval_module
+    calls = []
+    real = eval_module.train_and_test_seeds
+    monkeypatch.setattr(eval_module, "train_and_test_seeds", lambda *a, **k: calls.append(a[8]) or real(*a, **k))
+    argv = ["--synset", str(synset_dir), "--runs", "3", "--epochs", "4", "--baseline", "random", "--device", "cpu"]
+    assert eval_main([*argv, "--batch-seeds", "on", "--out", str(tmp_path / "on")]) == 0
+    assert sorted(map(len, calls)) == [1, 1, 1, 3]
+    assert eval_main([*argv, "--batch-seeds", "off", "--out", str(tmp_path / "off")]) == 0
+    key = lambda r: (r["source"], r["seed"])  # noqa: E731
+    on, off = sorted(read_runs(tmp_path / "on"), key=key), sorted(read_runs(tmp_path / "off"), key=key)
+    assert [key(r) for r in on] == [key(r) for r in off] and len(on) == 6
+    assert [r["accuracy"] for r in on] == pytest.approx([r["accuracy"] for r in off], abs=2 / 360)

@@ -41,8 +41,9 @@ from dd.eval.report import augment_of, results_markdown
 from dd.eval.results import Results, run_key
 from dd.io import atomic_write_bytes
 from dd.models import list_models
+from dd.multiseed import train_and_test_seeds
 from dd.realdata import PreparedData, prepare_data
-from dd.training import Protocol, train_and_test
+from dd.training import Protocol
 
 BASELINES = ("random", "full")
 LABELS = ("auto", "hard", "soft")
@@ -72,6 +73,8 @@ class EvalConfig:
     baseline: str = opt("", "comma-separated baselines to run beside the set: random, full")
     out: str | None = opt(None, "output folder (default: <synset>/../eval, or runs/eval-<dataset>)")
     seed: int = opt(0, "first seed; run r uses seed + r")
+    batch_seeds: str = opt("auto", "train the seeds of a set and architecture together with torch.func.vmap: on, off, "
+                           "or auto (on for CUDA; on a CPU batching is no faster)", choices=("auto", "on", "off"))
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
 
 
@@ -166,6 +169,27 @@ def load_inputs(config: EvalConfig, device: torch.device) -> tuple[SynSet | None
     return synset, data, dataset, ipc
 
 
+Job = tuple[dict[str, Any], Callable[[], tuple[torch.Tensor, torch.Tensor]]]
+
+
+def batched_seeds(setting: str, device: torch.device) -> bool:
+    """Whether ``--batch-seeds`` asks for seeds trained together on ``device``."""
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def seed_groups(jobs: list[Job], batched: bool) -> list[list[Job]]:
+    """The jobs in groups that train together: the seeds of one setting whose training data does not depend
+    on the seed (a set, the full data; random real images are drawn per seed), or one job per group."""
+    if not batched:
+        return [[job] for job in jobs]
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        record = job[0]
+        same = record["source"] != "random" and tuple((k, repr(v)) for k, v in record.items() if k != "seed")
+        groups.setdefault(same or (id(job),), []).append(job)
+    return list(groups.values())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if peek_option(argv, "protocol", "classification") == "transfer":
         return transfer.main(argv)
@@ -207,13 +231,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     todo = [(record, get) for record, get in jobs if run_key(record) not in done]
     if len(todo) < len(jobs) and distributed.is_main():
         print(f"eval: {len(jobs) - len(todo)} of {len(jobs)} runs already in {results.path}")
-    bar = tqdm(distributed.shard(todo), desc="eval", unit="run", disable=not distributed.is_main())
-    for record, get in bar:
-        bar.set_postfix(source=record["source"], model=record["model"], seed=record["seed"],
+    groups = seed_groups(todo, batched_seeds(config.batch_seeds, device))
+    bar = tqdm(distributed.shard(groups), desc="eval", unit="group" if len(groups) < len(todo) else "run",
+               disable=not distributed.is_main())
+    for group in bar:
+        record = group[0][0]
+        bar.set_postfix(source=record["source"], model=record["model"], seeds=len(group),
                         labels=record["labels"], augment=record["augment"])
-        accuracy = train_and_test(record["model"], spec.channels, spec.num_classes, spec.size, get(), data.test,
-                                  record["lr"], protocols[record["augment"]], record["seed"])
-        results.add({**record, "accuracy": accuracy})
+        seeds = [r["seed"] for r, _ in group]
+        accuracies = train_and_test_seeds(record["model"], spec.channels, spec.num_classes, spec.size, group[0][1](),
+                                          data.test, record["lr"], protocols[record["augment"]], seeds,
+                                          batched=len(group) > 1)
+        for (run, _), accuracy in zip(group, accuracies, strict=True):
+            results.add({**run, "accuracy": accuracy})
     runs = results.finish()
     if not distributed.is_main():
         return 0
