@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from dd.data import DatasetSpec, Preprocessor, load_dataset
+from dd.data import DatasetSpec, Preprocessor, class_indices, load_dataset
+from dd.device import make_generator
+from dd.errors import DDError
 
 
 @dataclass
@@ -50,3 +52,15 @@ def prepare_data(
         test_images=preprocess(raw.test_images.to(device)),
         test_labels=raw.test_labels.to(device),
     )
+
+
+def random_subset(data: PreparedData, ipc: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ipc`` random real training images per class, drawn from ``seed``."""
+    generator = make_generator(seed)
+    picks = []
+    for c, idx in enumerate(class_indices(data.train_labels.cpu(), data.spec.num_classes)):
+        if len(idx) < ipc:
+            raise DDError(f"--ipc {ipc} is larger than class {c}, which has {len(idx)} training images")
+        picks.append(idx[torch.randperm(len(idx), generator=generator)[:ipc]])
+    index = torch.cat(picks).to(data.train_images.device)
+    return data.train_images[index], data.train_labels[index]

@@ -50,6 +50,22 @@ def test_teacher_folder_loads_and_represents(digits_teacher):
         find_teacher(None, str(digits_teacher), "digits")
 
 
+def test_representations_are_standardised_on_the_source_train_set(digits_teacher):
+    """Teacher.represent = (embed(x) - mean) / std with the source training set's statistics: there each
+    dimension has mean 0 and std 1 (0 if it is constant), while the raw embedding has an offset far from 0
+    in some dimension."""
+    from dd.realdata import prepare_data
+    teacher = find_teacher(None, str(digits_teacher), "digits-0to4")
+    data = prepare_data("digits-0to4", "cpu", "data", False, "standard", None)
+    reps = teacher.represent(data.train_images)
+    alive = teacher.std > 1e-6  # a dimension constant on the data (a dead ReLU) stays 0
+    assert reps.mean(0).abs().max() < 1e-4 and (reps.std(0)[alive] - 1).abs().max() < 1e-3
+    assert (reps[:, ~alive].abs() < 1e-3).all()
+    raw = teacher.encoder.embed(data.train_images[:64])
+    assert torch.allclose(teacher.represent(data.train_images[:64]), (raw - teacher.mean) / teacher.std)
+    assert raw.mean(0).abs().max() > 0.1
+
+
 def test_killed_teacher_resumes_to_the_same_encoder(tmp_path, monkeypatch, digits_teacher):
     save = ssl.save_tensors
 

@@ -41,7 +41,8 @@ from dd.io import (
 from dd.models import backbone_state, create_model, embed_dim, load_backbone
 from dd.training import iterate_batches
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+REPR_MEAN, REPR_STD = "representation.mean", "representation.std"  # over the source training images
 TEACHERS = ("none", "barlow_twins")
 MANIFEST, ENCODER, CHECKPOINT = "manifest.json", "encoder.safetensors", "checkpoint.safetensors"
 
@@ -154,7 +155,13 @@ def train_teacher(config) -> int:
             found, state[name] = pack_state(obj.state_dict(), name)
             tensors.update(found)
         save_tensors(root / CHECKPOINT, tensors, {"state": json.dumps(state)})
-    save_tensors(root / ENCODER, backbone_state(model))
+    model.eval()
+    with torch.no_grad():
+        reps = torch.cat([model.embed(preprocess(pixels[i : i + 1024])) for i in range(0, pixels.shape[0], 1024)])
+    # Barlow Twins standardises each dimension over the batch, so an embedding's per-dimension offset and
+    # scale carry no information; the stored statistics let ``Teacher.represent`` return z-scores.
+    stats = {REPR_MEAN: reps.mean(0), REPR_STD: reps.std(0).clamp_min(1e-6)}
+    save_tensors(root / ENCODER, {**backbone_state(model), **stats})
     atomic_write_json(root / MANIFEST, {
         "format_version": FORMAT_VERSION, "kind": "ssl_teacher", "teacher": config.teacher,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -174,6 +181,8 @@ class Teacher:
     root: Path
     encoder: nn.Module
     manifest: dict
+    mean: torch.Tensor
+    std: torch.Tensor
 
     @property
     def output_dim(self) -> int:
@@ -181,8 +190,10 @@ class Teacher:
 
     @torch.no_grad()
     def represent(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-        """Representations [N, D] of model-space images ``x`` [N, C, H, W]."""
-        return torch.cat([self.encoder.embed(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+        """Representations [N, D] of model-space images ``x`` [N, C, H, W], standardised per dimension with the
+        statistics of the source training images (the targets KRR-ST distils and pre-training regresses)."""
+        reps = torch.cat([self.encoder.embed(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+        return (reps - self.mean.to(reps.device)) / self.std.to(reps.device)
 
 
 def load_teacher(root: str | Path, device: torch.device | str = "cpu") -> Teacher:
@@ -195,9 +206,11 @@ def load_teacher(root: str | Path, device: torch.device | str = "cpu") -> Teache
         raise DDError(f"teacher encoder {root / ENCODER} is corrupted (checksum mismatch); delete {root} and retrain")
     ds = manifest["dataset"]
     model = create_model(manifest["model"]["name"], ds["channels"], 1, tuple(ds["size"]), seed=0)
-    load_backbone(model, load_tensors(root / ENCODER, "teacher encoder"))
+    tensors = load_tensors(root / ENCODER, "teacher encoder")
+    mean, std = tensors.pop(REPR_MEAN), tensors.pop(REPR_STD)
+    load_backbone(model, tensors)
     model = model.to(device).eval().requires_grad_(False)
-    return Teacher(root, model, manifest)
+    return Teacher(root, model, manifest, mean.to(device), std.to(device))
 
 
 def find_teacher(path: str | None, buffer_dir: str, dataset: str) -> Teacher:

@@ -233,7 +233,7 @@ class KRRDistiller:
         idx = torch.randperm(real.shape[0], generator=self.generator)[: cfg.batch_real].to(self.device)
         x_t = crop_flip(real[idx], self.generator) if cfg.augment else real[idx]
         with torch.no_grad():
-            y_t = self.teacher.encoder.embed(x_t)
+            y_t = self.teacher.represent(x_t)
             phi_t = with_bias(h.embed(x_t))
         prediction = krr_predict(with_bias(h.embed(self.images)), phi_t, self.targets, cfg.ridge)
         loss = F.mse_loss(prediction, y_t)

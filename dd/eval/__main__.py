@@ -32,8 +32,7 @@ from tqdm import tqdm
 from dd import distributed
 from dd.cli import run_cli
 from dd.config import build_parser, opt, parse_config, peek_option, to_dict
-from dd.data import Preprocessor, class_indices, list_datasets
-from dd.device import make_generator
+from dd.data import Preprocessor, list_datasets
 from dd.distill.synset import SynSet, load_synset
 from dd.errors import DDError
 from dd.eval import transfer
@@ -42,7 +41,7 @@ from dd.eval.results import Results, run_key
 from dd.io import atomic_write_bytes
 from dd.models import list_models
 from dd.multiseed import train_and_test_seeds
-from dd.realdata import PreparedData, prepare_data
+from dd.realdata import PreparedData, prepare_data, random_subset
 from dd.training import Protocol
 
 BASELINES = ("random", "full")
@@ -133,18 +132,6 @@ def augment_protocols(base: Protocol, modes: list[str]) -> dict[str, Protocol]:
         protocol = base if mode == "dsa" else replace(base, dsa_strategy="none")
         found.setdefault(augment_of({"protocol": protocol.describe(0.0)}), protocol)
     return found
-
-
-def random_subset(data: PreparedData, ipc: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``ipc`` random real training images per class, drawn from ``seed``."""
-    generator = make_generator(seed)
-    picks = []
-    for c, idx in enumerate(class_indices(data.train_labels.cpu(), data.spec.num_classes)):
-        if len(idx) < ipc:
-            raise DDError(f"--ipc {ipc} is larger than class {c}, which has {len(idx)} training images")
-        picks.append(idx[torch.randperm(len(idx), generator=generator)[:ipc]])
-    index = torch.cat(picks).to(data.train_images.device)
-    return data.train_images[index], data.train_labels[index]
 
 
 def load_inputs(config: EvalConfig, device: torch.device) -> tuple[SynSet | None, PreparedData, str, int | None]:

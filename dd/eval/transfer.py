@@ -43,7 +43,7 @@ from dd.errors import DDError
 from dd.eval.report import format_cell
 from dd.io import atomic_write_bytes, atomic_write_json, read_json
 from dd.models import backbone_state, create_model, head_name, list_models, load_backbone
-from dd.realdata import PreparedData, prepare_data
+from dd.realdata import PreparedData, prepare_data, random_subset
 from dd.training import StepFn, accuracy, train_epoch
 
 SOURCES = ("krr_st", "random", "none")
@@ -75,6 +75,9 @@ class TransferConfig:
     finetune_lr: float = opt(0.01, "fine-tuning SGD lr, cosine to 0 (reference: 0.01)")
     finetune_weight_decay: float = opt(5e-4, "fine-tuning SGD weight decay (reference: 5e-4)")
     finetune_batch_size: int = opt(256, "fine-tuning batch size")
+    target_ipc: int | None = opt(None, "labelled target training images per class for the probe and fine-tuning, "
+                                 "drawn per seed (default: all; a few keep an easy target such as digits from "
+                                 "saturating for every source)")
     linear_epochs: int = opt(100, "linear-probe epochs on each target")
     linear_lr: float = opt(0.2, "linear-probe SGD lr, cosine to 0 (reference: 0.2)")
     linear_batch_size: int = opt(512, "linear-probe batch size")
@@ -142,6 +145,8 @@ def transfer(protocol: str, model_name: str, backbone: dict[str, torch.Tensor] |
     """Test accuracy on ``target`` of a fresh ``model_name`` (seeded) holding ``backbone`` (None: its own random
     weights), after a linear probe or full fine-tuning (module docstring)."""
     spec, (x, y), (x_test, y_test) = target.spec, target.train, target.test
+    if cfg.target_ipc is not None:
+        x, y = random_subset(target, cfg.target_ipc, seed)
     model = create_model(model_name, spec.channels, spec.num_classes, spec.size, seed=seed).to(x.device)
     if backbone is not None:
         load_backbone(model, backbone)
@@ -168,7 +173,7 @@ def recipe(cfg: TransferConfig, source: str, protocol: str) -> dict[str, Any]:
     else:
         post = {"epochs": cfg.linear_epochs, "lr": cfg.linear_lr, "momentum": 0.9, "weight_decay": 0.0,
                 "batch_size": cfg.linear_batch_size, "schedule": "cosine", "augment": "none", "frozen": True}
-    return {"pretrain": pre, "transfer": post}
+    return {"pretrain": pre, "transfer": {**post, "target_ipc": cfg.target_ipc}}
 
 
 def markdown(runs: list[dict[str, Any]]) -> str:
