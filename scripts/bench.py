@@ -14,6 +14,8 @@ Sections (each a function returning rows; add one to SECTIONS and its rows appea
   the same synthetic batch with the same model, and one inner step of the full unroll (iteration time /
   syn_steps) divided by it.
 - ``expert_epoch``: expert-training throughput (``train_epoch`` with the default expert recipe), images/s.
+- ``eval_seeds`` and ``eval_speedup``: 5 evaluation seeds of ConvNet on digits trained one after another
+  vs together (``dd.multiseed``), and the ratio.
 
 Times are medians of ``--repeats`` runs after one warm-up. Ratios use figures measured in the same run.
 """
@@ -43,8 +45,9 @@ from dd.distill.methods.base import normalized_distance
 from dd.distill.unroll import Student, make_plan, make_unroll
 from dd.functional import flatten_params
 from dd.models import create_model
-from dd.realdata import prepare_data
-from dd.training import classification_loss, train_epoch
+from dd.multiseed import train_and_test_seeds
+from dd.realdata import prepare_data, random_subset
+from dd.training import Protocol, classification_loss, train_epoch
 
 # glibc returns freed blocks of 128 KiB and more to the system at once, so the resident set follows the
 # live memory and "peak RSS during the measured iterations minus RSS before them" measures them alone.
@@ -57,11 +60,13 @@ class Settings:
     repeats: int
     ipc: int
     expert_images: int  # size of the CIFAR-shaped training set of the throughput section
+    eval_epochs: int  # epochs of each network of the eval_seeds section
     device: str
 
 
-FULL = Settings(syn_steps=(10, 20, 40, 80), repeats=5, ipc=10, expert_images=5000, device="auto")
-QUICK = Settings(syn_steps=(2, 4), repeats=1, ipc=1, expert_images=64, device="auto")
+FULL = Settings(syn_steps=(10, 20, 40, 80), repeats=5, ipc=10, expert_images=5000, eval_epochs=50, device="auto")
+QUICK = Settings(syn_steps=(2, 4), repeats=1, ipc=1, expert_images=64, eval_epochs=2, device="auto")
+EVAL_SEEDS = 5
 DATASETS = {"digits": "ConvNet", "cifar-shaped": "ConvNetD3"}
 
 
@@ -234,8 +239,37 @@ def expert_epoch(settings: Settings) -> list[dict]:
     return rows
 
 
-SECTIONS: list[Callable[[Settings], list[dict]]] = [distill_iter, plain_step, expert_epoch]
-DERIVED: list[Callable[[list[dict]], list[dict]]] = [inner_step_ratio]
+# -- evaluation of several seeds ----------------------------------------------------------------------------
+def eval_seeds(settings: Settings) -> list[dict]:
+    """Seconds to train and test EVAL_SEEDS ConvNets on digits (random real images, IPC 1 and the bench's
+    IPC), one seed after another vs all seeds in one vmap (``dd.multiseed``)."""
+    device = resolve_device(settings.device)
+    data = prepare_data("digits", device, "data", False, "standard", None)
+    protocol = Protocol(epochs=settings.eval_epochs)
+    seeds = list(range(EVAL_SEEDS))
+    rows = []
+    for ipc in dict.fromkeys((1, settings.ipc)):
+        train = random_subset(data, ipc, seed=0)
+        for batched in (False, True):
+            run = functools.partial(train_and_test_seeds, "ConvNet", 1, 10, (8, 8), train, data.test, 0.01, protocol,
+                                    seeds, batched)
+            train_and_test_seeds("ConvNet", 1, 10, (8, 8), train, data.test, 0.01, Protocol(epochs=1), seeds[:2],
+                                 batched)  # warm-up
+            seconds = timed(run, settings.repeats, device)
+            rows.append({"name": "eval_seeds", "dataset": "digits", "ipc": ipc, "seeds": len(seeds),
+                         "epochs": protocol.epochs, "batched": batched, "seconds": seconds})
+    return rows
+
+
+def eval_speedup(rows: list[dict]) -> list[dict]:
+    """Sequential over batched seconds of the eval_seeds section, per IPC."""
+    runs = {(r["ipc"], r["batched"]): r["seconds"] for r in rows if r["name"] == "eval_seeds"}
+    return [{"name": "eval_speedup", "dataset": "digits", "ipc": ipc, "seeds": EVAL_SEEDS,
+             "speedup": runs[(ipc, False)] / runs[(ipc, True)]} for ipc, batched in runs if batched]
+
+
+SECTIONS: list[Callable[[Settings], list[dict]]] = [distill_iter, plain_step, expert_epoch, eval_seeds]
+DERIVED: list[Callable[[list[dict]], list[dict]]] = [inner_step_ratio, eval_speedup]
 
 
 # -- report -------------------------------------------------------------------------------------------------
@@ -273,6 +307,9 @@ def targets(rows: list[dict]) -> list[str]:
             lines.append(f"- {dataset}, checkpointed keeping {label}: peak memory grows {100 * growth:+.1f} % from "
                          f"syn_steps {low} to {high} (target <= +10 %); time is at most {slowdown:.2f}x the full "
                          f"unroll's (target <= 1.5x)")
+        for r in (r for r in rows if r["name"] == "eval_speedup" and r["dataset"] == dataset):
+            lines.append(f"- {dataset}, IPC {r['ipc']}: {r['seeds']} evaluation seeds batched are {r['speedup']:.2f}x "
+                         "as fast as sequential (target >= 3x)")
         ratios = [r["ratio"] for r in rows if r["name"] == "inner_step_ratio" and r["dataset"] == dataset]
         if ratios:
             lines.append(f"- {dataset}: one inner step of the full unroll is {min(ratios):.2f}x to "
@@ -312,7 +349,8 @@ def main() -> None:
     args = parser.parse_args()
     base = QUICK if args.quick else FULL
     settings = Settings(tuple(int(s) for s in args.syn_steps.split(",")) if args.syn_steps else base.syn_steps,
-                        args.repeats or base.repeats, args.ipc or base.ipc, base.expert_images, args.device)
+                        args.repeats or base.repeats, args.ipc or base.ipc, base.expert_images, base.eval_epochs,
+                        args.device)
     if args.worker:
         dataset, unroll, syn_steps = args.worker
         print(json.dumps(distill_worker(dataset, unroll, int(syn_steps), args.snapshot_every, settings)))

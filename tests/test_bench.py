@@ -31,7 +31,11 @@ def test_report_tables_and_targets(tmp_path):
     rows.append({"name": "plain_step", "dataset": "digits", "ipc": 10, "seconds": 0.04})
     rows += bench.inner_step_ratio(rows)
     assert [r["ratio"] for r in rows if r["name"] == "inner_step_ratio"] == pytest.approx([2.5, 2.5])
-    settings = bench.Settings((10, 80), repeats=3, ipc=10, expert_images=64, device="cpu")
+    rows += [{"name": "eval_seeds", "dataset": "digits", "ipc": 10, "seeds": 5, "epochs": 50, "batched": batched,
+              "seconds": seconds} for batched, seconds in ((False, 9.0), (True, 2.0))]
+    rows += bench.eval_speedup(rows)
+    assert [r["speedup"] for r in rows if r["name"] == "eval_speedup"] == pytest.approx([4.5])
+    settings = bench.Settings((10, 80), repeats=3, ipc=10, expert_images=64, eval_epochs=1, device="cpu")
     bench.write_report(rows, tmp_path, "python scripts/bench.py", "a machine", settings)
     assert json.loads((tmp_path / "benchmarks.json").read_text()) == {
         "machine": "a machine", "command": "python scripts/bench.py", "rows": rows}
@@ -41,6 +45,7 @@ def test_report_tables_and_targets(tmp_path):
     assert "keeping every ceil(sqrt(N))-th state: peak memory grows +2.5 % from syn_steps 10 to 80" in text
     assert "time is at most 2.00x" in text
     assert "2.50x to 2.50x a plain training step" in text
+    assert "IPC 10: 5 evaluation seeds batched are 4.50x as fast as sequential" in text
     assert "| full | 1 | 80 | digits | 10 | 8 | 800 |" in text and "### plain_step" in text
 
 
@@ -49,6 +54,6 @@ def test_quick_run_writes_both_files(tmp_path):
     subprocess.run([sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--out", str(tmp_path)], check=True)
     rows = json.loads((tmp_path / "benchmarks.json").read_text())["rows"]
     names = {r["name"] for r in rows}
-    assert names == {"distill_iter", "plain_step", "expert_epoch", "inner_step_ratio"}
+    assert names == {"distill_iter", "plain_step", "expert_epoch", "inner_step_ratio", "eval_seeds", "eval_speedup"}
     assert len([r for r in rows if r["name"] == "distill_iter"]) == 2 * 2 * 3  # datasets x syn_steps x variants
     assert "## Targets" in (tmp_path / "benchmarks.md").read_text()
