@@ -70,3 +70,27 @@ def test_import_command_converts_an_original_buffer(tmp_path):
     assert store.header["recipe"]["origin"] == "imported replay_buffer"
     with pytest.raises(DDError, match="made for a different model"):
         buffer_main([*argv[:4], "--model", "ConvNet", *argv[6:]])
+
+
+def test_import_records_a_gsam_or_ast_recipe_from_a_preset(tmp_path):
+    """--recipe-config takes the original run's recipe from a dd.buffer preset, so imported FTD/DATM (GSAM)
+    and AST experts get their recipe in the manifest and their own store folder."""
+    from dd.models import create_model
+
+    model = create_model("ConvNet", 1, 10, (8, 8), seed=0)
+    torch.save([[[p.detach().clone() for p in model.parameters()] for _ in range(16)]], tmp_path / "replay_buffer_0.pt")
+    roots = {}
+    for preset in ("digits_gsam", "digits_ast"):
+        argv = ["import", str(tmp_path / "replay_buffer_0.pt"), "--dataset", "digits", "--model", "ConvNet",
+                "--recipe-config", f"experiments/buffer/{preset}.yaml", "--buffer-dir", str(tmp_path / "b")]
+        assert buffer_main(argv) == 0
+        (manifest,) = [m for m in (tmp_path / "b").glob("digits/ConvNet/*/manifest.json") if m.parent not in
+                       roots.values()]
+        roots[preset] = manifest.parent
+    gsam = TrajectoryStore.open(roots["digits_gsam"]).header["recipe"]
+    ast = TrajectoryStore.open(roots["digits_ast"]).header["recipe"]
+    assert (gsam["optimizer"], gsam["rho"], gsam["alpha"], gsam["adaptive"]) == ("gsam", 0.01, 0.3, True)
+    assert (ast["optimizer"], ast["gp_lambda"], ast["loss_warmup"], ast["lr_decay_factor"]) == ("sgd", 2.0, True, 0.6)
+    assert gsam["origin"] == ast["origin"] == "imported replay_buffer" and "gsam" in roots["digits_gsam"].name
+    with pytest.raises(DDError, match="is for ConvNet on digits, not ConvNetD1"):
+        buffer_main([*argv[:4], "--model", "ConvNetD1", *argv[6:]])

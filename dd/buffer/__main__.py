@@ -21,8 +21,9 @@ from dd.buffer.legacy import import_legacy
 from dd.buffer.ssl import train_teacher
 from dd.buffer.store import TrajectoryStore
 from dd.cli import run_cli
-from dd.config import build_parser, opt, parse_config
+from dd.config import build_parser, load_yaml, make_config, opt, parse_config
 from dd.data import get_spec
+from dd.errors import DDError
 from dd.realdata import prepare_data
 
 
@@ -75,17 +76,34 @@ class ImportConfig:
     batch_size: int = opt(256, "batch_train of the original run")
     dsa_strategy: str = opt("color_crop_cutout_flip_scale_rotate", "dsa_strategy of the original run")
     buffer_dir: str = opt("buffers", "root of the trajectory stores")
+    recipe_config: str | None = opt(None, "dd.buffer preset of the original run's recipe (e.g. experiments/buffer/"
+                                    "cifar10_gsam.yaml for FTD/DATM flat experts, cifar10_ast.yaml for AST's): "
+                                    "its recipe replaces --epochs ... --dsa-strategy and --zca")
+
+
+def import_recipe(config: ImportConfig) -> dict:
+    """The recorded recipe of imported experts: from ``--recipe-config`` (any optimiser, schedule and
+    regulariser a preset can name) or from the plain-SGD flags."""
+    if config.recipe_config is None:
+        recipe = ExpertRecipe(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                              batch_size=config.batch_size, epochs=config.epochs, dsa_strategy=config.dsa_strategy,
+                              preprocess="zca" if config.zca else "standard")
+        return recipe.to_dict()
+    preset = make_config(BufferConfig, load_yaml(config.recipe_config), config.recipe_config)
+    if preset.dataset != config.dataset or preset.model != config.model:
+        raise DDError(f"--recipe-config {config.recipe_config} is for {preset.model} on {preset.dataset}, not "
+                      f"{config.model} on {config.dataset}; pass the matching --dataset/--model or preset")
+    validate(preset)
+    return preset.recipe().to_dict()
 
 
 def import_main(argv: Sequence[str]) -> int:
     parser = build_parser(ImportConfig, "python -m dd.buffer import",
-                          "Convert original MTT/FTD/DATM replay_buffer_N.pt files into a dd trajectory store.")
+                          "Convert original MTT/FTD/DATM/AST replay_buffer_N.pt files into a dd trajectory store.")
     parser.add_argument("paths", nargs="+", help="replay_buffer_N.pt files of the original code")
     config, extras = parse_config(ImportConfig, argv, parser)
     spec = get_spec(config.dataset)
-    recipe = ExpertRecipe(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                          batch_size=config.batch_size, epochs=config.epochs, dsa_strategy=config.dsa_strategy,
-                          preprocess="zca" if config.zca else "standard").to_dict()
+    recipe = import_recipe(config)
     # Imported experts get their own folder: their data pipeline was not ours, so they never mix
     # with experts trained here under the same hyper-parameters.
     recipe["origin"] = "imported replay_buffer"
