@@ -42,7 +42,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="evaluation seeds per source")
     parser.add_argument("--pretrain-epochs", type=int, default=500, help="pre-training epochs on the 50 images")
     parser.add_argument("--linear-epochs", type=int, default=100, help="linear-probe epochs on digits-5to9")
-    parser.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs on digits-5to9")
+    parser.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs on all of digits-5to9")
+    parser.add_argument("--few-labels", type=int, default=5,
+                        help="labelled digits-5to9 images per class of the few-label setting (0: skip it)")
+    parser.add_argument("--few-label-epochs", type=int, default=100,
+                        help="linear-probe and fine-tuning epochs of the few-label setting")
     parser.add_argument("--work", default="runs/results-transfer", help="folder for the teacher, run and evaluation")
     parser.add_argument("--out", default="docs", help="where results-transfer.md/.json are written")
     args = parser.parse_args()
@@ -54,11 +58,16 @@ def main() -> None:
     run_dir = work / "krr_st-digits-0to4-n50"
     sh("dd.distill", "--config", "experiments/krr_st/digits-0to4_n50.yaml", "--iterations", str(args.iterations),
        "--buffer-dir", buffers, "--run-dir", str(run_dir), "--resume")
-    sh("dd.eval", "--protocol", "transfer", "--synset", str(run_dir / "synset"), "--target", "digits-5to9",
-       "--buffer-dir", buffers, "--runs", str(args.seeds), "--pretrain-epochs", str(args.pretrain_epochs),
-       "--linear-epochs", str(args.linear_epochs), "--finetune-epochs", str(args.finetune_epochs),
+    evaluate = ["dd.eval", "--protocol", "transfer", "--synset", str(run_dir / "synset"), "--target", "digits-5to9",
+                "--buffer-dir", buffers, "--runs", str(args.seeds), "--pretrain-epochs", str(args.pretrain_epochs)]
+    sh(*evaluate, "--linear-epochs", str(args.linear_epochs), "--finetune-epochs", str(args.finetune_epochs),
        "--out", str(work / "eval"))
     runs = json.loads((work / "eval" / "results.json").read_text())["runs"]
+    if args.few_labels:
+        epochs = str(args.few_label_epochs)
+        sh(*evaluate, "--target-ipc", str(args.few_labels), "--linear-epochs", epochs, "--finetune-epochs", epochs,
+           "--out", str(work / "eval-few-labels"))
+        runs += json.loads((work / "eval-few-labels" / "results.json").read_text())["runs"]
     write_report(runs, out, args, time.perf_counter() - start)
 
 
@@ -66,22 +75,30 @@ def write_report(runs: list[dict], out: Path, args: argparse.Namespace, seconds:
     machine = describe_machine()
     flags = (f"--teacher-epochs {args.teacher_epochs} --iterations {args.iterations} --seeds {args.seeds} "
              f"--pretrain-epochs {args.pretrain_epochs} --linear-epochs {args.linear_epochs} "
-             f"--finetune-epochs {args.finetune_epochs}")
+             f"--finetune-epochs {args.finetune_epochs} --few-labels {args.few_labels} "
+             f"--few-label-epochs {args.few_label_epochs}")
     lines = ["## Transfer: KRR-ST on digits-0to4 → digits-5to9", "",
              f"Produced by `python scripts/results_transfer.py {flags}` on {machine} in {seconds / 60:.1f} min "
              "(this run; earlier finished stages are skipped). A Barlow Twins ConvNet teacher "
              f"({args.teacher_epochs} epochs) on the digits-0to4 training images (no labels); KRR-ST distils them "
              f"into 50 images with 128-d targets ({args.iterations} iterations, ConvNetBN pool); each source "
              f"pre-trains a fresh ConvNetBN by MSE on its targets ({args.pretrain_epochs} epochs), then on "
-             f"digits-5to9 a linear probe on frozen features ({args.linear_epochs} epochs) or full fine-tuning "
-             f"({args.finetune_epochs} epochs, crop + flip). Test accuracy in % (mean ± std over {args.seeds} "
-             "seeds). random = 50 random real digits-0to4 images with the teacher's representations; none = no "
-             "pre-training.", "", "| protocol | KRR-ST (50 images) | random real + teacher targets | none |",
-             "|---|---|---|---|"]
-    for protocol in ("linear", "finetune"):
-        row = [cell([r for r in runs if r["protocol"] == protocol and r["source"] == s])
-               for s in ("krr_st", "random", "none")]
-        lines.append(f"| {protocol} | " + " | ".join(row) + " |")
+             "digits-5to9 a linear probe on frozen features or full fine-tuning (crop + flip), with all the "
+             f"labelled training images ({args.linear_epochs} / {args.finetune_epochs} epochs) or "
+             f"{args.few_labels} per class, drawn per seed ({args.few_label_epochs} epochs each). Test accuracy "
+             f"in % (mean ± std over {args.seeds} seeds). random = 50 random real digits-0to4 images with the "
+             "teacher's representations; none = no pre-training.", "",
+             "| protocol | target labels | KRR-ST (50 images) | random real + teacher targets | none |",
+             "|---|---|---|---|---|"]
+    for few in (False, True):
+        for protocol in ("linear", "finetune"):
+            setting = [r for r in runs if r["protocol"] == protocol
+                       and (r["recipe"]["transfer"].get("target_ipc") is not None) == few]
+            if not setting:
+                continue
+            row = [cell([r for r in setting if r["source"] == s]) for s in ("krr_st", "random", "none")]
+            labels = f"{args.few_labels} per class" if few else "all"
+            lines.append(f"| {protocol} | {labels} | " + " | ".join(row) + " |")
     out.mkdir(parents=True, exist_ok=True)
     (out / "results-transfer.md").write_text("\n".join(lines) + "\n")
     (out / "results-transfer.json").write_text(json.dumps({"machine": machine, "runs": runs}, indent=1) + "\n")

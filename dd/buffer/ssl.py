@@ -159,8 +159,11 @@ def train_teacher(config) -> int:
     with torch.no_grad():
         reps = torch.cat([model.embed(preprocess(pixels[i : i + 1024])) for i in range(0, pixels.shape[0], 1024)])
     # Barlow Twins standardises each dimension over the batch, so an embedding's per-dimension offset and
-    # scale carry no information; the stored statistics let ``Teacher.represent`` return z-scores.
-    stats = {REPR_MEAN: reps.mean(0), REPR_STD: reps.std(0).clamp_min(1e-6)}
+    # scale carry no information; the stored statistics let ``Teacher.represent`` return z-scores. The std
+    # is floored at 1% of the largest one: a dimension (nearly) constant on the training images, e.g. a dead
+    # ReLU, must not turn a small response to an augmented image into a huge target.
+    std = reps.std(0)
+    stats = {REPR_MEAN: reps.mean(0), REPR_STD: std.clamp_min(0.01 * float(std.max()))}
     save_tensors(root / ENCODER, {**backbone_state(model), **stats})
     atomic_write_json(root / MANIFEST, {
         "format_version": FORMAT_VERSION, "kind": "ssl_teacher", "teacher": config.teacher,
