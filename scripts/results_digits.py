@@ -1,6 +1,7 @@
 """Reproduce docs/results-digits.md and docs/results-digits.json: every trajectory-matching method on
 digits at IPC 1 and 10 with the same iteration budget, evaluated under one protocol, beside random real
-images and the full data, plus cross-architecture rows for the best set of each IPC.
+images and the full data, plus cross-architecture rows for the best set of each IPC; the KRR-ST transfer
+section of scripts/results_transfer.py (docs/results-transfer.md) is appended when it exists.
 
     python scripts/results_digits.py                  # full run (about an hour on a 2-core CPU)
     python scripts/results_digits.py --iterations 20 --seeds 2 --out /tmp/smoke   # a quick smoke run
@@ -130,6 +131,9 @@ def write_report(runs: list[dict], speed: dict[tuple[str, int], float], out: Pat
                 rr = [r for r in cross if r["model"] == model and r["source"] == "random"]
                 lines.append(f"| {model} | {cell(d)} | {cell(rr)} |")
             lines.append("")
+    transfer = out / "results-transfer.md"  # written by scripts/results_transfer.py (KRR-ST), if run before
+    if transfer.is_file():
+        lines += [transfer.read_text()]
     out.mkdir(parents=True, exist_ok=True)
     (out / "results-digits.md").write_text("\n".join(lines))
     (out / "results-digits.json").write_text(json.dumps({"machine": machine, "runs": runs}, indent=1) + "\n")
