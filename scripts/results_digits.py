@@ -14,20 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 from pathlib import Path
+
+from _results import cell, sh
 
 from dd.device import describe_machine
 
 METHODS = ("mtt", "ftd", "datm", "ast")
 CROSS_ARCH = ("ResNet18", "VGG11", "AlexNet", "MLP")
-
-
-def sh(*args: str) -> None:
-    """Run one dd stage as a subprocess, failing loudly."""
-    print("+", " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", *args], check=True)
 
 
 def read_runs(folder: Path) -> list[dict]:
@@ -39,12 +33,6 @@ def seconds_per_iteration(run_dir: Path) -> float:
     values = [json.loads(line)["seconds_per_iteration"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
               if "seconds_per_iteration" in line]
     return statistics.median(values)
-
-
-def cell(runs: list[dict]) -> str:
-    accs = [100 * r["accuracy"] for r in runs]
-    std = statistics.pstdev(accs) if len(accs) > 1 else 0.0
-    return f"{statistics.fmean(accs):.2f} ± {std:.2f}"
 
 
 def main() -> None:

@@ -14,25 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from _results import cell, sh
+
 from dd.device import describe_machine
-
-
-def sh(*args: str) -> None:
-    """Run one dd stage as a subprocess, failing loudly."""
-    print("+", " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", *args], check=True)
-
-
-def cell(runs: list[dict]) -> str:
-    accs = [100 * r["accuracy"] for r in runs]
-    std = statistics.pstdev(accs) if len(accs) > 1 else 0.0
-    return f"{statistics.fmean(accs):.2f} ± {std:.2f}"
 
 
 def main() -> None:
