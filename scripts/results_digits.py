@@ -43,6 +43,9 @@ def main() -> None:
     parser.add_argument("--ipcs", default="1,10", help="comma-separated IPCs to run")
     parser.add_argument("--cross-arch", action=argparse.BooleanOptionalAction, default=True,
                         help="evaluate the best set of each IPC on ResNet18, VGG11, AlexNet and MLP")
+    parser.add_argument("--timing-iterations", type=int, default=0,
+                        help="time each method in a separate short run of this many iterations (run it on an idle "
+                             "machine; 0: report the s/iteration of the long runs)")
     parser.add_argument("--work", default="runs/results-digits", help="folder for buffers' runs and evaluations")
     parser.add_argument("--out", default="docs", help="where results-digits.md/.json are written")
     args = parser.parse_args()
@@ -69,6 +72,12 @@ def main() -> None:
         sh("dd.eval", "--dataset", "digits", "--ipc", str(ipc), "--baseline", "random", "--out", str(baseline),
            *common)
         runs += read_runs(baseline)
+    for method, ipc in list(speed) if args.timing_iterations else []:
+        run_dir = work / "timing" / f"{method}-ipc{ipc}"
+        sh("dd.distill", "--config", f"experiments/{method}/digits_ipc{ipc}.yaml", "--iterations",
+           str(args.timing_iterations), "--run-dir", str(run_dir), "--eval-every", "0", "--eval-epochs", "1",
+           "--log-every", "5", "--resume")
+        speed[(method, ipc)] = seconds_per_iteration(run_dir)
     full = work / "full"
     sh("dd.eval", "--dataset", "digits", "--baseline", "full", "--out", str(full), *common)
     runs += read_runs(full)
@@ -94,11 +103,15 @@ def write_report(runs: list[dict], speed: dict[tuple[str, int], float], out: Pat
     machine = describe_machine()
     lines = ["# dd on digits: MTT, FTD, DATM and AST", "",
              f"Produced by `python scripts/results_digits.py --iterations {args.iterations} --seeds {args.seeds} "
-             f"--epochs {args.epochs} --ipcs {args.ipcs}{'' if args.cross_arch else ' --no-cross-arch'}` "
+             f"--epochs {args.epochs} --ipcs {args.ipcs}{'' if args.cross_arch else ' --no-cross-arch'} "
+             f"--timing-iterations {args.timing_iterations}` "
              f"on {machine}. Test accuracy in % (mean ± std over {args.seeds} seeds), "
              "ConvNet distilled and evaluated; every set trained under the same protocol (SGD momentum 0.9, "
              f"wd 5e-4, {args.epochs} epochs, lr x0.1 at half, DSA), with the set's learned lr "
-             "(baselines: lr 0.01). Full data: the 1,437 training images.", ""]
+             "(baselines: lr 0.01). Full data: the 1,437 training images. s/iteration: median of the logged "
+             "seconds per iteration (evaluation and saving excluded) "
+             + (f"of a separate {args.timing_iterations}-iteration run per method, one after another"
+                if args.timing_iterations else "of the distillation runs") + ".", ""]
     full = [r for r in runs if r["source"] == "full" and r["model"] == "ConvNet"]
     for ipc in ipcs:
         lines += [f"## IPC {ipc}", "", "| method | ConvNet | s/iteration |", "|---|---|---|"]
