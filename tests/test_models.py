@@ -25,9 +25,19 @@ def test_registry_holds_the_reference_zoo():
     assert sorted(list_models()) == sorted(REFERENCE_NAMES)
 
 
+# Instance-norm networks that reach a 1x1 feature map before a norm at this input size (refused).
+ONE_BY_ONE = {(1, (8, 8)): {"ConvNetD4", "ConvNetD5", "ConvNetD6", "ConvNetD7", "ConvNetD8", "ResNet18",
+                            "ResNet18_AP", "VGG11"},
+              (3, (32, 32)): {"ConvNetD6", "ConvNetD7", "ConvNetD8"}}
+
+
 @pytest.mark.parametrize("name", REFERENCE_NAMES)
 @pytest.mark.parametrize("channels, size", [(1, (8, 8)), (3, (32, 32))])
 def test_every_model_maps_images_to_logits(name, channels, size):
+    if name in ONE_BY_ONE[(channels, size)]:
+        with pytest.raises(DDError, match="instance norm over a 1x1 feature map"):
+            create_model(name, channels, 7, size, seed=0)
+        return
     model = create_model(name, channels, 7, size, seed=0)
     out = model(torch.randn(2, channels, *size))
     assert out.shape == (2, 7) and torch.isfinite(out).all()
@@ -44,13 +54,13 @@ def test_convnet_parameter_count_matches_reference(num_classes, expected):
     ("ConvNet", 1, (8, 8), 128 * 1 * 1),     # 8 -> 12 -> 6 -> 3 -> 1
     ("ConvNetD4", 3, (64, 64), 128 * 4 * 4),
     ("ConvNetD5", 3, (128, 128), 128 * 4 * 4),
-    ("ConvNetD8", 3, (32, 32), 128 * 1 * 1),  # the last three pools are skipped
+    ("ConvNetD5", 3, (32, 32), 128 * 1 * 1),  # 32 -> 16 -> 8 -> 4 -> 2 -> 1
     ("ConvNetNP", 3, (32, 32), 128 * 32 * 32),
     ("ConvNetW32", 3, (64, 48), 32 * 8 * 6),
     ("ResNet18", 3, (32, 32), 512),
     ("ResNet18_AP", 3, (32, 32), 512 * 4 * 4),
     ("VGG11", 3, (32, 32), 512),
-    ("VGG11", 1, (8, 8), 512),
+    ("VGG11BN", 1, (8, 8), 512),
     ("AlexNet", 3, (32, 32), 192 * 4 * 4),
     ("AlexNet", 1, (28, 28), 192 * 4 * 4),
     ("LeNet", 3, (32, 32), 16 * 5 * 5),
@@ -61,6 +71,19 @@ def test_classifier_input_follows_the_spatial_arithmetic(name, channels, size, f
     model = create_model(name, channels, 10, size)
     first_linear = next(m for m in model.modules() if isinstance(m, nn.Linear))
     assert first_linear.in_features == features
+
+
+def test_pools_that_would_shrink_a_map_below_1px_are_skipped():
+    model = create_model("ConvNetD8", 3, 10, (32, 32), norm="batchnorm")  # five pools, then three skipped
+    assert model.classifier.in_features == 128
+
+
+def test_instance_norm_of_a_1x1_map_is_constant_hence_refused():
+    """Why ONE_BY_ONE is refused: GroupNorm(C, C) of a 1x1 map outputs its bias whatever the input."""
+    norm = nn.GroupNorm(4, 4, affine=True)
+    nn.init.normal_(norm.bias)
+    a, b = norm(torch.randn(3, 4, 1, 1)), norm(torch.randn(3, 4, 1, 1))
+    assert torch.allclose(a, b, atol=1e-4) and torch.allclose(a[0, :, 0, 0], norm.bias, atol=1e-4)
 
 
 @pytest.mark.parametrize("name, size", [("ConvNetD4", (64, 64)), ("ConvNetD5", (128, 128))])

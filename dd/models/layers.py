@@ -17,9 +17,14 @@ def check_choice(kind: str, value: str, choices: tuple[str, ...]) -> None:
         raise DDError(f"unknown {kind} '{value}'; choose from {', '.join(choices)}")
 
 
-def channel_norm(norm: str, channels: int) -> nn.Module:
-    """Per-channel normalisation; 'instancenorm' is GroupNorm(C, C, affine) as in the reference code."""
+def channel_norm(norm: str, channels: int, height: int | None = None, width: int | None = None) -> nn.Module:
+    """Per-channel normalisation; 'instancenorm' is GroupNorm(C, C, affine) as in the reference code. Given
+    the feature map's size, instance norm of a 1x1 map is refused: it maps every input to the same output."""
     check_choice("norm", norm, ("instancenorm", "batchnorm"))
+    if norm == "instancenorm" and height == 1 and width == 1:
+        raise DDError("instance norm over a 1x1 feature map makes every output the same (the images are too small "
+                      "for this depth); use the BatchNorm variant (e.g. ResNet18BN, VGG11BN, ConvNetBN) or a "
+                      "shallower network")
     if norm == "instancenorm":
         return nn.GroupNorm(channels, channels, affine=True)
     return nn.BatchNorm2d(channels)
@@ -34,7 +39,7 @@ def make_norm(norm: str, channels: int, height: int, width: int) -> nn.Module | 
         return nn.LayerNorm([channels, height, width], elementwise_affine=True)
     if norm == "groupnorm":
         return nn.GroupNorm(4, channels, affine=True)
-    return channel_norm(norm, channels)
+    return channel_norm(norm, channels, height, width)
 
 
 def make_act(act: str) -> nn.Module:

@@ -62,6 +62,7 @@ class ResNet(nn.Module):
             cin = cout
         if h < 1 or w < 1:
             raise DDError(f"ResNet with avgpool downsampling needs inputs of at least 8 px, got {tuple(im_size)}")
+        channel_norm(norm, cin, h, w)  # refuses instance norm on a final 1x1 map
         self.layers = nn.Sequential(*stages)
         self.classifier = nn.Linear(cin * h * w if avgpool else cin, num_classes)
 

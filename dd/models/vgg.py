@@ -33,8 +33,9 @@ class VGG(nn.Module):
                     h, w = h // 2, w // 2
                 continue
             pad = 3 if channels == 1 and i == 0 else 1
-            layers += [nn.Conv2d(c, int(item), 3, padding=pad), channel_norm(norm, int(item)), nn.ReLU()]
-            c, h, w = int(item), conv_out(h, 3, pad), conv_out(w, 3, pad)
+            h, w = conv_out(h, 3, pad), conv_out(w, 3, pad)
+            layers += [nn.Conv2d(c, int(item), 3, padding=pad), channel_norm(norm, int(item), h, w), nn.ReLU()]
+            c = int(item)
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(c * h * w, num_classes)
 
