@@ -18,6 +18,7 @@ from dd.functional import (
     unflatten,
 )
 from dd.models import create_model, list_models
+from tests.test_models import ONE_BY_ONE
 
 
 def small_convnet(**kw) -> nn.Module:
@@ -82,7 +83,7 @@ def test_wrong_length_is_a_dderror():
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", [n for n in list_models() if n not in ONE_BY_ONE[(1, (8, 8))]])
 def test_functional_forward_equals_module_forward(name, train):
     """The weights come from ``flat`` (another seed's model), not from the module that runs them."""
     model = create_model(name, 1, 4, (8, 8), seed=0).train(train)
@@ -95,8 +96,9 @@ def test_functional_forward_equals_module_forward(name, train):
 
 @pytest.mark.parametrize("name", ["ConvNet", "ConvNetBN", "ConvNetLN", "ConvNetMP", "ResNet18_AP", "AlexNet"])
 def test_gradient_wrt_flat_matches_module_backward(name):
-    model = create_model(name, 3, 4, (8, 8), seed=0, **({"width": 8} if name.startswith("ConvNet") else {}))
-    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    size = 16 if name.startswith("ResNet") else 8  # ResNet18_AP reaches 1x1 (refused) at 8 px
+    model = create_model(name, 3, 4, (size, size), seed=0, **({"width": 8} if name.startswith("ConvNet") else {}))
+    x, y = torch.randn(4, 3, size, size), torch.tensor([0, 1, 2, 3])
     nn.functional.cross_entropy(model(x), y).backward()
     module_grad = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
     flat = flatten_params(model).requires_grad_(True)
