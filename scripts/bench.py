@@ -58,14 +58,16 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131
 class Settings:
     syn_steps: tuple[int, ...]
     repeats: int
-    ipc: int
+    ipc: int  # synthetic images per class of digits
+    cifar_ipc: int  # ... and of the CIFAR-shaped set (7x the pixels of an 8 px digit padded to 12 px)
     expert_images: int  # size of the CIFAR-shaped training set of the throughput section
     eval_epochs: int  # epochs of each network of the eval_seeds section
     device: str
 
 
-FULL = Settings(syn_steps=(10, 20, 40, 80), repeats=5, ipc=10, expert_images=5000, eval_epochs=50, device="auto")
-QUICK = Settings(syn_steps=(2, 4), repeats=1, ipc=1, expert_images=64, eval_epochs=2, device="auto")
+FULL = Settings(syn_steps=(10, 20, 40, 80), repeats=5, ipc=10, cifar_ipc=10, expert_images=5000, eval_epochs=50,
+                device="auto")
+QUICK = Settings(syn_steps=(2, 4), repeats=1, ipc=1, cifar_ipc=1, expert_images=64, eval_epochs=2, device="auto")
 EVAL_SEEDS = 5
 DATASETS = {"digits": "ConvNet", "cifar-shaped": "ConvNetD3"}
 
@@ -172,6 +174,10 @@ def variants(syn_steps: int) -> list[tuple[str, int]]:
     return [("full", 1), ("checkpointed", 1), *([("checkpointed", stride)] if stride > 1 else [])]
 
 
+def ipc_of(dataset: str, settings: Settings) -> int:
+    return settings.ipc if dataset == "digits" else settings.cifar_ipc
+
+
 def distill_iter(settings: Settings) -> list[dict]:
     rows = []
     for dataset in DATASETS:
@@ -179,11 +185,11 @@ def distill_iter(settings: Settings) -> list[dict]:
             for unroll, stride in variants(syn_steps):
                 command = [sys.executable, __file__, "--worker", dataset, unroll, str(syn_steps),
                            "--snapshot-every", str(stride), "--repeats", str(settings.repeats),
-                           "--ipc", str(settings.ipc), "--device", settings.device]
+                           "--ipc", str(ipc_of(dataset, settings)), "--device", settings.device]
                 done = subprocess.run(command, check=True, capture_output=True, text=True, env=worker_env())
                 figures = json.loads(done.stdout.splitlines()[-1])
                 rows.append({"name": "distill_iter", "unroll": unroll, "snapshot_every": stride,
-                             "syn_steps": syn_steps, "dataset": dataset, "ipc": settings.ipc, **figures})
+                             "syn_steps": syn_steps, "dataset": dataset, "ipc": ipc_of(dataset, settings), **figures})
                 print(rows[-1], flush=True)
     return rows
 
@@ -207,8 +213,8 @@ def plain_step_seconds(dataset: str, device: torch.device, ipc: int, repeats: in
 
 def plain_step(settings: Settings) -> list[dict]:
     device = resolve_device(settings.device)
-    return [{"name": "plain_step", "dataset": dataset, "ipc": settings.ipc,
-             "seconds": plain_step_seconds(dataset, device, settings.ipc, 10 * settings.repeats)}
+    return [{"name": "plain_step", "dataset": dataset, "ipc": ipc_of(dataset, settings),
+             "seconds": plain_step_seconds(dataset, device, ipc_of(dataset, settings), 10 * settings.repeats)}
             for dataset in DATASETS]
 
 
@@ -341,7 +347,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny settings: a smoke run of every section")
     parser.add_argument("--syn-steps", help="comma-separated syn_steps of the distill_iter section")
     parser.add_argument("--repeats", type=int, help="timed runs per figure (after one warm-up)")
-    parser.add_argument("--ipc", type=int, help="synthetic images per class of the distillation sections")
+    parser.add_argument("--ipc", type=int, help="synthetic images per class of digits in the distillation sections")
+    parser.add_argument("--cifar-ipc", type=int, help="... and of the CIFAR-shaped set")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--out", default="docs", help="folder for benchmarks.md and benchmarks.json")
     parser.add_argument("--snapshot-every", type=int, default=1, help=argparse.SUPPRESS)
@@ -349,7 +356,8 @@ def main() -> None:
     args = parser.parse_args()
     base = QUICK if args.quick else FULL
     settings = Settings(tuple(int(s) for s in args.syn_steps.split(",")) if args.syn_steps else base.syn_steps,
-                        args.repeats or base.repeats, args.ipc or base.ipc, base.expert_images, base.eval_epochs,
+                        args.repeats or base.repeats, args.ipc or base.ipc, args.cifar_ipc or base.cifar_ipc,
+                        base.expert_images, base.eval_epochs,
                         args.device)
     if args.worker:
         dataset, unroll, syn_steps = args.worker

@@ -35,7 +35,7 @@ def test_report_tables_and_targets(tmp_path):
               "seconds": seconds} for batched, seconds in ((False, 9.0), (True, 2.0))]
     rows += bench.eval_speedup(rows)
     assert [r["speedup"] for r in rows if r["name"] == "eval_speedup"] == pytest.approx([4.5])
-    settings = bench.Settings((10, 80), repeats=3, ipc=10, expert_images=64, eval_epochs=1, device="cpu")
+    settings = bench.Settings((10, 80), repeats=3, ipc=10, cifar_ipc=10, expert_images=64, eval_epochs=1, device="cpu")
     bench.write_report(rows, tmp_path, "python scripts/bench.py", "a machine", settings)
     assert json.loads((tmp_path / "benchmarks.json").read_text()) == {
         "machine": "a machine", "command": "python scripts/bench.py", "rows": rows}
