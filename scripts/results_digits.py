@@ -95,7 +95,7 @@ def main() -> None:
         models = ",".join(CROSS_ARCH)
         sh("dd.eval", "--synset", str(synset), "--models", models, "--baseline", "random",
            "--out", str(run_dir / "eval-cross-arch"), *common)
-        runs += [r for r in read_runs(run_dir / "eval-cross-arch") if r["model"] != "ConvNet"]
+        runs += [r for r in read_runs(run_dir / "eval-cross-arch") if r["model"] in CROSS_ARCH]
 
     write_report(runs, speed, out, args, ipcs)
 
