@@ -43,8 +43,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5, help="evaluation seeds per row")
     parser.add_argument("--epochs", type=int, default=200, help="evaluation epochs (experiments/eval/digits.yaml)")
     parser.add_argument("--ipcs", default="1,10", help="comma-separated IPCs to run")
-    parser.add_argument("--cross-arch", action=argparse.BooleanOptionalAction, default=True,
-                        help="evaluate the best set of each IPC on ResNet18BN, VGG11BN, AlexNet and MLP")
+    parser.add_argument("--cross-arch-ipcs", default="1,10",
+                        help="IPCs whose best set is also evaluated on ResNet18BN, VGG11BN, AlexNet and MLP "
+                             "(comma-separated; empty for none)")
     parser.add_argument("--timing-iterations", type=int, default=0,
                         help="time each method in a separate short run of this many iterations (run it on an idle "
                              "machine; 0: report the s/iteration of the long runs)")
@@ -85,7 +86,7 @@ def main() -> None:
     runs += read_runs(full)
 
     # Cross-architecture rows for the best ConvNet set of each IPC, with random real beside it.
-    for ipc in ipcs if args.cross_arch else []:
+    for ipc in [int(k) for k in args.cross_arch_ipcs.split(",") if k]:
         distilled = [r for r in runs if r["source"] == "distilled" and r["ipc"] == ipc and r["model"] == "ConvNet"]
         best = max({r["method"] for r in distilled},
                    key=lambda m: statistics.fmean(r["accuracy"] for r in distilled if r["method"] == m))
@@ -105,7 +106,7 @@ def write_report(runs: list[dict], speed: dict[tuple[str, int], float], out: Pat
     machine = describe_machine()
     lines = ["# dd on digits: MTT, FTD, DATM and AST", "",
              f"Produced by `python scripts/results_digits.py --iterations {args.iterations} --seeds {args.seeds} "
-             f"--epochs {args.epochs} --ipcs {args.ipcs}{'' if args.cross_arch else ' --no-cross-arch'} "
+             f"--epochs {args.epochs} --ipcs {args.ipcs} --cross-arch-ipcs '{args.cross_arch_ipcs}' "
              f"--timing-iterations {args.timing_iterations}` "
              f"on {machine}. Test accuracy in % (mean ± std over {args.seeds} seeds), "
              "ConvNet distilled and evaluated; every set trained under the same protocol (SGD momentum 0.9, "
