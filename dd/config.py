@@ -173,3 +173,14 @@ def peek_option(argv: Sequence[str] | None, name: str, default: str) -> str:
 def to_dict(config: Any) -> dict[str, Any]:
     """The config as a plain dict (for manifests, metadata and resolved-config files)."""
     return dataclasses.asdict(config)
+
+
+def parse_list(value: str, choices: Sequence[str], flag: str, allow_empty: bool = False) -> list[str]:
+    """The distinct entries of a comma-separated flag, in order, each checked against ``choices``."""
+    items = list(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    for item in items:
+        if item not in choices:
+            raise DDError(f"unknown {flag} setting '{item}'; choose from {', '.join(choices)} (comma-separated)")
+    if not items and not allow_empty:
+        raise DDError(f"{flag} is empty; choose from {', '.join(choices)} (comma-separated)")
+    return items

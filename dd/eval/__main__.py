@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from dd import distributed
 from dd.cli import run_cli
-from dd.config import build_parser, opt, parse_config, peek_option, to_dict
+from dd.config import build_parser, opt, parse_config, parse_list, peek_option, to_dict
 from dd.data import Preprocessor, list_datasets
 from dd.distill.synset import SynSet, load_synset
 from dd.errors import DDError
@@ -75,17 +75,6 @@ class EvalConfig:
     batch_seeds: str = opt("auto", "train the seeds of a set and architecture together with torch.func.vmap: on, off, "
                            "or auto (on for CUDA; on a CPU batching is no faster)", choices=("auto", "on", "off"))
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
-
-
-def parse_list(value: str, choices: Sequence[str], flag: str) -> list[str]:
-    """The distinct entries of a comma-separated flag, in order, each checked against ``choices``."""
-    items = list(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
-    for item in items:
-        if item not in choices:
-            raise DDError(f"unknown {flag} setting '{item}'; choose from {', '.join(choices)} (comma-separated)")
-    if not items:
-        raise DDError(f"{flag} is empty; choose from {', '.join(choices)} (comma-separated)")
-    return items
 
 
 def validate(config: EvalConfig) -> list[str]:

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from dd.augment import crop_flip
 from dd.buffer.ssl import Teacher, find_teacher
-from dd.config import build_parser, opt, parse_config, to_dict
+from dd.config import build_parser, opt, parse_config, parse_list, to_dict
 from dd.data import list_datasets
 from dd.device import make_generator, resolve_device
 from dd.distill.synset import SynSet, load_synset
@@ -84,14 +84,6 @@ class TransferConfig:
     out: str | None = opt(None, "output folder (default: <synset>/../eval-transfer, or runs/eval-transfer-<source>)")
     seed: int = opt(0, "first seed; run r uses seed + r")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
-
-
-def parse_list(value: str, choices: Sequence[str], flag: str, allow_empty: bool = False) -> list[str]:
-    items = list(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
-    bad = [v for v in items if v not in choices]
-    if bad or (not items and not allow_empty):
-        raise DDError(f"bad {flag} '{value}'; choose from {', '.join(choices)} (comma-separated)")
-    return items
 
 
 def cosine_lr(lr: float, epoch: int, epochs: int) -> float:
