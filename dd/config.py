@@ -24,9 +24,19 @@ from dd.errors import DDError
 T = TypeVar("T")
 
 
-def opt(default: Any, help: str, choices: Sequence[str] | None = None) -> Any:
-    """A config field with its help text (and optional fixed choices for the CLI)."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+def opt(default: Any, help: str, choices: Sequence[str] | None = None, repeat: bool = False) -> Any:
+    """A config field with its help text (and optional fixed choices for the CLI). A ``repeat`` field is a
+    comma-separated list that the flag given several times (or a YAML list) extends."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "repeat": repeat})
+
+
+class _JoinAction(argparse.Action):
+    """``--flag a --flag b`` (or ``--flag a,b``) gives ``"a,b"``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        previous = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, values if previous in (None, argparse.SUPPRESS) else f"{previous},{values}")
 
 
 def _base_type(tp: Any) -> tuple[type, bool]:
@@ -62,6 +72,8 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
                 raise ValueError
             return float(value)
         if base is str:
+            if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
+                return ",".join(str(v) for v in value)  # a YAML list of a comma-separated field
             if isinstance(value, (dict, list)):
                 raise ValueError
             return str(value)
@@ -102,6 +114,8 @@ def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPar
         if f.metadata.get("choices"):
             kwargs["choices"] = list(f.metadata["choices"])
         kwargs["metavar"] = base.__name__.upper()
+        if f.metadata.get("repeat"):
+            kwargs["action"] = _JoinAction
         parser.add_argument(flag, type=str, **kwargs)
     return parser
 

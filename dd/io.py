@@ -110,6 +110,18 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def sha256_tensors(*tensors: torch.Tensor) -> str:
+    """Hex SHA-256 of tensors' dtypes, shapes and values (row chunks, so a large tensor is never copied whole)."""
+    h = hashlib.sha256()
+    for tensor in tensors:
+        h.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+        flat = tensor.detach().reshape(tensor.shape[0], -1) if tensor.dim() else tensor.detach().reshape(1, 1)
+        rows = max(1, (1 << 24) // max(1, flat.shape[1] * flat.element_size()))
+        for chunk in flat.split(rows):
+            h.update(chunk.contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
 def pack_state(obj: Any, prefix: str) -> tuple[dict[str, torch.Tensor], Any]:
     """Split a nested state (``state_dict()`` of a module or an optimiser) into its tensors, named
     ``<prefix>.<i>``, and a JSON-able skeleton; ``unpack_state`` reverses it. Dict keys keep their type

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from dd.data import DatasetSpec, Preprocessor, class_indices, load_dataset
 from dd.device import make_generator
 from dd.errors import DDError
+from dd.io import sha256_tensors
 
 
 @dataclass
@@ -21,6 +23,7 @@ class PreparedData:
     train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
+    _identity: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def train(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,6 +32,17 @@ class PreparedData:
     @property
     def test(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.test_images, self.test_labels
+
+    def identity(self) -> dict[str, Any]:
+        """What a result record says of the real data: name, shape, split sizes, preprocessing and the
+        SHA-256 of the preprocessed splits (computed once), so records of other data never merge."""
+        if self._identity is None:
+            self._identity = {
+                "name": self.spec.name, "shape": [self.spec.channels, *self.spec.size],
+                "num_classes": self.spec.num_classes, "train": int(self.train_labels.shape[0]),
+                "test": int(self.test_labels.shape[0]), "preprocess": self.preprocessor.describe(),
+                "sha256": sha256_tensors(self.train_images, self.train_labels, self.test_images, self.test_labels)}
+        return self._identity
 
 
 def prepare_data(

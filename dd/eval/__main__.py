@@ -21,6 +21,8 @@ Under ``torchrun --nproc-per-node K -m dd.eval ...`` the K processes share the r
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,14 +32,15 @@ import torch
 from tqdm import tqdm
 
 from dd import distributed
+from dd.augment import DSA
 from dd.cli import run_cli
 from dd.config import build_parser, opt, parse_config, parse_list, peek_option, to_dict
-from dd.data import Preprocessor, list_datasets
+from dd.data import DatasetSpec, Preprocessor, list_datasets
 from dd.distill.synset import SynSet, load_synset
 from dd.errors import DDError
 from dd.eval import transfer
-from dd.eval.report import augment_of, results_markdown
-from dd.eval.results import Results, run_key
+from dd.eval.report import augment_of, results_markdown, run_key
+from dd.eval.results import Results
 from dd.io import atomic_write_bytes
 from dd.models import list_models
 from dd.multiseed import train_and_test_seeds
@@ -51,13 +54,16 @@ AUGMENTS = ("dsa", "none")
 
 @dataclass
 class EvalConfig:
-    synset: str | None = opt(None, "synthetic-set folder written by dd.distill (omit to run baselines only)")
+    synset: str | None = opt(None, "synthetic-set folder written by dd.distill; repeat the flag (or give a comma "
+                             "list) to evaluate several sets side by side (omit to run baselines only)", repeat=True)
+    verify: bool = opt(True, "refuse a set without a recorded checksum (--no-verify accepts a hand-made set; its "
+                       "records say so)")
     dataset: str | None = opt(None, "dataset to test on (default: the set's; must match it)")
-    data_path: str = opt("data", "folder holding the dataset")
+    data_path: str | None = opt(None, "folder holding the dataset (default: the set's, else data)")
     download: bool = opt(False, "download the dataset through torchvision if it is missing")
-    image_size: int | None = opt(None, "side length for imagefolder datasets")
+    image_size: int | None = opt(None, "side length for imagefolder datasets (default: the set's, else 32)")
     zca: bool = opt(False, "ZCA-whiten (baselines-only runs; a set carries its own preprocessing)")
-    ipc: int | None = opt(None, "images per class of the random baseline (default: the set's)")
+    ipc: int | None = opt(None, "images per class of the random baseline (default: each set's)")
     models: str = opt("ConvNet", "comma-separated architectures to train")
     runs: int = opt(5, "seeds per architecture and source")
     epochs: int = opt(1000, "training epochs of each network (lr x0.1 at half)")
@@ -70,11 +76,23 @@ class EvalConfig:
     labels: str = opt("auto", "comma-separated label settings of the set: auto (its own), hard (argmax), soft")
     augment: str = opt("dsa", "comma-separated augmentation settings: dsa (--dsa-strategy) or none")
     baseline: str = opt("", "comma-separated baselines to run beside the set: random, full")
-    out: str | None = opt(None, "output folder (default: <synset>/../eval, or runs/eval-<dataset>)")
+    out: str | None = opt(None, "output folder (default: eval/ beside the sets when they share a folder, else "
+                          "runs/eval-<dataset>)")
     seed: int = opt(0, "first seed; run r uses seed + r")
     batch_seeds: str = opt("auto", "train the seeds of a set and architecture together with torch.func.vmap: on, off, "
                            "or auto (on for CUDA; on a CPU batching is no faster)", choices=("auto", "on", "off"))
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+
+
+def synset_paths(config: EvalConfig) -> list[str]:
+    """The ``--synset`` folders, in order, each once."""
+    return list(dict.fromkeys(p.strip() for p in (config.synset or "").split(",") if p.strip()))
+
+
+def check_lr(flag: str, lr: float) -> None:
+    """A learning rate must be a positive finite number."""
+    if not math.isfinite(lr) or lr <= 0:
+        raise DDError(f"{flag} must be a positive finite learning rate, got {lr}")
 
 
 def validate(config: EvalConfig) -> list[str]:
@@ -89,7 +107,20 @@ def validate(config: EvalConfig) -> list[str]:
     for name in ("runs", "epochs", "batch_size"):
         if getattr(config, name) <= 0:
             raise DDError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
-    if config.synset is None and not baselines:
+    for name in ("ipc", "image_size"):
+        if getattr(config, name) is not None and getattr(config, name) <= 0:
+            raise DDError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
+    if config.seed < 0:
+        raise DDError(f"--seed must be 0 or more, got {config.seed}")
+    if config.lr is not None:
+        check_lr("--lr", config.lr)
+    check_lr("--baseline-lr", config.baseline_lr)
+    if not 0 <= config.momentum < 1:
+        raise DDError(f"--momentum must be in [0, 1), got {config.momentum}")
+    if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
+        raise DDError(f"--weight-decay must be 0 or a positive finite number, got {config.weight_decay}")
+    DSA(config.dsa_strategy)  # raises on an unknown op
+    if not synset_paths(config) and not baselines:
         raise DDError("nothing to evaluate; pass --synset PATH and/or --baseline random,full")
     if config.dataset is not None and config.dataset not in list_datasets():
         raise DDError(f"unknown dataset '{config.dataset}'; choose from {', '.join(list_datasets())}")
@@ -123,26 +154,80 @@ def augment_protocols(base: Protocol, modes: list[str]) -> dict[str, Protocol]:
     return found
 
 
-def load_inputs(config: EvalConfig, device: torch.device) -> tuple[SynSet | None, PreparedData, str, int | None]:
-    """The set (if any), the real data under the set's preprocessing, the dataset name and the ipc."""
-    synset = load_synset(config.synset, device) if config.synset else None
-    if synset is not None and synset.transfer:
-        raise DDError(f"the set at {config.synset} is a transfer set (KRR-ST); evaluate it with --protocol transfer")
-    dataset = config.dataset or (synset.meta.get("dataset") if synset else None) or "digits"
-    if synset is not None and synset.meta.get("dataset") not in (None, dataset):
-        raise DDError(f"the set at {config.synset} was distilled on {synset.meta['dataset']}, not {dataset}; "
-                      f"drop --dataset or pass the matching set")
-    if synset is not None and synset.preprocess:
-        meta = synset.meta.get("preprocess_meta", {})
-        preprocess: str | Preprocessor = Preprocessor.from_state(synset.preprocess, meta)
+def load_sets(config: EvalConfig, device: torch.device) -> dict[str, SynSet]:
+    """The ``--synset`` sets by path, each verified (unless ``--no-verify``) and a classification set."""
+    sets = {}
+    for path in synset_paths(config):
+        synset = load_synset(path, device, verify=config.verify)
+        if synset.transfer:
+            raise DDError(f"the set at {path} is a transfer set (KRR-ST); evaluate it with --protocol transfer")
+        sets[path] = synset
+    return sets
+
+
+def set_default(sets: dict[str, SynSet], key: str, flag: str) -> Any:
+    """The value of distillation setting ``key`` that the sets agree on (None when none records it)."""
+    values = {json.dumps(s.meta.get("config", {}).get(key)) for s in sets.values()} - {"null"}
+    if len(values) > 1:
+        raise DDError(f"the sets were distilled with different {flag} ({', '.join(sorted(values))}); evaluate them "
+                      f"in separate calls or pass {flag}")
+    return json.loads(values.pop()) if values else None
+
+
+def check_set(path: str, synset: SynSet, spec: DatasetSpec, image_size_given: bool) -> int:
+    """The set must fit ``spec``: image shape, labels in range (soft: K wide) and ``ipc`` images per class as
+    its metadata says. Returns its ipc."""
+    shape, want = tuple(synset.images.shape[1:]), (spec.channels, *spec.size)
+    if shape != want:
+        hint = (f"pass --image-size {shape[-1]}" if shape[0] == spec.channels and not image_size_given
+                else "evaluate it on the dataset it was distilled on")
+        raise DDError(f"the set at {path} holds {shape} images but {spec.name} gives {want}; {hint}")
+    k, n = spec.num_classes, synset.images.shape[0]
+    if synset.soft and synset.labels.shape[1] != k:
+        raise DDError(f"the set at {path} has soft labels over {synset.labels.shape[1]} classes but {spec.name} has "
+                      f"{k}; evaluate it on the dataset it was distilled on")
+    labels = synset.hard_labels()
+    if not synset.soft and (int(labels.min()) < 0 or int(labels.max()) >= k):
+        raise DDError(f"the set at {path} has labels {int(labels.min())}..{int(labels.max())} but {spec.name} has "
+                      f"classes 0..{k - 1}; fix the set's labels")
+    ipc = synset.meta.get("ipc")
+    if not isinstance(ipc, int) or isinstance(ipc, bool) or ipc <= 0 or n != ipc * k:
+        raise DDError(f"the set at {path} holds {n} images for {k} classes but its metadata says ipc {ipc!r}; "
+                      "restore synset.json or regenerate the set")
+    if not synset.soft and torch.bincount(labels, minlength=k).tolist() != [ipc] * k:
+        raise DDError(f"the set at {path} does not hold {ipc} images of every class (counts "
+                      f"{torch.bincount(labels, minlength=k).tolist()}); fix the set's labels")
+    return ipc
+
+
+def set_identity(path: str, synset: SynSet) -> dict[str, Any]:
+    """What a record says of the set it trained on: checksum, path, method, iteration, verified."""
+    return {"sha256": synset.checksum, "path": str(Path(path)), "method": synset.meta.get("method"),
+            "iteration": synset.meta.get("iteration"), "verified": synset.verified}
+
+
+def load_inputs(config: EvalConfig, device: torch.device) -> tuple[dict[str, SynSet], PreparedData, str]:
+    """The sets by path, the real data under their preprocessing and the dataset name."""
+    sets = load_sets(config, device)
+    dataset = config.dataset or set_default(sets, "dataset", "--dataset") or "digits"
+    for path, synset in sets.items():
+        if synset.meta.get("dataset") not in (None, dataset):
+            raise DDError(f"the set at {path} was distilled on {synset.meta['dataset']}, not {dataset}; "
+                          f"drop --dataset or pass the matching set")
+    states = {s.preprocess_fingerprint() for s in sets.values()}
+    if len(states) > 1:
+        raise DDError("the sets were distilled under different preprocessing (standard vs ZCA, or ZCA fitted on "
+                      "other data); evaluate them in separate calls")
+    first = next(iter(sets.values()), None)
+    if first is not None and first.preprocess:
+        meta = first.meta.get("preprocess_meta", {})
+        preprocess: str | Preprocessor = Preprocessor.from_state(first.preprocess, meta)
     else:
         preprocess = "zca" if config.zca else "standard"
-    data = prepare_data(dataset, device, config.data_path, config.download, preprocess, config.image_size)
-    if synset is not None and tuple(synset.images.shape[1:]) != (data.spec.channels, *data.spec.size):
-        raise DDError(f"the set's images are {tuple(synset.images.shape[1:])} but {dataset} images are "
-                      f"{(data.spec.channels, *data.spec.size)}; evaluate it on the dataset it was distilled on")
-    ipc = config.ipc or (synset.meta.get("ipc") if synset else None)
-    return synset, data, dataset, ipc
+    data_path = config.data_path or set_default(sets, "data_path", "--data-path") or "data"
+    image_size = config.image_size or set_default(sets, "image_size", "--image-size")
+    data = prepare_data(dataset, device, data_path, config.download, preprocess, image_size)
+    return sets, data, dataset
 
 
 Job = tuple[dict[str, Any], Callable[[], tuple[torch.Tensor, torch.Tensor]]]
@@ -166,42 +251,64 @@ def seed_groups(jobs: list[Job], batched: bool) -> list[list[Job]]:
     return list(groups.values())
 
 
+def default_out(config: EvalConfig, dataset: str) -> Path:
+    """``--out``, else ``eval/`` beside the sets when they share a folder, else ``runs/eval-<dataset>``."""
+    if config.out:
+        return Path(config.out)
+    parents = {Path(p).resolve().parent for p in synset_paths(config)}
+    return parents.pop() / "eval" if len(parents) == 1 else Path(f"runs/eval-{dataset}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if peek_option(argv, "protocol", "classification") == "transfer":
         return transfer.main(argv)
     config, _ = parse_config(EvalConfig, argv, build_parser(EvalConfig, "python -m dd.eval", __doc__))
     baselines = validate(config)
     device = distributed.setup(config.device)
-    synset, data, dataset, ipc = load_inputs(config, device)
-    if "random" in baselines and ipc is None:
+    sets, data, dataset = load_inputs(config, device)
+    spec = data.spec
+    ipcs = {path: check_set(path, synset, spec, config.image_size is not None) for path, synset in sets.items()}
+    baseline_ipcs = [config.ipc] if config.ipc is not None else list(dict.fromkeys(ipcs.values()))
+    if "random" in baselines and not baseline_ipcs:
         raise DDError("the random baseline needs --ipc (or a --synset to take it from)")
-    out = Path(config.out or (Path(config.synset).parent / "eval" if config.synset else f"runs/eval-{dataset}"))
+    if "random" in baselines:
+        check_random_ipc(data, baseline_ipcs)
+    out = default_out(config, dataset)
     results = Results(out, to_dict(config))
     protocol = Protocol(epochs=config.epochs, momentum=config.momentum, weight_decay=config.weight_decay,
                         batch_size=config.batch_size, dsa_strategy=config.dsa_strategy)
-    labels = label_settings(synset, parse_list(config.labels, LABELS, "--labels"), config.synset)
+    label_modes = parse_list(config.labels, LABELS, "--labels")
+    labels = {path: label_settings(synset, label_modes, path) for path, synset in sets.items()}
     protocols = augment_protocols(protocol, parse_list(config.augment, AUGMENTS, "--augment"))
+    context = {"dataset": dataset, "data": data.identity(), "split": "test"}
 
-    def sources(seed: int) -> list[tuple[dict[str, Any], Callable[[], tuple[torch.Tensor, torch.Tensor]]]]:
+    def sources(seed: int) -> list[Job]:
         """(record fields, training data) of every source evaluated with ``seed``."""
-        found = []
-        for name, set_labels in labels.items():
+        found: list[Job] = []
+        for path, synset in sets.items():
             lr = config.lr if config.lr is not None else synset.lr
-            found.append(({"source": "distilled", "method": synset.meta.get("method", "unknown"), "ipc": ipc,
-                           "labels": name, "lr": lr}, lambda y=set_labels: (synset.images, y)))
+            for name, set_labels in labels[path].items():
+                found.append(({"source": "distilled", "method": synset.meta.get("method", "unknown"),
+                               "ipc": ipcs[path], "labels": name, "lr": lr, "set": set_identity(path, synset)},
+                              lambda s=synset, y=set_labels: (s.images, y)))
         if "random" in baselines:
-            found.append(({"source": "random", "method": "random", "ipc": ipc, "labels": "hard",
-                           "lr": config.baseline_lr}, lambda: random_subset(data, ipc, seed)))
+            for ipc in baseline_ipcs:
+                found.append(({"source": "random", "method": "random", "ipc": ipc, "labels": "hard",
+                               "lr": config.baseline_lr}, lambda k=ipc: random_subset(data, k, seed)))
         if "full" in baselines:
             found.append(({"source": "full", "method": "full", "ipc": None, "labels": "hard",
                            "lr": config.baseline_lr}, lambda: data.train))
         return found
 
-    jobs = [({**fields, "dataset": dataset, "model": model, "seed": config.seed + r, "augment": augment,
-              "protocol": augmented.describe(fields["lr"])}, get)
-            for model in config.models.split(",") for r in range(config.runs)
-            for augment, augmented in protocols.items() for fields, get in sources(config.seed + r)]
-    spec = data.spec
+    jobs = []
+    for model in config.models.split(","):
+        for r in range(config.runs):
+            for augment, augmented in protocols.items():
+                for fields, get in sources(config.seed + r):
+                    lr = fields.pop("lr")
+                    record = {**fields, **context, "model": model, "seed": config.seed + r, "augment": augment,
+                              "protocol": augmented.describe(lr)}
+                    jobs.append((record, get))
 
     done = {run_key(r) for r in results.previous}
     todo = [(record, get) for record, get in jobs if run_key(record) not in done]
@@ -216,21 +323,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                         labels=record["labels"], augment=record["augment"])
         seeds = [r["seed"] for r, _ in group]
         accuracies = train_and_test_seeds(record["model"], spec.channels, spec.num_classes, spec.size, group[0][1](),
-                                          data.test, record["lr"], protocols[record["augment"]], seeds,
+                                          data.test, record["protocol"]["lr"], protocols[record["augment"]], seeds,
                                           batched=len(group) > 1)
         for (run, _), accuracy in zip(group, accuracies, strict=True):
             results.add({**run, "accuracy": accuracy})
     runs = results.finish()
     if not distributed.is_main():
         return 0
-    # The report covers every recorded run of this folder trained with the models and protocols asked for
-    # now, so a baseline evaluated in a separate call (e.g. the costly full data with fewer seeds) joins it.
-    asked = {(j["model"], repr(j["protocol"]["epochs"]), augment_of(j)) for j, _ in jobs}
-    table = results_markdown([r for r in runs if (r["model"], repr(r["protocol"]["epochs"]), augment_of(r)) in asked])
+    table = results_markdown(runs)
     atomic_write_bytes(out / "results.md", table.encode())
-    print(table)
-    print(f"results: {results.path}")
+    asked = {run_key(r) for r, _ in jobs}
+    print(results_markdown([r for r in runs if run_key(r) in asked]))
+    print(f"results: {results.path} (all records: {out / 'results.md'})")
     return 0
+
+
+def check_random_ipc(data: PreparedData, ipcs: list[int]) -> None:
+    """Every class must hold at least ``ipc`` training images for the random baseline."""
+    counts = torch.bincount(data.train_labels.cpu(), minlength=data.spec.num_classes)
+    for ipc in ipcs:
+        if ipc > int(counts.min()):
+            raise DDError(f"the random baseline's --ipc {ipc} is larger than class {int(counts.argmin())}, which has "
+                          f"{int(counts.min())} training images; pass a smaller --ipc")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,27 @@
-"""Result records and the Markdown table (architecture x source, mean ± std over seeds)."""
+"""Result records and their Markdown tables (source x architecture, mean ± std over seeds).
+
+A record is the identity of one training run (the set or baseline, the data, the split, the complete
+protocol, labels, model, seed) plus what it measured (``RESULT_FIELDS``). Records are grouped so that
+one table cell only ever holds runs that differ in their seed:
+  * a *context* is everything that must be equal for two runs to be compared at all (dataset and its
+    fingerprint, split, the protocol apart from its lr): one section of ``results.md`` each;
+  * inside it, one table per label setting of the distilled sets (baselines, always hard, join each);
+  * a *source* (one row: a set or a baseline) is everything else but the model and the seed (source,
+    method, ipc, the set's checksum, lr, labels); a column is a model.
+"""
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections import defaultdict
 from typing import Any
 
 SOURCE_ORDER = ("distilled", "random", "full")
+RESULT_FIELDS = ("accuracy", "max_accuracy")
+"""Fields a run measured; every other field identifies it."""
+CONTEXT_FIELDS = ("dataset", "data", "split", "protocol")
+"""Fields (the protocol without its lr) shared by every run of one section."""
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -20,32 +35,39 @@ def format_cell(values: list[float]) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f} ({len(values)})"
 
 
-def column_name(run: dict[str, Any]) -> str:
-    name = run["source"] if run["source"] != "distilled" else f"{run.get('method', 'distilled')}"
-    if run["source"] != "full":
-        name += f" ipc{run['ipc']}"
-    return name
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
-def markdown_table(runs: list[dict[str, Any]]) -> str:
-    """A Markdown table with one row per architecture and one column per (source, ipc)."""
-    cells: dict[tuple[str, str], list[float]] = defaultdict(list)
-    columns: list[tuple[int, str]] = []
-    models: list[str] = []
-    for run in runs:
-        col = column_name(run)
-        cells[(run["model"], col)].append(run["accuracy"])
-        key = (SOURCE_ORDER.index(run["source"]) if run["source"] in SOURCE_ORDER else len(SOURCE_ORDER), col)
-        if key not in columns:
-            columns.append(key)
-        if run["model"] not in models:
-            models.append(run["model"])
-    names = [c for _, c in sorted(columns)]
-    lines = ["| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for model in models:
-        row = [format_cell(cells[(model, c)]) if cells.get((model, c)) else "–" for c in names]
-        lines.append(f"| {model} | " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n\nTest accuracy in %, mean ± std over seeds (number of seeds in brackets).\n"
+def identity(run: dict[str, Any]) -> dict[str, Any]:
+    """The fields that identify ``run``: all but the measured ones and the set's path (the same set,
+    by checksum, at another path is the same run)."""
+    found = {k: v for k, v in run.items() if k not in RESULT_FIELDS}
+    if isinstance(found.get("set"), dict):
+        found["set"] = {k: v for k, v in found["set"].items() if k != "path"}
+    return found
+
+
+def run_key(run: dict[str, Any]) -> str:
+    """What makes two records the same run: every identifying field (``identity``), canonically."""
+    return _canonical(identity(run))
+
+
+def _protocol_without_lr(run: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in run.get("protocol", {}).items() if k != "lr"}
+
+
+def context_key(run: dict[str, Any]) -> str:
+    """The section a run belongs to: dataset, data fingerprint, split and the protocol without its lr."""
+    return _canonical({"dataset": run.get("dataset"), "data": run.get("data"), "split": run.get("split", "test"),
+                       "protocol": _protocol_without_lr(run)})
+
+
+def column_key(run: dict[str, Any]) -> str:
+    """The column of a run inside its section: its identity without the context, model and seed."""
+    found = {k: v for k, v in identity(run).items() if k not in (*CONTEXT_FIELDS, "model", "seed")}
+    found["lr"] = run.get("protocol", {}).get("lr")
+    return _canonical(found)
 
 
 def augment_of(run: dict[str, Any]) -> str:
@@ -55,9 +77,87 @@ def augment_of(run: dict[str, Any]) -> str:
     return "none" if run.get("protocol", {}).get("augment", "dsa") in ("", "none") else "dsa"
 
 
-def setting_name(setting: tuple[str, str]) -> str:
-    """``labels soft, augment dsa`` for the setting ``("soft", "dsa")``."""
-    return f"labels {setting[0]}, augment {setting[1]}"
+def column_name(run: dict[str, Any]) -> str:
+    """``mtt ipc1``, ``random ipc1`` or ``full``."""
+    name = run["source"] if run["source"] != "distilled" else f"{run.get('method', 'distilled')}"
+    if run["source"] != "full":
+        name += f" ipc{run.get('ipc')}"
+    return name
+
+
+def _set_tag(run: dict[str, Any]) -> str:
+    found = run.get("set") or {}
+    parts = [f"it{found['iteration']}" if found.get("iteration") is not None else "",
+             found.get("sha256", "")[:8]]
+    return " ".join(p for p in parts if p)
+
+
+def column_names(runs: list[dict[str, Any]]) -> dict[str, str]:
+    """A distinct display name per column key of ``runs``: ``mtt ipc1``, made unique where needed by the
+    labels, then the set's iteration and checksum prefix, then the lr, then a number."""
+    columns = {column_key(r): r for r in runs}
+    names = {key: column_name(run) for key, run in columns.items()}
+    for extra in (lambda r: f"labels {r.get('labels', 'hard')}", _set_tag,
+                  lambda r: f"lr {r.get('protocol', {}).get('lr', 0):.4g}"):
+        counts = defaultdict(int)
+        for name in names.values():
+            counts[name] += 1
+        for key, run in columns.items():
+            if counts[names[key]] > 1 and extra(run):
+                names[key] += f" [{extra(run)}]"
+    seen: dict[str, int] = defaultdict(int)
+    for key in names:
+        seen[names[key]] += 1
+        if seen[names[key]] > 1:
+            names[key] += f" ({seen[names[key]]})"
+    return names
+
+
+def _ordered_columns(runs: list[dict[str, Any]]) -> list[str]:
+    order = {}
+    for run in runs:
+        rank = SOURCE_ORDER.index(run["source"]) if run["source"] in SOURCE_ORDER else len(SOURCE_ORDER)
+        order.setdefault(column_key(run), (rank, len(order)))
+    return sorted(order, key=order.get)
+
+
+def markdown_table(runs: list[dict[str, Any]]) -> str:
+    """A Markdown table with one row per source (``column_key``: a set, a baseline) and one column per
+    architecture; a cell holds runs that differ only in their seed."""
+    names = column_names(runs)
+    sources = _ordered_columns(runs)
+    cells: dict[tuple[str, str], list[float]] = defaultdict(list)
+    models = list(dict.fromkeys(run["model"] for run in runs))
+    for run in runs:
+        cells[(column_key(run), run["model"])].append(run["accuracy"])
+    lines = ["| source | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for source in sources:
+        row = [format_cell(cells[(source, m)]) if cells.get((source, m)) else "–" for m in models]
+        lines.append(f"| {names[source]} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n\nTest accuracy in %, mean ± std over seeds (number of seeds in brackets).\n"
+
+
+def sets_legend(runs: list[dict[str, Any]]) -> str:
+    """One line per distilled column: its name, path, checksum, iteration, lr and whether it was verified."""
+    names = column_names(runs)
+    lines = []
+    for key in _ordered_columns(runs):
+        run = next(r for r in runs if column_key(r) == key)
+        found = run.get("set")
+        if run["source"] != "distilled" or not isinstance(found, dict):
+            continue
+        verified = "" if found.get("verified", True) else ", NOT verified (--no-verify)"
+        lines.append(f"- {names[key]}: `{found.get('path')}` (sha256 {found.get('sha256', '?')[:16]}…, iteration "
+                     f"{found.get('iteration')}, lr {run.get('protocol', {}).get('lr', 0):.4g}{verified})")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def context_title(run: dict[str, Any]) -> str:
+    """``digits (test split) · epochs 1000, momentum 0.9, ...``: what every run of a section shares."""
+    protocol = ", ".join(f"{k} {v}" for k, v in _protocol_without_lr(run).items())
+    data = run.get("data") or {}
+    fingerprint = f", data {data['sha256'][:8]}" if data.get("sha256") else ""
+    return f"{run.get('dataset', '?')} ({run.get('split', 'test')} split{fingerprint}) · {protocol or 'protocol ?'}"
 
 
 def split_by_setting(runs: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
@@ -78,53 +178,74 @@ def split_by_setting(runs: list[dict[str, Any]]) -> dict[tuple[str, str], list[d
     return settings
 
 
-def improvements(runs: list[dict[str, Any]]) -> dict[tuple[str, tuple[str, str]], tuple[float, float]]:
-    """(distilled mean, random mean) accuracy in [0, 1] per (model, (labels, augment)) where both exist.
+def setting_name(setting: tuple[str, str]) -> str:
+    """``labels soft, augment dsa`` for the setting ``("soft", "dsa")``."""
+    return f"labels {setting[0]}, augment {setting[1]}"
 
-    Random real images are matched on model, augmentation and ipc (they always use hard labels)."""
-    distilled: dict[tuple[str, tuple[str, str]], list[dict[str, Any]]] = defaultdict(list)
+
+def improvements(runs: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[float, float]]:
+    """(distilled mean, random mean) accuracy in [0, 1] per (model, distilled column name) where both exist.
+
+    ``runs`` share one context; random real images are matched on model, augmentation and ipc."""
+    names = column_names(runs)
+    distilled: dict[tuple[str, str], list[float]] = defaultdict(list)
+    ipcs: dict[tuple[str, str], Any] = {}
     randoms: dict[tuple[str, str, Any], list[float]] = defaultdict(list)
     for run in runs:
         if run["source"] == "distilled":
-            distilled[(run["model"], (run.get("labels", "hard"), augment_of(run)))].append(run)
+            name = names[column_key(run)]
+            distilled[(run["model"], name)].append(run["accuracy"])
+            ipcs[(run["model"], name)] = (augment_of(run), run.get("ipc"))
         elif run["source"] == "random":
-            randoms[(run["model"], augment_of(run), run["ipc"])].append(run["accuracy"])
+            randoms[(run["model"], augment_of(run), run.get("ipc"))].append(run["accuracy"])
     found = {}
-    for (model, setting), members in distilled.items():
-        baseline = [a for ipc in dict.fromkeys(r["ipc"] for r in members) for a in randoms[(model, setting[1], ipc)]]
+    for (model, name), accuracies in distilled.items():
+        baseline = randoms.get((model, *ipcs[(model, name)]))
         if baseline:
-            found[(model, setting)] = (statistics.fmean(r["accuracy"] for r in members), statistics.fmean(baseline))
+            found[(model, name)] = (statistics.fmean(accuracies), statistics.fmean(baseline))
     return found
 
 
 def improvement_table(runs: list[dict[str, Any]]) -> str:
-    """A Markdown table "improvement over random real": one row per architecture, one column per
-    (labels, augment) setting, cell = distilled mean - random mean in percentage points (both means in
-    brackets); empty string when no setting has both."""
+    """A Markdown table "improvement over random real" of runs of one context: one row per distilled
+    source, one column per architecture, cell = distilled mean - random mean in percentage points (both
+    means in brackets); empty string when no source has both."""
     found = improvements(runs)
     if not found:
         return ""
     models = list(dict.fromkeys(model for model, _ in found))
-    settings = list(dict.fromkeys(setting for _, setting in found))
-    lines = ["| model | " + " | ".join(setting_name(s) for s in settings) + " |", "|---|" + "---|" * len(settings)]
-    for model in models:
+    sources = list(dict.fromkeys(name for _, name in found))
+    lines = ["| source | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for name in sources:
         cells = []
-        for setting in settings:
-            if (model, setting) not in found:
+        for model in models:
+            if (model, name) not in found:
                 cells.append("–")
                 continue
-            ours, theirs = found[(model, setting)]
+            ours, theirs = found[(model, name)]
             cells.append(f"{100 * (ours - theirs):+.2f} ({100 * ours:.2f} vs {100 * theirs:.2f})")
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + ("\n\nDistilled mean − random-real mean in percentage points (distilled % vs random %);"
-                               " random real images use hard labels and the same augmentation.\n")
+                               " random real images use hard labels, the same ipc and the same augmentation.\n")
+
+
+def by_context(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Runs per ``context_key``, in order of appearance."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        found.setdefault(context_key(run), []).append(run)
+    return found
 
 
 def results_markdown(runs: list[dict[str, Any]]) -> str:
-    """results.md: the architecture x source table of each (labels, augment) setting, then the
-    improvement over random real images side by side."""
-    parts = [f"## {setting_name(s)}\n\n{markdown_table(members)}" for s, members in split_by_setting(runs).items()]
-    improvement = improvement_table(runs)
-    if improvement:
-        parts.append(f"## improvement over random real\n\n{improvement}")
+    """results.md: per context, the architecture x source table of each label setting, the sets' legend and
+    the improvement over random real images."""
+    parts = []
+    for members in by_context(runs).values():
+        parts.append(f"# {context_title(members[0])}\n")
+        for setting, chosen in split_by_setting(members).items():
+            parts.append(f"## {setting_name(setting)}\n\n{markdown_table(chosen)}\n{sets_legend(chosen)}")
+        improvement = improvement_table(members)
+        if improvement:
+            parts.append(f"## improvement over random real\n\n{improvement}")
     return "\n".join(parts)

@@ -12,16 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from dd import distributed
-from dd.eval.report import augment_of
+from dd.errors import DDError
+from dd.eval.report import run_key
 from dd.io import atomic_write_json, read_json
 
 RESULTS = "results.json"
-
-
-def run_key(run: dict[str, Any]) -> tuple:
-    """What makes two records the same run: source, model, seed, ipc, protocol, method, labels, augmentation."""
-    return (run["source"], run["model"], run["seed"], run["ipc"], repr(run["protocol"]), run.get("method"),
-            run.get("labels", "hard"), augment_of(run))
+REQUIRED = ("source", "model", "seed", "accuracy")
 
 
 def merge(*lists: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -36,7 +32,15 @@ def merge(*lists: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _runs(path: Path) -> list[dict[str, Any]]:
-    return read_json(path, "results")["runs"] if path.is_file() else []
+    """The records of a results file, refusing one that is not dd's ``{"runs": [record, ...]}``."""
+    if not path.is_file():
+        return []
+    found = read_json(path, "results")
+    runs = found.get("runs") if isinstance(found, dict) else None
+    if not isinstance(runs, list) or not all(isinstance(r, dict) and set(REQUIRED) <= r.keys() for r in runs):
+        raise DDError(f"results {path} is not a dd.eval results file (a list 'runs' of records with "
+                      f"{', '.join(REQUIRED)}); move it away or pass another --out")
+    return runs
 
 
 class Results:
