@@ -9,9 +9,16 @@ training-time augmentation can inflate results (the point of DD-Ranking, Li et a
 trains on the argmax of soft labels, ``auto`` on the set's own labels, ``soft`` insists on soft ones;
 ``none`` turns DSA off. Random real images (always hard labels) run under each ``--augment`` setting.
 
-Writes results.json (a list ``runs`` of records: source, method, model, ipc, seed, accuracy, labels,
-augment, protocol) and results.md (architecture x source per setting, and the improvement of the set
-over random real images per setting). Rerunning skips runs already recorded under the same setting.
+Several sets evaluate side by side in one call (``--synset A --synset B`` or a comma list), with the
+baselines once per ipc. Each set is verified against its checksum and its metadata against its tensors,
+then checked against the dataset (image shape, classes, ipc) before anything trains.
+
+Writes results.json (a list ``runs`` of records: the set's identity (SHA-256 of its tensor file, path,
+method, iteration, verified), source, ipc, labels, augment, dataset and a fingerprint of its data, the
+split, the complete protocol, model, seed, accuracy) and results.md: one section per dataset, split and
+protocol, a row per set or baseline and a column per architecture, so a cell only ever holds the seeds
+of one run setting (see dd/eval/report.py). Rerunning skips exactly the runs already recorded: a
+changed set, other data or another protocol is trained anew.
 
 ``--protocol transfer`` evaluates a KRR-ST transfer set instead (pre-train, then linear probe and
 fine-tuning on target datasets): see python -m dd.eval --protocol transfer --help.

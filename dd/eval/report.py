@@ -5,7 +5,6 @@ protocol, labels, model, seed) plus what it measured (``RESULT_FIELDS``). Record
 one table cell only ever holds runs that differ in their seed:
   * a *context* is everything that must be equal for two runs to be compared at all (dataset and its
     fingerprint, split, the protocol apart from its lr): one section of ``results.md`` each;
-  * inside it, one table per label setting of the distilled sets (baselines, always hard, join each);
   * a *source* (one row: a set or a baseline) is everything else but the model and the seed (source,
     method, ipc, the set's checksum, lr, labels); a column is a model.
 """
@@ -63,8 +62,8 @@ def context_key(run: dict[str, Any]) -> str:
                        "protocol": _protocol_without_lr(run)})
 
 
-def column_key(run: dict[str, Any]) -> str:
-    """The column of a run inside its section: its identity without the context, model and seed."""
+def source_key(run: dict[str, Any]) -> str:
+    """The source (table row) of a run inside its section: its identity without the context, model and seed."""
     found = {k: v for k, v in identity(run).items() if k not in (*CONTEXT_FIELDS, "model", "seed")}
     found["lr"] = run.get("protocol", {}).get("lr")
     return _canonical(found)
@@ -77,7 +76,7 @@ def augment_of(run: dict[str, Any]) -> str:
     return "none" if run.get("protocol", {}).get("augment", "dsa") in ("", "none") else "dsa"
 
 
-def column_name(run: dict[str, Any]) -> str:
+def source_name(run: dict[str, Any]) -> str:
     """``mtt ipc1``, ``random ipc1`` or ``full``."""
     name = run["source"] if run["source"] != "distilled" else f"{run.get('method', 'distilled')}"
     if run["source"] != "full":
@@ -92,19 +91,20 @@ def _set_tag(run: dict[str, Any]) -> str:
     return " ".join(p for p in parts if p)
 
 
-def column_names(runs: list[dict[str, Any]]) -> dict[str, str]:
-    """A distinct display name per column key of ``runs``: ``mtt ipc1``, made unique where needed by the
+def source_names(runs: list[dict[str, Any]]) -> dict[str, str]:
+    """A distinct display name per source key of ``runs``: ``mtt ipc1``, made unique where needed by the
     labels, then the set's iteration and checksum prefix, then the lr, then a number."""
-    columns = {column_key(r): r for r in runs}
-    names = {key: column_name(run) for key, run in columns.items()}
+    columns = {source_key(r): r for r in runs}
+    names = {key: source_name(run) for key, run in columns.items()}
     for extra in (lambda r: f"labels {r.get('labels', 'hard')}", _set_tag,
                   lambda r: f"lr {r.get('protocol', {}).get('lr', 0):.4g}"):
-        counts = defaultdict(int)
-        for name in names.values():
-            counts[name] += 1
-        for key, run in columns.items():
-            if counts[names[key]] > 1 and extra(run):
-                names[key] += f" [{extra(run)}]"
+        groups: dict[str, list[str]] = defaultdict(list)
+        for key, name in names.items():
+            groups[name].append(key)
+        for keys in groups.values():
+            if len({extra(columns[k]) for k in keys}) > 1:  # this detail tells the duplicates apart
+                for key in keys:
+                    names[key] += f" [{extra(columns[key])}]"
     seen: dict[str, int] = defaultdict(int)
     for key in names:
         seen[names[key]] += 1
@@ -113,23 +113,23 @@ def column_names(runs: list[dict[str, Any]]) -> dict[str, str]:
     return names
 
 
-def _ordered_columns(runs: list[dict[str, Any]]) -> list[str]:
+def _ordered_sources(runs: list[dict[str, Any]]) -> list[str]:
     order = {}
     for run in runs:
         rank = SOURCE_ORDER.index(run["source"]) if run["source"] in SOURCE_ORDER else len(SOURCE_ORDER)
-        order.setdefault(column_key(run), (rank, len(order)))
+        order.setdefault(source_key(run), (rank, len(order)))
     return sorted(order, key=order.get)
 
 
 def markdown_table(runs: list[dict[str, Any]]) -> str:
-    """A Markdown table with one row per source (``column_key``: a set, a baseline) and one column per
+    """A Markdown table with one row per source (``source_key``: a set, a baseline) and one column per
     architecture; a cell holds runs that differ only in their seed."""
-    names = column_names(runs)
-    sources = _ordered_columns(runs)
+    names = source_names(runs)
+    sources = _ordered_sources(runs)
     cells: dict[tuple[str, str], list[float]] = defaultdict(list)
     models = list(dict.fromkeys(run["model"] for run in runs))
     for run in runs:
-        cells[(column_key(run), run["model"])].append(run["accuracy"])
+        cells[(source_key(run), run["model"])].append(run["accuracy"])
     lines = ["| source | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     for source in sources:
         row = [format_cell(cells[(source, m)]) if cells.get((source, m)) else "–" for m in models]
@@ -138,11 +138,11 @@ def markdown_table(runs: list[dict[str, Any]]) -> str:
 
 
 def sets_legend(runs: list[dict[str, Any]]) -> str:
-    """One line per distilled column: its name, path, checksum, iteration, lr and whether it was verified."""
-    names = column_names(runs)
+    """One line per distilled source: its name, path, checksum, iteration, lr and whether it was verified."""
+    names = source_names(runs)
     lines = []
-    for key in _ordered_columns(runs):
-        run = next(r for r in runs if column_key(r) == key)
+    for key in _ordered_sources(runs):
+        run = next(r for r in runs if source_key(r) == key)
         found = run.get("set")
         if run["source"] != "distilled" or not isinstance(found, dict):
             continue
@@ -160,40 +160,17 @@ def context_title(run: dict[str, Any]) -> str:
     return f"{run.get('dataset', '?')} ({run.get('split', 'test')} split{fingerprint}) · {protocol or 'protocol ?'}"
 
 
-def split_by_setting(runs: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """Runs per (labels, augment) setting of the distilled set, in order of appearance. Baselines
-    (hard labels) join every setting with their augmentation; an augmentation with no distilled run
-    gets a setting ``("hard", augment)`` of its own."""
-    settings: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for run in runs:
-        if run["source"] == "distilled":
-            settings.setdefault((run.get("labels", "hard"), augment_of(run)), [])
-    for run in runs:
-        if run["source"] != "distilled" and augment_of(run) not in {a for _, a in settings}:
-            settings[("hard", augment_of(run))] = []
-    for run in runs:
-        for (labels, augment), members in settings.items():
-            if augment_of(run) == augment and (run["source"] != "distilled" or run.get("labels", "hard") == labels):
-                members.append(run)
-    return settings
-
-
-def setting_name(setting: tuple[str, str]) -> str:
-    """``labels soft, augment dsa`` for the setting ``("soft", "dsa")``."""
-    return f"labels {setting[0]}, augment {setting[1]}"
-
-
 def improvements(runs: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[float, float]]:
-    """(distilled mean, random mean) accuracy in [0, 1] per (model, distilled column name) where both exist.
+    """(distilled mean, random mean) accuracy in [0, 1] per (model, distilled source name) where both exist.
 
     ``runs`` share one context; random real images are matched on model, augmentation and ipc."""
-    names = column_names(runs)
+    names = source_names(runs)
     distilled: dict[tuple[str, str], list[float]] = defaultdict(list)
     ipcs: dict[tuple[str, str], Any] = {}
     randoms: dict[tuple[str, str, Any], list[float]] = defaultdict(list)
     for run in runs:
         if run["source"] == "distilled":
-            name = names[column_key(run)]
+            name = names[source_key(run)]
             distilled[(run["model"], name)].append(run["accuracy"])
             ipcs[(run["model"], name)] = (augment_of(run), run.get("ipc"))
         elif run["source"] == "random":
@@ -238,14 +215,12 @@ def by_context(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 
 def results_markdown(runs: list[dict[str, Any]]) -> str:
-    """results.md: per context, the architecture x source table of each label setting, the sets' legend and
-    the improvement over random real images."""
+    """results.md: per context, the source x architecture table, the sets' legend and the improvement
+    over random real images."""
     parts = []
     for members in by_context(runs).values():
-        parts.append(f"# {context_title(members[0])}\n")
-        for setting, chosen in split_by_setting(members).items():
-            parts.append(f"## {setting_name(setting)}\n\n{markdown_table(chosen)}\n{sets_legend(chosen)}")
+        parts.append(f"## {context_title(members[0])}\n\n{markdown_table(members)}\n{sets_legend(members)}")
         improvement = improvement_table(members)
         if improvement:
-            parts.append(f"## improvement over random real\n\n{improvement}")
+            parts.append(f"### improvement over random real\n\n{improvement}")
     return "\n".join(parts)
