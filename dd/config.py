@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -66,7 +67,10 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
         if base is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            number = float(value) if isinstance(value, str) and "e" in value.lower() else value
+            if isinstance(number, float) and not (math.isfinite(number) and number.is_integer()):
+                raise ValueError
+            return int(number)
         if base is float:
             if isinstance(value, bool):
                 raise ValueError
@@ -77,7 +81,7 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
             if isinstance(value, (dict, list)):
                 raise ValueError
             return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise DDError(f"config key '{name}' must be a {base.__name__}, got {value!r}") from None
     return value
 
@@ -126,7 +130,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise DDError(f"config file {path} does not exist; see experiments/ for presets")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise DDError(f"config file {path} is not UTF-8 text; save it as UTF-8 (is it a YAML file?)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

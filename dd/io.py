@@ -31,16 +31,33 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()
+"""The mode of every artefact: what ``open()`` would give under the process's umask (mkstemp gives 0600)."""
+
+
+def temp_file_beside(path: Path) -> Path:
+    """A new empty file in ``path``'s folder, with the artefact mode, to be renamed over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, FILE_MODE)
+    os.close(fd)
+    return Path(tmp)
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Write ``path`` through ``write(tmp_path)`` then fsync and rename, so a crash or a full
     disk mid-write leaves the previous file (or no file) in place, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = temp_file_beside(path)
     try:
         write(tmp_path)
+        os.chmod(tmp_path, FILE_MODE)  # some writers (safetensors) replace the file and its mode
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)

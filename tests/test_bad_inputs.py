@@ -3,6 +3,7 @@ the cause and the fix, with no traceback (run through ``run_cli``, as ``python -
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from functools import cached_property
@@ -68,22 +69,46 @@ class Inputs:
         return str(self.synset)
 
     def folder_dataset(self, layout: str) -> list[str]:
-        """Buffer flags on an ImageFolder tree with an empty class folder, or with no images at all."""
+        """Buffer flags on an ImageFolder tree with an empty class folder, with no images at all, or with
+        one image in every class folder ("complete")."""
         root = self.tmp / "images"
         for split in ("train", "val"):
             for cls in ("a", "b"):
                 (root / split / cls).mkdir(parents=True)
-                if layout == "empty class" and not (split == "train" and cls == "b"):
+                if layout == "complete" or (layout == "empty class" and not (split == "train" and cls == "b")):
                     Image.new("RGB", (4, 4)).save(root / split / cls / "x.png")
                 elif layout == "no images":
                     (root / split / cls / "notes.txt").write_text("not an image")
         return ["--dataset", "imagefolder", "--data-path", str(root), "--buffer-dir", str(self.tmp / "b"),
                 "--device", "cpu"]
 
-    def file(self, name: str, text: str) -> str:
+    def file(self, name: str, text: str | bytes) -> str:
         path = self.tmp / name
-        path.write_text(text)
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
         return str(path)
+
+    def foreign_manifest(self) -> str:
+        """A copy of the digits store whose manifest claims one more epoch than its experts hold."""
+        store = self.tmp / "store"
+        shutil.copytree(self.store, store)
+        manifest = json.loads((store / "manifest.json").read_text())
+        manifest["num_epochs"] += 1
+        (store / "manifest.json").write_text(json.dumps(manifest))
+        return str(store)
+
+    def foreign_results(self) -> str:
+        """An eval folder whose results.json is valid JSON but not dd's."""
+        (self.tmp / "ev").mkdir()
+        (self.tmp / "ev" / "results.json").write_text('{"runs": [{"acc": 1}]}')
+        return str(self.tmp / "ev")
+
+    def bomb_folder(self, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+        """Buffer flags on an ImageFolder tree holding one image over PIL's decompression-bomb limit (the
+        limit lowered to keep the file small; a 20000x20000 PNG trips the default one the same way)."""
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+        flags = self.folder_dataset("complete")
+        Image.new("L", (100, 100)).save(self.tmp / "images" / "train" / "a" / "big.png")
+        return flags
 
 
 class WritesMarker:
@@ -156,6 +181,20 @@ CASES = {
                               ["does not exist", "pass the folder written by dd.distill"]),
     "unknown device": (buffer_main, lambda i: ["--device", "tpu9"], ["unknown device 'tpu9'", "auto, cpu"]),
     "malicious legacy pickle": (buffer_main, malicious_buffer, ["not a plain replay buffer", "refusing to unpickle"]),
+    "YAML that is not UTF-8": (distill_main, lambda i: ["--config", i.file("p.yaml", b"lr_img: \xff\xfe10\n")],
+                               ["is not UTF-8 text", "save it as UTF-8"]),
+    "an iteration count past a float's range": (distill_main, lambda i: i.distill("--iterations", "1e400"),
+                                                ["'iterations' must be a int", "'1e400'"]),
+    "a fractional iteration count": (distill_main, lambda i: i.distill("--iterations", "2.5"),
+                                     ["'iterations' must be a int"]),
+    "negative eval lr": (eval_main, lambda i: ["--synset", str(i.synset), "--lr", "-1"],
+                         ["--lr must be a positive finite learning rate, got -1.0"]),
+    "eval --out that is a file": (eval_main, lambda i: ["--synset", str(i.synset), "--out", i.file("out", "x")],
+                                  ["--out", "is a file, not a folder"]),
+    "results.json of something else": (eval_main, lambda i: ["--synset", str(i.synset), "--out", i.foreign_results()],
+                                       ["is not a dd.eval results file", "pass another --out"]),
+    "expert shape from a foreign manifest": (distill_main, lambda i: i.distill(buffer=i.foreign_manifest()),
+                                             ["manifest.json describes experts of shape", "the manifest is not this"]),
 }
 
 
@@ -176,6 +215,23 @@ def test_bad_input_is_one_clear_line(case, tmp_path, request, capsys, monkeypatc
     for word in words:
         assert word in lines[-1], f"{word!r} not in {lines[-1]!r}"
     assert not (tmp_path / "executed").exists(), "a pickled payload ran"
+
+
+def test_decompression_bomb_is_one_line(tmp_path, request, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = Inputs(tmp_path, request).bomb_folder(monkeypatch)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(buffer_main, argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert "big.png has more pixels than PIL decodes safely" in err.splitlines()[-1]
+
+
+def test_a_failed_import_leaves_no_empty_store(tmp_path, request, capsys):
+    argv = malicious_buffer(Inputs(tmp_path, request))
+    with pytest.raises(SystemExit):
+        run_cli(buffer_main, argv)
+    assert not list((tmp_path / "b").glob("*/*/*")), "an empty store was left behind"
 
 
 def test_the_malicious_payload_would_run_if_unpickled(tmp_path):

@@ -300,3 +300,37 @@ def test_preprocessor_follows_the_input_device(digits):
         y = p(x.cuda())
         assert y.device.type == "cuda" and torch.allclose(y.cpu(), p(x), atol=1e-4)
         assert torch.allclose(p.invert(y).cpu(), x, atol=1e-4)
+
+
+def test_sixteen_bit_images_are_scaled_by_their_range_not_clipped(tmp_path):
+    """A 16-bit grey PNG at 65535, 32768 and 0 reads as 1, 0.5 and 0 (PIL's own RGB conversion clips
+    every value above 255 to white)."""
+    from dd.data.folder import decode_images
+
+    values = np.array([[65535, 32768, 0, 0]], dtype=np.uint16).repeat(4, axis=0)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    pixels = decode_images([tmp_path / "deep.png"], 4)[0]
+    assert pixels.shape == (3, 4, 4)
+    assert torch.allclose(pixels[:, 0, :3], torch.tensor([1.0, 128 / 255, 0.0]).expand(3, 3))
+
+
+def test_artefacts_follow_the_umask(tmp_path):
+    """Files written through dd.io get the mode open() would give (0644 under umask 022), not mkstemp's 0600."""
+    import os
+
+    import dd.io
+
+    dd.io.atomic_write_json(tmp_path / "a.json", {"x": 1})
+    dd.io.save_tensors(tmp_path / "t.safetensors", {"x": torch.zeros(1)})
+    for name in ("a.json", "t.safetensors"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == dd.io.FILE_MODE == 0o666 & ~_current_umask()
+    assert os.stat(tmp_path / "a.json").st_mode & 0o044, "group and others can read an artefact"
+
+
+def _current_umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

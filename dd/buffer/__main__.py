@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -109,8 +110,15 @@ def import_main(argv: Sequence[str]) -> int:
     recipe["origin"] = "imported replay_buffer"
     header = store_header(spec, config.model, recipe, {"kind": recipe["preprocess"]},
                           imported_from=[str(p) for p in extras["paths"]])
-    store = TrajectoryStore.create(store_root(config.buffer_dir, spec.name, config.model, recipe), header)
-    indices = import_legacy(extras["paths"], store)
+    root = store_root(config.buffer_dir, spec.name, config.model, recipe)
+    created = not root.exists()
+    store = TrajectoryStore.create(root, header)
+    try:
+        indices = import_legacy(extras["paths"], store)
+    except BaseException:
+        if created and not store.completed():  # a store this call made and filled with nothing goes again
+            shutil.rmtree(root, ignore_errors=True)
+        raise
     print(f"imported {len(indices)} experts into {store.root}")
     return 0
 

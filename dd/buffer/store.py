@@ -20,7 +20,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,14 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from dd.errors import DDError
 from dd.functional import ParamSpec
-from dd.io import atomic_write_bytes, atomic_write_json, load_tensors_and_metadata, read_json, save_tensors
+from dd.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    load_tensors_and_metadata,
+    read_json,
+    save_tensors,
+    temp_file_beside,
+)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -88,9 +94,9 @@ def recipe_tag(recipe: dict) -> str:
 
 def _publish_once(path: Path, data: bytes) -> bool:
     """Create ``path`` with ``data`` atomically unless it exists; False when another process won."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = temp_file_beside(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -274,6 +280,10 @@ class TrajectoryStore:
         except Exception as e:  # safetensors raises several types for a damaged file
             raise DDError(f"expert file {path} is corrupted or truncated ({type(e).__name__}); {fix}") from None
         trajectory = tensors.get("trajectory")
+        if trajectory is not None and list(trajectory.shape) == record.get("shape") != list(self.shape):
+            raise DDError(f"buffer manifest {self.root / MANIFEST} describes experts of shape {list(self.shape)} "
+                          f"([epochs+1, params]) but expert {index} and its record hold {list(trajectory.shape)}: "
+                          f"the manifest is not this buffer's; restore its own manifest.json or {_REGENERATE}")
         if trajectory is None or tuple(trajectory.shape) != self.shape or trajectory.dtype != torch.float32:
             got = "no trajectory" if trajectory is None else f"{trajectory.dtype} {list(trajectory.shape)}"
             raise DDError(f"expert file {path} holds {got}, expected float32 {list(self.shape)}; {fix}")

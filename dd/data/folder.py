@@ -47,12 +47,27 @@ def _decode(path: Path, size: int) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
+            im = _to_rgb(im)
             if im.size != (size, size):
                 im = im.resize((size, size), Image.Resampling.BILINEAR)
             return np.array(im, dtype=np.uint8)
-    except OSError as e:
+    except Image.DecompressionBombError:
+        raise DDError(f"image {path} has more pixels than PIL decodes safely (a decompression bomb?); shrink it "
+                      "or remove it") from None
+    except (OSError, ValueError) as e:
         raise DDError(f"cannot read image {path} ({e}); remove or replace the file") from None
+
+
+def _to_rgb(im):
+    """``im`` as 8-bit RGB; 16- and 32-bit integer images are scaled by their bit depth's range (PIL's own
+    conversion would clip them at 255), floating-point ones from [0, 1]."""
+    from PIL import Image
+
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        values = np.asarray(im, dtype=np.float64)
+        top = 1.0 if im.mode == "F" else 65535.0 if im.mode.startswith("I;16") or values.max() <= 65535 else 2**32 - 1
+        im = Image.fromarray(np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8), "L")
+    return im.convert("RGB")
 
 
 def decode_images(paths: list[Path], size: int) -> torch.Tensor:

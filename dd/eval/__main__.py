@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -266,6 +267,18 @@ def default_out(config: EvalConfig, dataset: str) -> Path:
     return parents.pop() / "eval" if len(parents) == 1 else Path(f"runs/eval-{dataset}")
 
 
+def make_out(out: Path) -> None:
+    """Create the output folder, or say in one line why it cannot be."""
+    if out.exists() and not out.is_dir():
+        raise DDError(f"--out {out} is a file, not a folder; pass a folder (it is created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DDError(f"cannot create the output folder {out} ({e.strerror}); pass another --out") from None
+    if not os.access(out, os.W_OK):
+        raise DDError(f"the output folder {out} is not writable; pass another --out")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if peek_option(argv, "protocol", "classification") == "transfer":
         return transfer.main(argv)
@@ -281,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "random" in baselines:
         check_random_ipc(data, baseline_ipcs)
     out = default_out(config, dataset)
+    make_out(out)
     results = Results(out, to_dict(config))
     protocol = Protocol(epochs=config.epochs, momentum=config.momentum, weight_decay=config.weight_decay,
                         batch_size=config.batch_size, dsa_strategy=config.dsa_strategy)
