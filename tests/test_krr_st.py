@@ -115,3 +115,16 @@ def test_distill_resumes_and_eval_transfer_runs_every_source(digits_teacher, tmp
         assert 0 <= r["accuracy"] <= 1 and (r["recipe"]["pretrain"] is None) == (r["source"] == "none")
         assert r["num_images"] == (None if r["source"] == "none" else 12)
     assert "| digits-5to9 | linear | ConvNetW32 |" in (out / "results.md").read_text()
+
+
+def test_transfer_table_keeps_two_sets_apart():
+    """Records of two transfer sets (other checksums) under one source name never share a cell."""
+    from dd.eval.transfer import markdown
+
+    def run(sha, seed, accuracy):
+        return {"source": "krr_st", "dataset": "digits-5to9", "protocol": "linear", "model": "ConvNetBN",
+                "seed": seed, "accuracy": accuracy, "set": {"sha256": sha, "path": "x"}}
+
+    table = markdown([run("aa" * 32, 0, 0.5), run("aa" * 32, 1, 0.7), run("bb" * 32, 0, 0.9)])
+    assert "| target | protocol | model | krr_st [aaaaaaaa] | krr_st [bbbbbbbb] |" in table
+    assert "| digits-5to9 | linear | ConvNetBN | 60.00 ± 10.00 (2) | 90.00 ± 0.00 (1) |" in table

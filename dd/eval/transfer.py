@@ -40,7 +40,7 @@ from dd.data import list_datasets
 from dd.device import make_generator, resolve_device
 from dd.distill.synset import SynSet, load_synset
 from dd.errors import DDError
-from dd.eval.report import format_cell
+from dd.eval.report import format_cell, run_key
 from dd.io import atomic_write_bytes, atomic_write_json, read_json
 from dd.models import backbone_state, create_model, head_name, list_models, load_backbone
 from dd.realdata import PreparedData, prepare_data, random_subset
@@ -54,6 +54,7 @@ PROTOCOLS = ("linear", "finetune")
 class TransferConfig:
     protocol: str = opt("transfer", "evaluation protocol; transfer takes the flags below", choices=("transfer",))
     synset: str | None = opt(None, "transfer set from dd.distill --method krr_st (omit to run baselines only)")
+    verify: bool = opt(True, "refuse a set without a recorded checksum (--no-verify accepts a hand-made set)")
     source: str | None = opt(None, "source dataset (default: the set's)")
     target: str = opt("digits-5to9", "comma-separated target datasets")
     teacher: str | None = opt(None, "teacher giving the random baseline's targets (default: the set's)")
@@ -168,17 +169,32 @@ def recipe(cfg: TransferConfig, source: str, protocol: str) -> dict[str, Any]:
     return {"pretrain": pre, "transfer": {**post, "target_ipc": cfg.target_ipc}}
 
 
+ROW_FIELDS = ("dataset", "target_data", "protocol", "model")
+
+
 def markdown(runs: list[dict[str, Any]]) -> str:
-    """One row per (target, protocol, model), one column per source: mean ± std over seeds."""
+    """One row per (target, protocol, model), one column per source (a set by its checksum, a baseline with
+    its recipe): mean ± std over seeds. A cell holds runs that differ only in their seed."""
+    def column(run: dict[str, Any]) -> str:
+        return run_key({k: v for k, v in run.items() if k not in (*ROW_FIELDS, "seed")})
+
     cells: dict[tuple, list[float]] = defaultdict(list)
+    names: dict[str, str] = {}
     for run in runs:
-        cells[(run["dataset"], run["protocol"], run["model"], run["source"])].append(run["accuracy"])
-    sources = [s for s in SOURCES if any(key[3] == s for key in cells)]
+        cells[(run["dataset"], run["protocol"], run["model"], column(run))].append(run["accuracy"])
+        names.setdefault(column(run), run["source"])
+    for key, name in names.items():
+        if list(names.values()).count(name) > 1:  # two sets or recipes under one source name
+            found = next(r for r in runs if column(r) == key)
+            names[key] = f"{name} [{(found.get('set') or {}).get('sha256', '')[:8] or run_key(found)[-8:]}]"
+    columns = sorted(names, key=lambda c: (SOURCES.index(names[c].split(" ")[0]) if names[c].split(" ")[0] in SOURCES
+                                           else len(SOURCES), names[c]))
     rows = list(dict.fromkeys(key[:3] for key in cells))
-    lines = ["| target | protocol | model | " + " | ".join(sources) + " |", "|---|---|---|" + "---|" * len(sources)]
+    lines = ["| target | protocol | model | " + " | ".join(names[c] for c in columns) + " |",
+             "|---|---|---|" + "---|" * len(columns)]
     for row in rows:
         lines.append("| " + " | ".join(row) + " | " +
-                     " | ".join(format_cell(cells[(*row, s)]) if cells.get((*row, s)) else "–" for s in sources) + " |")
+                     " | ".join(format_cell(cells[(*row, c)]) if cells.get((*row, c)) else "–" for c in columns) + " |")
     return "\n".join(lines) + "\n\nTest accuracy in %, mean ± std over seeds (number of seeds in brackets).\n"
 
 
@@ -208,6 +224,18 @@ def source_sets(cfg: TransferConfig, synset: SynSet | None, baselines: list[str]
     return sets
 
 
+def source_identities(cfg: TransferConfig, synset: SynSet | None, sets: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What each source's records say of it: the set's checksum and path, the random baseline's teacher."""
+    found: dict[str, dict[str, Any]] = {name: {} for name in sets}
+    if synset is not None:
+        name = synset.meta.get("method", "krr_st")
+        found[name] = {"set": {"sha256": synset.checksum, "path": str(cfg.synset), "iteration":
+                               synset.meta.get("iteration"), "verified": synset.verified}}
+    if "random" in sets:
+        found["random"] = {"teacher": cfg.teacher or (synset.meta.get("teacher") if synset is not None else None)}
+    return found
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     cfg, _ = parse_config(TransferConfig, argv, build_parser(TransferConfig, "python -m dd.eval --protocol transfer",
                                                              __doc__))
@@ -216,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     protocols = parse_list(cfg.protocols, PROTOCOLS, "--protocols")
     if cfg.runs <= 0 or min(cfg.pretrain_epochs, cfg.finetune_epochs, cfg.linear_epochs) <= 0:
         raise DDError("--runs and every --*-epochs must be positive")
-    synset = load_synset(cfg.synset, device) if cfg.synset else None
+    synset = load_synset(cfg.synset, device, verify=cfg.verify) if cfg.synset else None
     if synset is not None and not synset.transfer:
         raise DDError(f"the set at {cfg.synset} is a classification set; evaluate it without --protocol transfer")
     if synset is None and not baselines:
@@ -243,17 +271,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     results_path = out / "results.json"
     runs = read_json(results_path, "results")["runs"] if results_path.is_file() else []
 
-    def key(run: dict[str, Any]) -> tuple:
-        return (run["source"], run["protocol"], run["model"], run["seed"], run["dataset"], run["source_dataset"],
-                run["num_images"], repr(run["recipe"]))
-
-    done = {key(r) for r in runs}
+    done = {run_key(r) for r in runs}
+    identities = source_identities(cfg, synset, sets)
     jobs = [{"source": name, "protocol": protocol, "model": model, "seed": cfg.seed + r, "dataset": target,
-             "source_dataset": source, "num_images": None if name == "none" else num_images,
+             "target_data": targets[target].identity(), "split": "test", "source_dataset": source,
+             "num_images": None if name == "none" else num_images, **identities[name],
              "recipe": recipe(cfg, name, protocol)}
             for model in models for r in range(cfg.runs) for name in sets
             for target in targets for protocol in protocols]
-    todo = [job for job in jobs if key(job) not in done]
+    todo = [job for job in jobs if run_key(job) not in done]
     print(f"transfer: {len(todo)} of {len(jobs)} runs to do ({results_path})")
     backbones: dict[tuple[str, str, int], dict[str, torch.Tensor] | None] = {}
     for job in tqdm(todo, desc="transfer", unit="run"):
@@ -265,8 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    job["seed"])
         runs.append(job)
         atomic_write_json(results_path, {"config": to_dict(cfg), "runs": runs})
-    asked = {key(job) for job in jobs}
-    table = markdown([r for r in runs if key(r) in asked])
+    asked = {run_key(job) for job in jobs}
+    table = markdown([r for r in runs if run_key(r) in asked])
     atomic_write_bytes(out / "results.md", table.encode())
     print(table)
     print(f"results: {results_path}")
