@@ -183,8 +183,9 @@ def markdown(runs: list[dict[str, Any]]) -> str:
     for run in runs:
         cells[(run["dataset"], run["protocol"], run["model"], column(run))].append(run["accuracy"])
         names.setdefault(column(run), run["source"])
+    plain = list(names.values())
     for key, name in names.items():
-        if list(names.values()).count(name) > 1:  # two sets or recipes under one source name
+        if plain.count(name) > 1:  # two sets or recipes under one source name
             found = next(r for r in runs if column(r) == key)
             names[key] = f"{name} [{(found.get('set') or {}).get('sha256', '')[:8] or run_key(found)[-8:]}]"
     columns = sorted(names, key=lambda c: (SOURCES.index(names[c].split(" ")[0]) if names[c].split(" ")[0] in SOURCES
