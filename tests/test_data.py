@@ -334,3 +334,25 @@ def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_validation_split_is_stratified_seeded_and_disjoint():
+    from dd.realdata import carve_validation, prepare_data
+
+    labels = torch.arange(4).repeat_interleave(torch.tensor([10, 20, 5, 2]))
+    train, val = carve_validation(labels, 4, 0.2, seed=3)
+    assert torch.bincount(labels[val], minlength=4).tolist() == [2, 4, 1, 1]  # round(0.2 n), at least one
+    assert sorted(torch.cat([train, val]).tolist()) == list(range(len(labels)))  # a partition
+    again, other = carve_validation(labels, 4, 0.2, seed=3), carve_validation(labels, 4, 0.2, seed=4)
+    assert torch.equal(again[1], val) and not torch.equal(other[1], val)
+    assert carve_validation(labels, 4, 0.0, seed=3)[1].numel() == 0
+    with pytest.raises(DDError, match="--val-fraction must be in"):
+        carve_validation(labels, 4, 1.0, seed=0)
+    data = prepare_data("digits", torch.device("cpu"), val_fraction=0.1, val_seed=0)
+    full = prepare_data("digits", torch.device("cpu"))
+    assert data.splits() == {"train": full.splits()["train"] - data.splits()["val"], "val": data.splits()["val"],
+                             "test": 360, "val_fraction": 0.1, "val_seed": 0}
+    assert torch.equal(data.test_images, full.test_images)  # the test split is untouched
+    assert data.train_and_val[0].shape == full.train_images.shape
+    with pytest.raises(DDError, match="no validation split"):
+        full.val

@@ -192,3 +192,23 @@ def test_bad_eval_flags_are_refused(tmp_path, capsys, case):
     extra, message = BAD_FLAGS[case]
     folder = make_set(tmp_path / "set", soft=False)
     assert message in error_line(["--synset", str(folder), *FLAGS, *extra, "--out", str(tmp_path / "ev")], capsys)
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_accuracy_is_measured_on_the_split_the_record_names(tmp_path, split):
+    """dd.eval's accuracy equals a direct train-and-test on that split (and differs from the other splits')."""
+    from dd.realdata import prepare_data
+    from dd.training import Protocol, train_and_test
+
+    folder = make_set(tmp_path / "set", soft=False)
+    assert eval_main(["--synset", str(folder), "--runs", "1", "--epochs", "3", "--device", "cpu", "--split", split,
+                      "--val-fraction", "0.2", "--out", str(tmp_path / "ev")]) == 0
+    (run,) = read_runs(tmp_path / "ev")
+    assert run["split"] == split and run["data"]["val"] > 0 and run["data"]["val_fraction"] == 0.2
+    synset = dd.load_synset(folder)
+    data = prepare_data("digits", torch.device("cpu"), val_fraction=0.2, val_seed=0)
+    protocol = Protocol(epochs=3)
+    found = {name: train_and_test("ConvNet", 1, 10, (8, 8), (synset.images, synset.labels), tested, 0.01, protocol, 0)
+             for name, tested in (("val", data.val), ("test", data.test), ("train", data.train))}
+    assert run["accuracy"] == found[split]
+    assert len(set(found.values())) == 3, "the three splits must score differently for this test to mean anything"

@@ -59,6 +59,9 @@ class DistillConfig:
                                      "only and replay the steps in between during the backward pass (about "
                                      "syn_steps/k + k states; k near sqrt(syn_steps) holds the fewest)")
     max_cached_experts: int = opt(64, "experts kept in memory at once (the rest are re-read from disk)")
+    val_fraction: float = opt(0.1, "fraction of every class of the training split held out as the validation "
+                              "split, which the in-run evaluations and synset_best read (the test split never)")
+    val_seed: int = opt(0, "seed of the validation split's draw")
     eval_every: int = opt(500, "evaluate every k iterations (0: only at the end)")
     eval_models: str = opt("ConvNet", "comma-separated architectures for the evaluations during the run")
     eval_runs: int = opt(1, "networks trained per architecture at each evaluation")

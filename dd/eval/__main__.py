@@ -52,7 +52,7 @@ from dd.eval.results import Results
 from dd.io import atomic_write_bytes
 from dd.models import list_models
 from dd.multiseed import train_and_test_seeds
-from dd.realdata import PreparedData, prepare_data, random_subset
+from dd.realdata import SPLITS, PreparedData, prepare_data, random_subset
 from dd.training import Protocol
 
 BASELINES = ("random", "full")
@@ -70,6 +70,11 @@ class EvalConfig:
     data_path: str | None = opt(None, "folder holding the dataset (default: the set's, else data)")
     download: bool = opt(False, "download the dataset through torchvision if it is missing")
     image_size: int | None = opt(None, "side length for imagefolder datasets (default: the set's, else 32)")
+    split: str = opt("test", "split to report accuracy on: test (the final report) or val (for choices: tuning, "
+                     "selection)", choices=SPLITS)
+    val_fraction: float | None = opt(None, "fraction of every class held out of the training split as validation "
+                                     "(default: the set's, else 0.1)")
+    val_seed: int | None = opt(None, "seed of the validation split's draw (default: the set's, else 0)")
     zca: bool = opt(False, "ZCA-whiten (baselines-only runs; a set carries its own preprocessing)")
     ipc: int | None = opt(None, "images per class of the random baseline (default: each set's)")
     models: str = opt("ConvNet", "comma-separated architectures to train")
@@ -234,8 +239,15 @@ def load_inputs(config: EvalConfig, device: torch.device) -> tuple[dict[str, Syn
         preprocess = "zca" if config.zca else "standard"
     data_path = config.data_path or set_default(sets, "data_path", "--data-path") or "data"
     image_size = config.image_size or set_default(sets, "image_size", "--image-size")
-    data = prepare_data(dataset, device, data_path, config.download, preprocess, image_size)
+    val_fraction = first_of(config.val_fraction, set_default(sets, "val_fraction", "--val-fraction"), 0.1)
+    val_seed = first_of(config.val_seed, set_default(sets, "val_seed", "--val-seed"), 0)
+    data = prepare_data(dataset, device, data_path, config.download, preprocess, image_size, val_fraction, val_seed)
     return sets, data, dataset
+
+
+def first_of(*values: Any) -> Any:
+    """The first value that is not None."""
+    return next(v for v in values if v is not None)
 
 
 Job = tuple[dict[str, Any], Callable[[], tuple[torch.Tensor, torch.Tensor]]]
@@ -301,7 +313,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     label_modes = parse_list(config.labels, LABELS, "--labels")
     labels = {path: label_settings(synset, label_modes, path) for path, synset in sets.items()}
     protocols = augment_protocols(protocol, parse_list(config.augment, AUGMENTS, "--augment"))
-    context = {"dataset": dataset, "data": data.identity(), "split": "test"}
+    context = {"dataset": dataset, "data": data.identity(), "split": config.split}
+    evaluated_on = data.split(config.split)
+    # The full-data baseline trains on the whole training split, less the validation images when it is
+    # validated on them; random real images come from the training part only, as a set's initialisation.
+    full_train = data.train if config.split == "val" else data.train_and_val
 
     def sources(seed: int) -> list[Job]:
         """(record fields, training data) of every source evaluated with ``seed``."""
@@ -318,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "lr": config.baseline_lr}, lambda k=ipc: random_subset(data, k, seed)))
         if "full" in baselines:
             found.append(({"source": "full", "method": "full", "ipc": None, "labels": "hard",
-                           "lr": config.baseline_lr}, lambda: data.train))
+                           "lr": config.baseline_lr}, lambda: full_train))
         return found
 
     jobs = []
@@ -344,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         labels=record["labels"], augment=record["augment"])
         seeds = [r["seed"] for r, _ in group]
         accuracies = train_and_test_seeds(record["model"], spec.channels, spec.num_classes, spec.size, group[0][1](),
-                                          data.test, record["protocol"]["lr"], protocols[record["augment"]], seeds,
+                                          evaluated_on, record["protocol"]["lr"], protocols[record["augment"]], seeds,
                                           batched=len(group) > 1)
         for (run, _), accuracy in zip(group, accuracies, strict=True):
             results.add({**run, "accuracy": accuracy})
