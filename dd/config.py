@@ -82,7 +82,8 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
                 raise ValueError
             return str(value)
     except (TypeError, ValueError, OverflowError):
-        raise DDError(f"config key '{name}' must be a {base.__name__}, got {value!r}") from None
+        article = "an" if base.__name__[0] in "aeiou" else "a"
+        raise DDError(f"config key '{name}' must be {article} {base.__name__}, got {value!r}") from None
     return value
 
 

@@ -45,7 +45,7 @@ def test_optional_values_accept_null(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("lr: [1, 2]\n", "must be a float"),
-    ("steps: 1.5\n", "must be a int"),
+    ("steps: 1.5\n", "must be an int"),
     ("stepz: 3\n", "unknown key 'stepz'"),
     ("mode: c\n", "must be one of a, b"),
     ("lr: [1,\n", "not valid YAML"),
@@ -61,5 +61,5 @@ def test_bad_presets_name_the_problem(tmp_path, text, message):
 def test_missing_preset_and_bad_flag_value(tmp_path):
     with pytest.raises(DDError, match="does not exist"):
         parse(["--config", str(tmp_path / "nope.yaml")])
-    with pytest.raises(DDError, match="must be a int"):
+    with pytest.raises(DDError, match="must be an int"):
         parse(["--steps", "many"])

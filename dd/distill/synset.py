@@ -15,7 +15,6 @@ rest of dd through ``SynSet.dataset()``.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,7 +124,7 @@ def load_synset(path: str | Path, device: torch.device | str = "cpu", verify: bo
         raise DDError(f"synthetic set {folder} lacks {', '.join(sorted(missing))}; regenerate it with dd.distill")
     _check_bound(folder, meta, header)
     images, labels, lr = tensors["images"], tensors["labels"], float(tensors["lr"].reshape(-1)[0])
-    _check_tensors(folder, images, labels, lr, meta)
+    _check_tensors(folder, images, labels, meta)
     preprocess = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("preprocess.")}
     return SynSet(images.to(device), labels.to(device), lr, meta, preprocess, checksum, recorded is not None)
 
@@ -144,7 +143,7 @@ def _check_bound(folder: Path, meta: dict[str, Any], header: dict[str, str]) -> 
                           f"tensor file says {value!r}; restore {META_FILE} (or regenerate the set)")
 
 
-def _check_tensors(folder: Path, images: torch.Tensor, labels: torch.Tensor, lr: float, meta: dict[str, Any]) -> None:
+def _check_tensors(folder: Path, images: torch.Tensor, labels: torch.Tensor, meta: dict[str, Any]) -> None:
     """Shapes, dtypes and values every consumer relies on; the metadata's counts must match the tensors."""
     where = f"synthetic set {folder}"
     if images.dim() != 4 or labels.shape[:1] != images.shape[:1] or labels.dim() not in (1, 2):
@@ -160,10 +159,6 @@ def _check_tensors(folder: Path, images: torch.Tensor, labels: torch.Tensor, lr:
                       "class ids (soft labels are [N,K] float32)")
     if labels.dim() == 2 and (labels.dtype != torch.float32 or not bool(torch.isfinite(labels).all())):
         raise DDError(f"{where} has soft labels that are not finite float32 [N,K] logits; regenerate it")
-    transfer = meta.get("kind") == "transfer"
-    if not math.isfinite(lr) or (lr <= 0 and not transfer):
-        raise DDError(f"{where} has learned lr {lr}, which cannot train a network; regenerate it, or evaluate "
-                      "it with an explicit --lr")
     if meta.get("num_images") not in (None, images.shape[0]):
         raise DDError(f"{where}: {META_FILE} says {meta['num_images']} images but the tensor file holds "
                       f"{images.shape[0]}; restore {META_FILE} (or regenerate the set)")

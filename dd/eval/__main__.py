@@ -300,6 +300,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sets, data, dataset = load_inputs(config, device)
     spec = data.spec
     ipcs = {path: check_set(path, synset, spec, config.image_size is not None) for path, synset in sets.items()}
+    for path, synset in sets.items():
+        if config.lr is None and not (math.isfinite(synset.lr) and synset.lr > 0):
+            raise DDError(f"the set at {path} has learned lr {synset.lr:g}, which cannot train a network; "
+                          "regenerate it, or evaluate it with an explicit --lr")
     baseline_ipcs = [config.ipc] if config.ipc is not None else list(dict.fromkeys(ipcs.values()))
     if "random" in baselines and not baseline_ipcs:
         raise DDError("the random baseline needs --ipc (or a --synset to take it from)")
