@@ -355,4 +355,4 @@ def test_validation_split_is_stratified_seeded_and_disjoint():
     assert torch.equal(data.test_images, full.test_images)  # the test split is untouched
     assert data.train_and_val[0].shape == full.train_images.shape
     with pytest.raises(DDError, match="no validation split"):
-        full.val
+        full.split("val")
