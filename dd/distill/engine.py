@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from dd.augment import DSA
@@ -24,6 +22,7 @@ from dd.data import Preprocessor, list_datasets
 from dd.device import make_generator, resolve_device
 from dd.distill.checkpoint import open_run, save_checkpoint
 from dd.distill.config import DistillConfig
+from dd.distill.context import Context
 from dd.distill.experts import ExpertPool, find_store
 from dd.distill.methods import Method, get_method
 from dd.distill.synset import SynSet, save_synset
@@ -32,20 +31,9 @@ from dd.errors import DDError
 from dd.metrics import MetricsLog
 from dd.models import create_model, list_models
 from dd.multiseed import train_and_test_seeds
-from dd.realdata import PreparedData, prepare_data
+from dd.realdata import prepare_data
 from dd.training import Protocol
 from dd.viz import save_grid
-
-
-@dataclass
-class Context:
-    """What a method's hooks may read."""
-
-    config: DistillConfig
-    data: PreparedData
-    store: TrajectoryStore
-    model: nn.Module
-    device: torch.device
 
 
 def validate(config: DistillConfig) -> None:

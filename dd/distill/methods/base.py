@@ -7,19 +7,15 @@ whether an update is applied, and what happens after it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
 from dd.augment import DSA
+from dd.distill.context import Context
 from dd.distill.init import init_images
 from dd.distill.unroll import Student
 from dd.errors import DDError
 from dd.training import classification_loss
-
-if TYPE_CHECKING:
-    from dd.distill.engine import Context
 
 METHODS: dict[str, type[Method]] = {}
 
