@@ -172,3 +172,9 @@ def test_batched_seeds_follow_the_sequential_runs_under_ast(digits, monkeypatch)
 
     monkeypatch.setattr(multiseed, "train_model", no_fallback)
     assert train_and_score_seeds(*args, train, test, 0.01, ast, [0, 1]) == sequential
+
+
+def test_each_method_names_the_protocol_its_sets_expect():
+    from dd.distill.methods import METHODS
+    assert {name: cls.protocol for name, cls in METHODS.items()} == {"mtt": "mtt", "ftd": "mtt", "datm": "datm",
+                                                                     "ast": "ast"}

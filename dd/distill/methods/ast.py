@@ -149,6 +149,8 @@ def perturb_conv_weights(w: torch.Tensor, spec: ParamSpec, generator: torch.Gene
 class AST(Method):
     """MTT with a momentum student, plus the optional AST terms selected in the config."""
 
+    protocol = "ast"
+
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         cfg = ctx.config

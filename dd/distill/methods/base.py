@@ -46,6 +46,7 @@ class Method:
     """MTT behaviour; subclasses override single hooks."""
 
     name = "base"
+    protocol = "mtt"  # the evaluation protocol (dd.protocols) this method's sets are scored under
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx

@@ -134,6 +134,8 @@ def masked_mean_logits(logits: torch.Tensor, classes: torch.Tensor) -> torch.Ten
 class DATM(Method):
     """MTT with a growing start-epoch window, soft labels and the threshold skip."""
 
+    protocol = "datm"
+
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         cfg = ctx.config
