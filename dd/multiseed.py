@@ -4,8 +4,9 @@ The S models' parameters are stacked into tensors [S, ...] and one ``torch.func.
 ``functional_call`` runs the forward and backward of all seeds together; SGD with momentum and weight
 decay is elementwise, so one optimizer over the stacked tensors is S independent optimizers. Each seed
 keeps everything its sequential run (``dd.training.train_model``) has: the initial weights from
-``create_model(..., seed=s)`` and its own generator for the epoch permutations and the DSA parameters,
-so a batched seed follows the sequential run up to floating-point reassociation in the batched kernels
+``create_model(..., seed=s)``, its own generator for the epoch permutations and the DSA parameters, and
+the protocol's schedule through the same ``dd.schedule.sgd_epochs`` (lr decay, optimiser reset, momentum
+change), so a batched seed follows the sequential run up to floating-point reassociation in the batched kernels
 (weights within 1e-7 after 30 epochs; over hundreds of epochs the rounding grows and an accuracy can move
 by a few test images, as between two machines). Architectures that ``can_batch`` rejects are trained one
 seed after another.
