@@ -4,8 +4,9 @@ The S models' parameters are stacked into tensors [S, ...] and one ``torch.func.
 ``functional_call`` runs the forward and backward of all seeds together; SGD with momentum and weight
 decay is elementwise, so one optimizer over the stacked tensors is S independent optimizers. Each seed
 keeps everything its sequential run (``dd.training.train_model``) has: the initial weights from
-``create_model(..., seed=s)`` and its own generator for the epoch permutations and the DSA parameters,
-so a batched seed follows the sequential run up to floating-point reassociation in the batched kernels
+``create_model(..., seed=s)``, its own generator for the epoch permutations and the DSA parameters, and
+the protocol's schedule through the same ``dd.schedule.sgd_epochs`` (lr decay, optimiser reset, momentum
+change), so a batched seed follows the sequential run up to floating-point reassociation in the batched kernels
 (weights within 1e-7 after 30 epochs; over hundreds of epochs the rounding grows and an accuracy can move
 by a few test images, as between two machines). Architectures that ``can_batch`` rejects are trained one
 seed after another.
@@ -25,16 +26,16 @@ from torch.func import functional_call, vmap
 
 from dd.errors import DDError
 from dd.models import create_model
+from dd.protocols import Protocol
+from dd.schedule import sgd_epochs
 from dd.training import (
-    Protocol,
-    accuracy,
+    PeriodicTests,
+    Score,
     augmented_batch,
     classification_loss,
     eval_generator,
     iterate_batches,
     protocol_augment,
-    protocol_optimizer,
-    set_epoch_lr,
     train_model,
 )
 
@@ -47,20 +48,29 @@ def can_batch(model: nn.Module) -> bool:
         isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
 
 
+def _copy_back(per_model: list[dict[str, torch.Tensor]], stacked: dict[str, torch.Tensor]) -> None:
+    """Write seed i's slice of the stacked parameters into model i."""
+    with torch.no_grad():
+        for i, params in enumerate(per_model):
+            for name, value in stacked.items():
+                params[name].copy_(value[i])
+
+
 def _train_stacked(models: list[nn.Module], train: tuple[torch.Tensor, torch.Tensor], lr: float,
-                   protocol: Protocol, seeds: Sequence[int]) -> None:
-    """Train ``models`` (one per seed, same architecture) in place, all seeds in each vmapped step."""
+                   protocol: Protocol, seeds: Sequence[int], tests: Sequence[PeriodicTests] | None = None) -> None:
+    """Train ``models`` (one per seed, same architecture) in place, all seeds in each vmapped step, under the
+    protocol's schedule (``dd.schedule.sgd_epochs``, as the sequential run); ``tests[i]`` records seed i's
+    periodic tests."""
     images, labels = train
-    names = [name for name, _ in models[0].named_parameters()]
     per_model = [dict(m.named_parameters()) for m in models]
-    stacked = {name: torch.stack([p[name].detach() for p in per_model]).requires_grad_() for name in names}
+    stacked = {name: torch.stack([p[name].detach() for p in per_model]).requires_grad_() for name in per_model[0]}
     generators = [eval_generator(seed) for seed in seeds]
     augment = protocol_augment(protocol)
-    optimizer = protocol_optimizer(stacked.values(), lr, protocol)
-    template = models[0].train()
+    template = models[0]
     losses = vmap(lambda params, x, y: classification_loss(functional_call(template, params, (x,)), y))
-    for epoch in range(protocol.epochs):
-        set_epoch_lr(optimizer, lr, epoch, protocol)
+
+    def run_epoch(epoch: int, optimizer: torch.optim.SGD) -> None:
+        template.train()
         orders = [iterate_batches(images.shape[0], protocol.batch_size, g, images.device) for g in generators]
         for step in zip(*orders, strict=True):
             xs, ys = [], []
@@ -71,10 +81,15 @@ def _train_stacked(models: list[nn.Module], train: tuple[torch.Tensor, torch.Ten
             optimizer.zero_grad(set_to_none=True)
             losses(stacked, torch.stack(xs), torch.stack(ys)).sum().backward()  # seed s's loss: its slice only
             optimizer.step()
-    with torch.no_grad():
-        for i, params in enumerate(per_model):
-            for name in names:
-                params[name].copy_(stacked[name][i])
+
+    def after_epoch(epoch: int) -> None:
+        if tests and tests[0].due(epoch):
+            _copy_back(per_model, stacked)
+            for seed_tests, model in zip(tests, models, strict=True):
+                seed_tests.record(model)
+
+    sgd_epochs(stacked.values(), protocol.schedule(lr), run_epoch, after_epoch)
+    _copy_back(per_model, stacked)
 
 
 def train_seeds(
@@ -87,16 +102,37 @@ def train_seeds(
     protocol: Protocol,
     seeds: Sequence[int],
     batched: bool = True,
+    tests: Sequence[PeriodicTests] | None = None,
 ) -> list[nn.Module]:
-    """``[train_model(..., seed) for seed in seeds]``, trained together when ``batched`` and ``can_batch``."""
+    """``[train_model(..., seed, tests[i]) for i, seed in enumerate(seeds)]``, trained together when ``batched``
+    and ``can_batch``."""
     if len(seeds) == 0:
         raise DDError("no seeds to train; pass at least one seed (e.g. seeds=[0])")
     models = [create_model(model_name, channels, num_classes, im_size, seed=seed).to(train[0].device)
               for seed in seeds]
     if not (batched and can_batch(models[0])):
-        return [train_model(model_name, channels, num_classes, im_size, train, lr, protocol, seed) for seed in seeds]
-    _train_stacked(models, train, lr, protocol, seeds)
+        return [train_model(model_name, channels, num_classes, im_size, train, lr, protocol, seed,
+                            None if tests is None else tests[i]) for i, seed in enumerate(seeds)]
+    _train_stacked(models, train, lr, protocol, seeds, tests)
     return models
+
+
+def train_and_score_seeds(
+    model_name: str,
+    channels: int,
+    num_classes: int,
+    im_size: tuple[int, int],
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    lr: float,
+    protocol: Protocol,
+    seeds: Sequence[int],
+    batched: bool = True,
+) -> list[Score]:
+    """The ``Score`` of each seed, as ``[train_and_score(..., seed) for seed in seeds]`` (same arguments)."""
+    tests = [PeriodicTests(protocol, test) for _ in seeds]
+    models = train_seeds(model_name, channels, num_classes, im_size, train, lr, protocol, seeds, batched, tests)
+    return [seed_tests.score(model) for seed_tests, model in zip(tests, models, strict=True)]
 
 
 def train_and_test_seeds(
@@ -111,6 +147,7 @@ def train_and_test_seeds(
     seeds: Sequence[int],
     batched: bool = True,
 ) -> list[float]:
-    """Test accuracy of each seed, as ``[train_and_test(..., seed) for seed in seeds]`` (same arguments)."""
-    models = train_seeds(model_name, channels, num_classes, im_size, train, lr, protocol, seeds, batched)
-    return [accuracy(model, *test) for model in models]
+    """Test accuracy of each seed after the last epoch, as ``[train_and_test(..., seed) for seed in seeds]``."""
+    scores = train_and_score_seeds(model_name, channels, num_classes, im_size, train, test, lr, protocol, seeds,
+                                   batched)
+    return [score.final for score in scores]

@@ -1,5 +1,6 @@
 """Plain supervised training on in-memory tensors: the loop shared by expert training (dd.buffer),
-evaluation (dd.eval) and the evaluations inside a distillation run.
+evaluation (dd.eval) and the evaluations inside a distillation run, and the protocol runs of evaluation
+(``train_model``, ``train_and_score``) under a named ``dd.protocols.Protocol``.
 
 Data stays on the device as tensors; each epoch is a generator-seeded permutation split into
 batches, with DSA applied to every training batch. Labels are class ids [N] (cross-entropy) or
@@ -8,7 +9,7 @@ soft logits [N, K] (soft cross-entropy against their softmax, as DATM).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -19,6 +20,8 @@ from torch import nn
 from dd.augment import DSA
 from dd.device import make_generator
 from dd.models import create_model
+from dd.protocols import Protocol
+from dd.schedule import SGDSchedule, sgd_epochs
 
 
 def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
@@ -108,22 +111,26 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     return correct.item() / max(1, images.shape[0])
 
 
-@dataclass(frozen=True)
-class Protocol:
-    """The MTT evaluation protocol: SGD(momentum 0.9, wd 5e-4), lr x0.1 at half, DSA on training batches,
-    test accuracy after the last epoch."""
+def fit(
+    model: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    schedule: SGDSchedule,
+    batch_size: int,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None,
+    generator: torch.Generator,
+    step: Callable[[torch.optim.Optimizer, int], StepFn] | None = None,
+    after_epoch: Callable[[int], None] | None = None,
+) -> None:
+    """Train ``model`` in place on ``train`` (images, labels): ``schedule.epochs`` calls of ``train_epoch``
+    under the schedule's SGD (``dd.schedule.sgd_epochs``). ``step(optimizer, epoch)`` gives the epoch's
+    ``train_epoch`` step (default: one classification step); ``after_epoch(epoch)`` follows each epoch."""
+    images, labels = train
 
-    epochs: int = 1000
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
-    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    def run_epoch(epoch: int, optimizer: torch.optim.SGD) -> None:
+        train_epoch(model, images, labels, optimizer, batch_size, augment, generator,
+                    None if step is None else step(optimizer, epoch))
 
-    def describe(self, lr: float) -> dict:
-        """JSON-able description recorded with every result."""
-        return {"epochs": self.epochs, "lr": lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
-                "batch_size": self.batch_size, "augment": self.dsa_strategy or "none", "lr_decay": "x0.1 at epochs/2",
-                "optimizer": "sgd"}
+    sgd_epochs(model.parameters(), schedule, run_epoch, after_epoch)
 
 
 def eval_generator(seed: int) -> torch.Generator:
@@ -132,20 +139,40 @@ def eval_generator(seed: int) -> torch.Generator:
     return make_generator(seed + 1_000_003)
 
 
-def protocol_optimizer(params: Iterable[torch.Tensor], lr: float, protocol: Protocol) -> torch.optim.SGD:
-    """The protocol's SGD (momentum, weight decay) over ``params``, at the initial ``lr``."""
-    return torch.optim.SGD(params, lr=lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay)
-
-
-def set_epoch_lr(optimizer: torch.optim.Optimizer, lr: float, epoch: int, protocol: Protocol) -> None:
-    """The protocol's schedule for 0-based ``epoch``: ``lr`` for the first half, ``lr * 0.1`` after."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr * 0.1 if epoch >= protocol.epochs // 2 else lr
-
-
 def protocol_augment(protocol: Protocol) -> DSA | None:
     """The protocol's DSA, or None when it trains without augmentation."""
     return DSA(protocol.dsa_strategy) if protocol.dsa_strategy else None
+
+
+@dataclass(frozen=True)
+class Score:
+    """Test accuracies in [0, 1] of one protocol run: ``final`` after the last epoch (the headline), and,
+    for protocols with ``max_over_test_every`` (AST), ``max_over_epochs``: the maximum over the periodic tests
+    and the final one, a model selection on the test split, to be reported only beside ``final``, labelled."""
+
+    final: float
+    max_over_epochs: float | None = None
+
+
+class PeriodicTests:
+    """The periodic tests of one protocol run (``max_over_test_every`` = k: after every k-th epoch)."""
+
+    def __init__(self, protocol: Protocol, test: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self.every, self.test = protocol.max_over_test_every, test
+        self.accuracies: list[float] = []
+
+    def due(self, epoch: int) -> bool:
+        """Whether the run is tested after 0-based ``epoch``."""
+        return self.every > 0 and (epoch + 1) % self.every == 0
+
+    def record(self, model: nn.Module) -> None:
+        """Test ``model`` now."""
+        self.accuracies.append(accuracy(model, *self.test))
+
+    def score(self, model: nn.Module) -> Score:
+        """The run's ``Score`` from the trained ``model``."""
+        final = accuracy(model, *self.test)
+        return Score(final, max([*self.accuracies, final]) if self.every > 0 else None)
 
 
 def train_model(
@@ -157,18 +184,37 @@ def train_model(
     lr: float,
     protocol: Protocol,
     seed: int,
+    tests: PeriodicTests | None = None,
 ) -> nn.Module:
-    """A fresh ``model_name`` (initialised from ``seed``) trained on ``train`` under ``protocol``, on the
-    images' device. All randomness (init, order, DSA) comes from ``seed``."""
-    images, labels = train
-    model = create_model(model_name, channels, num_classes, im_size, seed=seed).to(images.device)
-    generator = eval_generator(seed)
-    augment = protocol_augment(protocol)
-    optimizer = protocol_optimizer(model.parameters(), lr, protocol)
-    for epoch in range(protocol.epochs):
-        set_epoch_lr(optimizer, lr, epoch, protocol)
-        train_epoch(model, images, labels, optimizer, protocol.batch_size, augment, generator)
+    """A fresh ``model_name`` (initialised from ``seed``) trained on ``train`` under ``protocol`` from the initial
+    ``lr``, on the images' device; ``tests`` records its periodic tests. All randomness (init, order, DSA) comes
+    from ``seed``."""
+    model = create_model(model_name, channels, num_classes, im_size, seed=seed).to(train[0].device)
+
+    def after_epoch(epoch: int) -> None:
+        if tests is not None and tests.due(epoch):
+            tests.record(model)
+
+    fit(model, train, protocol.schedule(lr), protocol.batch_size, protocol_augment(protocol), eval_generator(seed),
+        after_epoch=after_epoch)
     return model
+
+
+def train_and_score(
+    model_name: str,
+    channels: int,
+    num_classes: int,
+    im_size: tuple[int, int],
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    lr: float,
+    protocol: Protocol,
+    seed: int,
+) -> Score:
+    """Train a fresh ``model_name`` (initialised from ``seed``) on ``train`` under ``protocol`` and return its
+    ``Score`` on ``test``. All randomness (init, order, DSA) comes from ``seed``."""
+    tests = PeriodicTests(protocol, test)
+    return tests.score(train_model(model_name, channels, num_classes, im_size, train, lr, protocol, seed, tests))
 
 
 def train_and_test(
@@ -182,6 +228,5 @@ def train_and_test(
     protocol: Protocol,
     seed: int,
 ) -> float:
-    """Train a fresh ``model_name`` (initialised from ``seed``) on ``train`` under ``protocol`` and return
-    its test accuracy after the last epoch. All randomness (init, order, DSA) comes from ``seed``."""
-    return accuracy(train_model(model_name, channels, num_classes, im_size, train, lr, protocol, seed), *test)
+    """The test accuracy after the last epoch: ``train_and_score(...).final`` (same arguments)."""
+    return train_and_score(model_name, channels, num_classes, im_size, train, test, lr, protocol, seed).final

@@ -12,7 +12,8 @@ from dd.models import create_model
 from dd.multiseed import can_batch, train_and_test_seeds, train_seeds
 from dd.training import Protocol, train_and_test, train_model
 
-# 4 epochs (lr decay at 2) of 3 batches (the last one ragged: 40 = 16 + 16 + 8), full DSA
+# mtt with 4 epochs: 5 run, lr x0.1 and a fresh optimiser after epoch 3 (momentum reset); each epoch has
+# 3 batches (the last one ragged: 40 = 16 + 16 + 8), full DSA
 PROTOCOL = Protocol(epochs=4, batch_size=16)
 ARGS = ("ConvNetW32", 1, 10, (8, 8))
 
@@ -84,7 +85,7 @@ def test_can_batch_rule():
 def test_unbatched_request_runs_sequentially(digits, monkeypatch):
     train, _ = digits
     calls = []
-    monkeypatch.setattr(multiseed, "train_model", lambda *args: calls.append(args[-1]) or nn.Identity())
+    monkeypatch.setattr(multiseed, "train_model", lambda *args: calls.append(args[7]) or nn.Identity())
     train_seeds(*ARGS, train, 0.01, PROTOCOL, [4, 5], batched=False)
     assert calls == [4, 5]
 

@@ -174,8 +174,9 @@ def test_smooth_loss_scales_ce_and_adds_gp_on_the_clean_batch():
 def test_lr_decays_once_after_epoch_e_half_plus_one():
     recipe = ExpertRecipe(lr=0.1, epochs=5, batch_size=64, lr_decay_epoch=5 // 2 + 1, lr_decay_factor=0.6,
                           momentum=0.9)
-    assert [recipe.lr_at(e) for e in range(5)] == pytest.approx([0.1, 0.1, 0.1, 0.1, 0.06])
-    assert ExpertRecipe(lr=0.1).lr_at(40) == 0.1
+    assert [recipe.schedule().lr_at(e) for e in range(5)] == pytest.approx([0.1, 0.1, 0.1, 0.1, 0.06])
+    assert not recipe.schedule().reset_at_decay  # the expert keeps its optimiser (and momentum) at the decay
+    assert ExpertRecipe(lr=0.1).schedule().lr_at(40) == 0.1
     generator = torch.Generator().manual_seed(0)
     train = (torch.randn(128, 1, 8, 8, generator=generator), torch.randint(0, 10, (128,), generator=generator))
     _, record = train_expert("MLP", 1, 10, (8, 8), train, train, recipe, seed=0)

@@ -6,7 +6,7 @@ a resumed buffer run end with the same experts as an uninterrupted one.
 
 Recipes: MTT (plain SGD, the defaults), GSAM flat experts of FTD/DATM (``optimizer="gsam"``, see
 ``dd.buffer.gsam``) and AST smooth experts (momentum, lr decay, loss warm-up and gradient penalty, see
-``dd.buffer.smooth``). Each is one step function handed to the shared ``train_epoch`` loop.
+``dd.buffer.smooth``). Each is one step function handed to the shared loop (``dd.training.fit``).
 """
 
 from __future__ import annotations
@@ -25,18 +25,19 @@ from dd.buffer.smooth import smooth_loss, smooth_step, warmup_factor
 from dd.device import make_generator
 from dd.functional import flatten_params
 from dd.models import create_model
-from dd.training import StepFn, accuracy, train_epoch
+from dd.schedule import SGDSchedule
+from dd.training import StepFn, accuracy, fit
 
 
 @dataclass(frozen=True)
 class ExpertRecipe:
     """How one expert is trained (MTT defaults: plain SGD, constant lr, DSA on every batch).
 
-    ``optimizer`` "gsam" wraps the SGD in GSAM with ``rho``, ``alpha`` and ``adaptive``. The lr is
-    multiplied by ``lr_decay_factor`` once, after 0-based epoch ``lr_decay_epoch`` (AST: E//2+1, as the
-    reference's ``if e == E//2+1`` at the end of epoch e); the optimiser is kept, so is its momentum (the
-    reference re-creates it and drops the momentum: a deliberate difference). ``loss_warmup`` scales the
-    CE by AST's c_e; ``gp_lambda`` > 0 adds AST's gradient penalty.
+    ``optimizer`` "gsam" wraps the SGD in GSAM with ``rho``, ``alpha`` and ``adaptive``. The lr
+    (``schedule``) is multiplied by ``lr_decay_factor`` once, after 0-based epoch ``lr_decay_epoch``
+    (AST: E//2+1, as the reference's ``if e == E//2+1`` at the end of epoch e); the optimiser is kept, so is
+    its momentum (the reference re-creates it and drops the momentum: a deliberate difference).
+    ``loss_warmup`` scales the CE by AST's c_e; ``gp_lambda`` > 0 adds AST's gradient penalty.
     """
 
     optimizer: str = "sgd"
@@ -71,10 +72,11 @@ class ExpertRecipe:
             del recipe["gp_lambda"]
         return recipe
 
-    def lr_at(self, epoch: int) -> float:
-        """The lr of 0-based ``epoch``: ``lr``, times ``lr_decay_factor`` after epoch ``lr_decay_epoch``."""
-        decayed = self.lr_decay_epoch is not None and epoch > self.lr_decay_epoch
-        return self.lr * self.lr_decay_factor if decayed else self.lr
+    def schedule(self) -> SGDSchedule:
+        """The expert's SGD epoch by epoch: ``lr``, times ``lr_decay_factor`` after 0-based epoch
+        ``lr_decay_epoch``; one optimiser throughout (momentum kept at the decay)."""
+        return SGDSchedule(lr=self.lr, epochs=self.epochs, momentum=self.momentum, weight_decay=self.weight_decay,
+                           decay_after=self.lr_decay_epoch, decay_factor=self.lr_decay_factor)
 
     def loss_scale(self, epoch: int) -> float:
         """The factor on the cross-entropy in 0-based ``epoch`` (AST's c_e with ``loss_warmup``, else 1)."""
@@ -117,25 +119,20 @@ def train_expert(
     """Train one expert and return its trajectory [epochs+1, P] (row 0 = init, on CPU) and a record
     (seed, per-epoch test accuracy or None where not measured, the lr of each epoch, seconds).
     ``test_every`` = k tests every k epochs; the last epoch is always tested."""
-    images, labels = train
-    model = create_model(model_name, channels, num_classes, im_size, seed=seed).to(images.device)
-    generator = make_generator(seed)
-    augment = DSA(recipe.dsa_strategy)
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                weight_decay=recipe.weight_decay)
+    model = create_model(model_name, channels, num_classes, im_size, seed=seed).to(train[0].device)
+    schedule = recipe.schedule()
     snapshots = [flatten_params(model).cpu()]
     test_acc: list[float | None] = [None] * (recipe.epochs + 1)
-    lrs = []
-    start = time.perf_counter()
-    for e in range(recipe.epochs):  # 0-based epoch; snapshot e+1 is taken after it
-        lrs.append(recipe.lr_at(e))
-        for group in optimizer.param_groups:
-            group["lr"] = lrs[-1]
-        train_epoch(model, images, labels, optimizer, recipe.batch_size, augment, generator,
-                    recipe.step(optimizer, e))
+
+    def after_epoch(e: int) -> None:  # 0-based epoch e; snapshot e+1 is taken after it
         snapshots.append(flatten_params(model).cpu())
         if e + 1 == recipe.epochs or (test_every > 0 and (e + 1) % test_every == 0):
             test_acc[e + 1] = accuracy(model, *test)
-    record = {"seed": seed, "test_acc": test_acc, "final_test_acc": test_acc[-1], "lr": lrs,
+
+    start = time.perf_counter()
+    fit(model, train, schedule, recipe.batch_size, DSA(recipe.dsa_strategy), make_generator(seed), recipe.step,
+        after_epoch)
+    record = {"seed": seed, "test_acc": test_acc, "final_test_acc": test_acc[-1],
+              "lr": [schedule.lr_at(e) for e in range(recipe.epochs)],
               "train_seconds": round(time.perf_counter() - start, 3)}
     return torch.stack(snapshots), record

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from dd.augment import DSA
@@ -24,6 +22,7 @@ from dd.data import Preprocessor, list_datasets
 from dd.device import make_generator, resolve_device
 from dd.distill.checkpoint import open_run, save_checkpoint
 from dd.distill.config import DistillConfig
+from dd.distill.context import Context
 from dd.distill.experts import ExpertPool, find_store
 from dd.distill.methods import Method, get_method
 from dd.distill.synset import SynSet, save_synset
@@ -32,20 +31,9 @@ from dd.errors import DDError
 from dd.metrics import MetricsLog
 from dd.models import create_model, list_models
 from dd.multiseed import train_and_test_seeds
-from dd.realdata import PreparedData, prepare_data
-from dd.training import Protocol
+from dd.protocols import get_protocol
+from dd.realdata import prepare_data
 from dd.viz import save_grid
-
-
-@dataclass
-class Context:
-    """What a method's hooks may read."""
-
-    config: DistillConfig
-    data: PreparedData
-    store: TrajectoryStore
-    model: nn.Module
-    device: torch.device
 
 
 def validate(config: DistillConfig) -> None:
@@ -161,7 +149,7 @@ class Distiller:
             images=images.detach().cpu(), labels=self.labels.detach().cpu(), lr=self.syn_lr.item(),
             meta={"dataset": cfg.dataset, "ipc": cfg.ipc, "method": cfg.method + (f"-{name}" if name else ""),
                   "model": cfg.model, "iteration": self.iteration, "buffer": str(self.ctx.store.root),
-                  "config": to_dict(cfg), "preprocess_meta": meta},
+                  "config": to_dict(cfg), "preprocess_meta": meta, "protocol": self.method.protocol},
             preprocess={k: v.cpu() for k, v in tensors.items()},
         )
 
@@ -192,11 +180,12 @@ class Distiller:
 
     # -- evaluation and outputs ----------------------------------------------------------------
     def evaluate(self) -> dict[str, list[float]]:
-        """Train fresh networks on each current set (the dd.eval protocol) and return test accuracies
+        """Train fresh networks on each current set (the method's protocol) and return test accuracies
         under ``<model>`` for the optimised set and ``<set>/<model>`` for the method's extra sets."""
         cfg, data = self.config, self.ctx.data
         spec = data.spec
-        protocol = Protocol(epochs=cfg.eval_epochs, batch_size=cfg.eval_batch_size, dsa_strategy=cfg.dsa_strategy)
+        protocol = get_protocol(self.method.protocol, epochs=cfg.eval_epochs, batch_size=cfg.eval_batch_size,
+                                dsa_strategy=cfg.dsa_strategy)
         labels, lr = self.labels.detach(), self.syn_lr.item()
         results = {}
         for set_name, images in self.sets().items():

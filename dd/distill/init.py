@@ -8,17 +8,14 @@ Each takes the method's context and a generator and returns [K*ipc, C, H, W] ima
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 
 from dd.data import class_indices
+from dd.distill.context import Context
 from dd.errors import DDError
 
-if TYPE_CHECKING:
-    from dd.distill.engine import Context
-
-Init = Callable[["Context", torch.Generator], torch.Tensor]
+Init = Callable[[Context, torch.Generator], torch.Tensor]
 INITS: dict[str, Init] = {}
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from dd.augment import DSA
+from dd.distill.context import Context
 from dd.distill.init import class_pools, register_init
 from dd.distill.methods.base import Method, normalized_distance, register_method
 from dd.distill.unroll import Student
@@ -34,8 +35,6 @@ from dd.models import create_model
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    from dd.distill.engine import Context
 
 
 # -- 1. representative initialisation ---------------------------------------------------------------
@@ -149,6 +148,8 @@ def perturb_conv_weights(w: torch.Tensor, spec: ParamSpec, generator: torch.Gene
 @register_method("ast")
 class AST(Method):
     """MTT with a momentum student, plus the optional AST terms selected in the config."""
+
+    protocol = "ast"
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)

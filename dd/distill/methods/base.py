@@ -7,19 +7,15 @@ whether an update is applied, and what happens after it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
 from dd.augment import DSA
+from dd.distill.context import Context
 from dd.distill.init import init_images
 from dd.distill.unroll import Student
 from dd.errors import DDError
 from dd.training import classification_loss
-
-if TYPE_CHECKING:
-    from dd.distill.engine import Context
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -50,6 +46,7 @@ class Method:
     """MTT behaviour; subclasses override single hooks."""
 
     name = "base"
+    protocol = "mtt"  # the evaluation protocol (dd.protocols) this method's sets are scored under
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx

@@ -23,19 +23,16 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from dd.distill.context import Context
 from dd.distill.init import class_pools, register_init
 from dd.distill.methods.base import Method, register_method
 from dd.errors import DDError
 from dd.functional import load_flat_
 from dd.models import create_model
-
-if TYPE_CHECKING:
-    from dd.distill.engine import Context
 
 
 # -- experts as classifiers --------------------------------------------------------------------------
@@ -136,6 +133,8 @@ def masked_mean_logits(logits: torch.Tensor, classes: torch.Tensor) -> torch.Ten
 @register_method("datm")
 class DATM(Method):
     """MTT with a growing start-epoch window, soft labels and the threshold skip."""
+
+    protocol = "datm"
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)

@@ -17,15 +17,11 @@ resumed run continues it exactly.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
+from dd.distill.context import Context
 from dd.distill.methods.base import Method, register_method
 from dd.errors import DDError
-
-if TYPE_CHECKING:
-    from dd.distill.engine import Context
 
 
 def ema_update_(ema: torch.Tensor, images: torch.Tensor, decay: float) -> None:

@@ -1,0 +1,180 @@
+"""Named evaluation protocols (dd.protocols): epochs run, the lr and momentum of every epoch, optimiser
+resets, describe(), the reference loop of MTT's evaluate_synset written out by hand, batched seeds."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dd.multiseed as multiseed
+import dd.training as training
+from dd.data import load_dataset
+from dd.errors import DDError
+from dd.functional import flatten_params
+from dd.models import create_model
+from dd.multiseed import train_and_score_seeds
+from dd.protocols import Protocol, get_protocol, list_protocols
+from dd.training import PeriodicTests, eval_generator, train_and_score, train_and_test, train_model
+
+MLP = ("MLP", 1, 10, (8, 8))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    raw = load_dataset("digits")
+    return (raw.train_images[:20], raw.train_labels[:20]), (raw.test_images[:100], raw.test_labels[:100])
+
+
+def record_epochs(monkeypatch) -> list[dict]:
+    """What the optimiser of each epoch of ``dd.training.fit`` holds when the epoch starts."""
+    seen: list[dict] = []
+    real = training.train_epoch
+
+    def recording(model, images, labels, optimizer, batch_size, *args, **kwargs):
+        (group,) = optimizer.param_groups
+        seen.append({"lr": group["lr"], "momentum": group["momentum"], "weight_decay": group["weight_decay"],
+                     "batch_size": batch_size, "optimizer": id(optimizer), "buffers": len(optimizer.state)})
+        real(model, images, labels, optimizer, batch_size, *args, **kwargs)
+
+    monkeypatch.setattr(training, "train_epoch", recording)
+    return seen
+
+
+# name -> (lr factor, momentum after the decay, weight decay, batch size); epochs=6 for all: 7 run, decay after 4
+EXPECTED = {"mtt": (0.1, 0.9, 5e-4, 256), "datm": (0.1, 0.9, 5e-4, 128), "ast": (0.5, 0.8, 1e-3, 256),
+            "dc": (0.1, 0.9, 5e-4, 256)}
+
+
+def test_the_registry():
+    assert list_protocols() == sorted(EXPECTED)
+    assert Protocol() == get_protocol("mtt")  # the class defaults are the mtt protocol
+    assert all(get_protocol(name).source for name in list_protocols())
+    assert [get_protocol(name).epochs for name in ("mtt", "datm", "ast", "dc")] == [1000, 1000, 1000, 300]
+    assert get_protocol("ast").max_over_test_every == 20 and get_protocol("mtt").max_over_test_every == 0
+    with pytest.raises(DDError, match="unknown evaluation protocol 'nope'"):
+        get_protocol("nope")
+    with pytest.raises(DDError, match="unknown setting"):
+        get_protocol("mtt", epoch=3)
+    with pytest.raises(DDError, match="epochs must be positive"):
+        get_protocol("mtt", epochs=0)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_epochs_lr_momentum_and_reset_of_every_epoch(name, digits, monkeypatch):
+    train, _ = digits
+    factor, momentum_after, weight_decay, batch_size = EXPECTED[name]
+    protocol = get_protocol(name, epochs=6, dsa_strategy="none")
+    seen = record_epochs(monkeypatch)
+    train_model(*MLP, train, 0.05, protocol, seed=0)
+    assert len(seen) == 7 == protocol.epochs_run  # range(Epoch + 1)
+    assert [e["lr"] for e in seen] == pytest.approx([0.05] * 5 + [0.05 * factor] * 2)  # decay after epoch 6//2+1
+    assert [e["momentum"] for e in seen] == [0.9] * 5 + [momentum_after] * 2
+    assert {e["weight_decay"] for e in seen} == {weight_decay} and {e["batch_size"] for e in seen} == {batch_size}
+    optimizers = [e["optimizer"] for e in seen]
+    assert len(set(optimizers[:5])) == 1 and len(set(optimizers[5:])) == 1 and optimizers[4] != optimizers[5]
+    assert [e["buffers"] > 0 for e in seen] == [False, True, True, True, True, False, True]  # momentum reset
+
+
+def test_without_reset_the_optimiser_and_its_momentum_are_kept(digits, monkeypatch):
+    train, _ = digits
+    seen = record_epochs(monkeypatch)
+    train_model(*MLP, train, 0.05, get_protocol("mtt", epochs=6, dsa_strategy="none", reset_at_decay=False), seed=0)
+    assert len({e["optimizer"] for e in seen}) == 1
+    assert all(e["buffers"] > 0 for e in seen[1:])
+    assert [e["lr"] for e in seen] == pytest.approx([0.05] * 5 + [0.005] * 2)
+
+
+def reference_evaluate_synset(images, labels, lr, epoch_eval_train, batch_train, seed):
+    """MTT's evaluate_synset as the reference notes describe it (mtt_datm.md §5), without DSA: a fresh
+    SGD(momentum 0.9, wd 5e-4), Epoch+1 epochs, and after epoch Epoch//2+1 a new SGD at lr * 0.1."""
+    net = create_model(*MLP, seed=seed)
+    generator = eval_generator(seed)  # dd's batch order, so only the schedule is compared
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=0.0005)
+    lr_schedule = [epoch_eval_train // 2 + 1]
+    for ep in range(epoch_eval_train + 1):
+        net.train()
+        for idx in torch.randperm(images.shape[0], generator=generator).split(batch_train):
+            optimizer.zero_grad()
+            F.cross_entropy(net(images[idx]), labels[idx]).backward()
+            optimizer.step()
+        if ep in lr_schedule:
+            lr *= 0.1
+            optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=0.0005)
+    return net
+
+
+def test_mtt_equals_the_reference_loop_written_out(digits):
+    train, _ = digits
+    protocol = get_protocol("mtt", epochs=6, batch_size=8, dsa_strategy="none")  # 3 batches: 8 + 8 + 4
+    reference = flatten_params(reference_evaluate_synset(*train, 0.05, 6, 8, seed=2))
+    assert torch.equal(flatten_params(train_model(*MLP, train, 0.05, protocol, seed=2)), reference)
+    kept = train_model(*MLP, train, 0.05, dataclasses.replace(protocol, reset_at_decay=False), seed=2)
+    assert not torch.equal(flatten_params(kept), reference)  # the comparison sees the momentum reset
+
+
+def test_mtt_describe():
+    assert get_protocol("mtt").describe(0.01) == {
+        "name": "mtt", "epochs": 1000, "epochs_run": 1001, "optimizer": "sgd", "lr": 0.01,
+        "lr_decay_after_epoch": 501, "lr_decay_factor": 0.1, "reset_at_decay": True, "momentum": 0.9,
+        "momentum_after_decay": 0.9, "weight_decay": 5e-4, "batch_size": 256,
+        "augment": "color_crop_cutout_flip_scale_rotate", "soft_label_loss": "soft_ce", "max_over_test_every": 0}
+
+
+def test_describe_tells_every_protocol_and_every_setting_apart():
+    described = [repr(get_protocol(name).describe(0.01)) for name in list_protocols()]
+    assert len(set(described)) == len(described)
+    base = get_protocol("mtt")
+    changed = {"name": "other", "epochs": 300, "extra_epochs": 0, "decay_after": 3, "decay_factor": 0.5,
+               "reset_at_decay": False, "momentum": 0.5, "momentum_after_decay": 0.8, "weight_decay": 1e-3,
+               "batch_size": 128, "dsa_strategy": "none", "max_over_test_every": 20}
+    assert set(changed) == {f.name for f in dataclasses.fields(Protocol)} - {"source"}  # every result-changing field
+    for field, value in changed.items():
+        assert dataclasses.replace(base, **{field: value}).describe(0.01) != base.describe(0.01), field
+    assert base.describe(0.01) != base.describe(0.02)
+
+
+def test_periodic_tests_of_ast():
+    tests = PeriodicTests(get_protocol("ast"), (torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.long)))
+    due = [e for e in range(get_protocol("ast").epochs_run) if tests.due(e)]
+    assert due == list(range(19, 1000, 20))  # every 20th of the 1001 epochs; the final test comes on top
+    assert not any(PeriodicTests(get_protocol("mtt"), tests.test).due(e) for e in range(1001))
+
+
+def test_ast_score_keeps_the_final_accuracy_as_headline(digits):
+    train, test = digits
+    ast = get_protocol("ast", epochs=6, max_over_test_every=2, dsa_strategy="none")
+    score = train_and_score(*MLP, train, test, 0.05, ast, seed=0)
+    assert score.final == train_and_test(*MLP, train, test, 0.05, ast, seed=0)
+    assert score.max_over_epochs is not None and score.max_over_epochs >= score.final
+    assert train_and_score(*MLP, train, test, 0.05, get_protocol("mtt", epochs=6), seed=0).max_over_epochs is None
+
+
+def test_batched_seeds_follow_the_sequential_runs_under_ast(digits, monkeypatch):
+    """A reset, a momentum change and periodic tests: the vmapped seeds match their sequential runs."""
+    train, test = digits
+    ast = get_protocol("ast", epochs=4, batch_size=8, max_over_test_every=2)
+    args = ("ConvNetW32", 1, 10, (8, 8))
+    sequential = [train_and_score(*args, train, test, 0.01, ast, seed=s) for s in (0, 1)]
+
+    def no_fallback(*a, **k):
+        raise AssertionError("fell back to sequential training")
+
+    monkeypatch.setattr(multiseed, "train_model", no_fallback)
+    assert train_and_score_seeds(*args, train, test, 0.01, ast, [0, 1]) == sequential
+
+
+def test_each_method_names_the_protocol_its_sets_expect():
+    from dd.distill.methods import METHODS
+    assert {name: cls.protocol for name, cls in METHODS.items()} == {"mtt": "mtt", "ftd": "mtt", "datm": "datm",
+                                                                     "ast": "ast"}
