@@ -193,8 +193,8 @@ def test_batched_seeds_give_the_sequential_records(tmp_path, synset_dir, monkeyp
     real images per seed; the records equal a sequential evaluation's."""
     import dd.eval.__main__ as eval_module
     calls = []
-    real = eval_module.train_and_test_seeds
-    monkeypatch.setattr(eval_module, "train_and_test_seeds", lambda *a, **k: calls.append(a[8]) or real(*a, **k))
+    real = eval_module.train_and_score_seeds
+    monkeypatch.setattr(eval_module, "train_and_score_seeds", lambda *a, **k: calls.append(a[8]) or real(*a, **k))
     argv = ["--synset", str(synset_dir), "--runs", "3", "--epochs", "4", "--baseline", "random", "--device", "cpu"]
     assert eval_main([*argv, "--batch-seeds", "on", "--out", str(tmp_path / "on")]) == 0
     assert sorted(map(len, calls)) == [1, 1, 1, 3]

@@ -212,3 +212,25 @@ def test_accuracy_is_measured_on_the_split_the_record_names(tmp_path, split):
              for name, tested in (("val", data.val), ("test", data.test), ("train", data.train))}
     assert run["accuracy"] == found[split]
     assert len(set(found.values())) == 3, "the three splits must score differently for this test to mean anything"
+
+
+def test_each_set_is_evaluated_under_its_methods_protocol_and_baselines_under_each(tmp_path):
+    mtt = make_set(tmp_path / "a", soft=False)
+    datm = make_set(tmp_path / "b", soft=True, protocol="datm")
+    out = tmp_path / "ev"
+    assert eval_main(["--synset", f"{mtt},{datm}", "--baseline", "random", *FLAGS, "--runs", "1",
+                      "--out", str(out)]) == 0
+    runs = read_runs(out)
+    found = sorted((r["source"], r.get("method"), r["protocol"]["name"], r["protocol"]["batch_size"]) for r in runs)
+    assert found == [("distilled", "datm", "datm", 128), ("distilled", "mtt", "mtt", 256),
+                     ("random", "random", "datm", 128), ("random", "random", "mtt", 256)]
+    assert all(r["protocol"]["epochs"] == 2 and r["protocol"]["epochs_run"] == 3 for r in runs)
+    assert len(by_context(runs)) == 2  # one section per protocol, each with its random baseline
+    assert eval_main(["--synset", str(datm), "--protocol", "mtt", *FLAGS, "--runs", "1", "--out", str(out)]) == 0
+    assert {r["protocol"]["name"] for r in read_runs(out) if r.get("method") == "datm"} == {"datm", "mtt"}
+
+
+def test_a_set_naming_an_unknown_protocol_is_refused(tmp_path, capsys):
+    folder = make_set(tmp_path / "set", soft=False, protocol="mystery")
+    line = error_line(["--synset", str(folder), *FLAGS, "--out", str(tmp_path / "ev")], capsys)
+    assert "evaluation protocol 'mystery'" in line and "--protocol" in line

@@ -30,7 +30,7 @@ FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)  # format 1 lacks the bound header; its metadata is checked against the tensors only
 TENSORS_FILE = "synset.safetensors"
 META_FILE = "synset.json"
-BOUND_KEYS = ("dataset", "ipc", "num_images", "method", "iteration", "kind", "model", "eval_protocol", "labels")
+BOUND_KEYS = ("dataset", "ipc", "num_images", "method", "iteration", "kind", "model", "protocol", "labels")
 """Metadata keys that change how a set is evaluated: stored in the checksummed tensor header too."""
 
 

@@ -1,5 +1,7 @@
 """``python -m dd.eval``: retrain fresh networks on a synthetic set and report test accuracy beside
-the baselines, all under one protocol (MTT's: SGD momentum 0.9, wd 5e-4, lr x0.1 at half, DSA).
+the baselines, under a named evaluation protocol (``dd.protocols``): ``--protocol mtt`` (the reference
+``evaluate_synset``), ``datm``, ``ast`` or ``dc``; by default the one the set's method names (its
+metadata), and ``--epochs`` etc. override single values. The baselines run under every protocol used.
 
     python -m dd.eval --synset runs/mtt-digits-ipc1/synset --models ConvNet,ResNet18 --runs 5 --baseline random,full
 
@@ -51,9 +53,9 @@ from dd.eval.report import augment_of, results_markdown, run_key
 from dd.eval.results import Results
 from dd.io import atomic_write_bytes
 from dd.models import list_models
-from dd.multiseed import train_and_test_seeds
+from dd.multiseed import train_and_score_seeds
+from dd.protocols import Protocol, get_protocol, list_protocols
 from dd.realdata import SPLITS, PreparedData, prepare_data, random_subset
-from dd.training import Protocol
 
 BASELINES = ("random", "full")
 LABELS = ("auto", "hard", "soft")
@@ -77,15 +79,19 @@ class EvalConfig:
     val_seed: int | None = opt(None, "seed of the validation split's draw (default: the set's, else 0)")
     zca: bool = opt(False, "ZCA-whiten (baselines-only runs; a set carries its own preprocessing)")
     ipc: int | None = opt(None, "images per class of the random baseline (default: each set's)")
+    protocol: str | None = opt(None, "evaluation protocol: " + ", ".join(list_protocols()) + " (see dd/protocols.py), "
+                               "or transfer for a KRR-ST set (its own flags: --protocol transfer --help); default: "
+                               "the one each set's method names, else mtt", choices=(*list_protocols(), "transfer"))
     models: str = opt("ConvNet", "comma-separated architectures to train")
     runs: int = opt(5, "seeds per architecture and source")
-    epochs: int = opt(1000, "training epochs of each network (lr x0.1 at half)")
+    epochs: int | None = opt(None, "training epochs of each network (default: the protocol's; mtt runs epochs+1 "
+                             "and decays the lr after epoch epochs//2+1)")
     lr: float | None = opt(None, "learning rate on the synthetic set (default: the set's learned lr)")
     baseline_lr: float = opt(0.01, "learning rate of the random and full baselines")
-    batch_size: int = opt(256, "training batch size")
-    momentum: float = opt(0.9, "SGD momentum")
-    weight_decay: float = opt(5e-4, "SGD weight decay")
-    dsa_strategy: str = opt("color_crop_cutout_flip_scale_rotate", "DSA ops on training batches ('none' for none)")
+    batch_size: int | None = opt(None, "training batch size (default: the protocol's)")
+    momentum: float | None = opt(None, "SGD momentum (default: the protocol's)")
+    weight_decay: float | None = opt(None, "SGD weight decay (default: the protocol's)")
+    dsa_strategy: str | None = opt(None, "DSA ops on training batches, 'none' for none (default: the protocol's)")
     labels: str = opt("auto", "comma-separated label settings of the set: auto (its own), hard (argmax), soft")
     augment: str = opt("dsa", "comma-separated augmentation settings: dsa (--dsa-strategy) or none")
     baseline: str = opt("", "comma-separated baselines to run beside the set: random, full")
@@ -118,7 +124,7 @@ def validate(config: EvalConfig) -> list[str]:
         if b not in BASELINES:
             raise DDError(f"unknown baseline '{b}'; choose from {', '.join(BASELINES)}")
     for name in ("runs", "epochs", "batch_size"):
-        if getattr(config, name) <= 0:
+        if getattr(config, name) is not None and getattr(config, name) <= 0:
             raise DDError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
     for name in ("ipc", "image_size"):
         if getattr(config, name) is not None and getattr(config, name) <= 0:
@@ -128,11 +134,12 @@ def validate(config: EvalConfig) -> list[str]:
     if config.lr is not None:
         check_lr("--lr", config.lr)
     check_lr("--baseline-lr", config.baseline_lr)
-    if not 0 <= config.momentum < 1:
+    if config.momentum is not None and not 0 <= config.momentum < 1:
         raise DDError(f"--momentum must be in [0, 1), got {config.momentum}")
-    if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
+    if config.weight_decay is not None and not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
         raise DDError(f"--weight-decay must be 0 or a positive finite number, got {config.weight_decay}")
-    DSA(config.dsa_strategy)  # raises on an unknown op
+    if config.dsa_strategy is not None:
+        DSA(config.dsa_strategy)  # raises on an unknown op
     if not synset_paths(config) and not baselines:
         raise DDError("nothing to evaluate; pass --synset PATH and/or --baseline random,full")
     if config.dataset is not None and config.dataset not in list_datasets():
@@ -156,6 +163,21 @@ def label_settings(synset: SynSet | None, modes: list[str], path: str | None) ->
         name = "hard" if mode == "hard" or not synset.soft else "soft"
         settings[name] = synset.hard_labels() if name == "hard" else synset.labels
     return settings
+
+
+def protocol_overrides(config: EvalConfig) -> dict[str, Any]:
+    """The protocol values the flags set (``--epochs`` ... ``--dsa-strategy``)."""
+    names = ("epochs", "batch_size", "momentum", "weight_decay", "dsa_strategy")
+    return {name: getattr(config, name) for name in names if getattr(config, name) is not None}
+
+
+def set_protocol(config: EvalConfig, synset: SynSet) -> str:
+    """``--protocol``, else the protocol the set's metadata names, else ``mtt``."""
+    name = config.protocol or synset.meta.get("protocol") or "mtt"
+    if name not in list_protocols():
+        raise DDError(f"the set asks for evaluation protocol '{name}', which this dd does not know; pass "
+                      f"--protocol (one of {', '.join(list_protocols())})")
+    return name
 
 
 def augment_protocols(base: Protocol, modes: list[str]) -> dict[str, Protocol]:
@@ -250,7 +272,9 @@ def first_of(*values: Any) -> Any:
     return next(v for v in values if v is not None)
 
 
-Job = tuple[dict[str, Any], Callable[[], tuple[torch.Tensor, torch.Tensor]]]
+Tensors = tuple[torch.Tensor, torch.Tensor]
+Job = tuple[dict[str, Any], Callable[[], Tensors], Protocol]
+"""(the record to write, the training data, the protocol to train under)."""
 
 
 def batched_seeds(setting: str, device: torch.device) -> bool:
@@ -312,21 +336,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = default_out(config, dataset)
     make_out(out)
     results = Results(out, to_dict(config))
-    protocol = Protocol(epochs=config.epochs, momentum=config.momentum, weight_decay=config.weight_decay,
-                        batch_size=config.batch_size, dsa_strategy=config.dsa_strategy)
     label_modes = parse_list(config.labels, LABELS, "--labels")
     labels = {path: label_settings(synset, label_modes, path) for path, synset in sets.items()}
-    protocols = augment_protocols(protocol, parse_list(config.augment, AUGMENTS, "--augment"))
+    augments = parse_list(config.augment, AUGMENTS, "--augment")
+    named = {path: set_protocol(config, synset) for path, synset in sets.items()}
+    used = list(dict.fromkeys(named.values())) or [config.protocol or "mtt"]
+    protocols = {name: augment_protocols(get_protocol(name, **protocol_overrides(config)), augments) for name in used}
     context = {"dataset": dataset, "data": data.identity(), "split": config.split}
     evaluated_on = data.split(config.split)
     # The full-data baseline trains on the whole training split, less the validation images when it is
     # validated on them; random real images come from the training part only, as a set's initialisation.
     full_train = data.train if config.split == "val" else data.train_and_val
 
-    def sources(seed: int) -> list[Job]:
-        """(record fields, training data) of every source evaluated with ``seed``."""
-        found: list[Job] = []
+    def sources(seed: int, protocol: str) -> list[tuple[dict[str, Any], Callable[[], Tensors]]]:
+        """(record fields, training data) of every source evaluated with ``seed`` under ``protocol``."""
+        found: list[tuple[dict[str, Any], Callable[[], Tensors]]] = []
         for path, synset in sets.items():
+            if named[path] != protocol:
+                continue
             lr = config.lr if config.lr is not None else synset.lr
             for name, set_labels in labels[path].items():
                 found.append(({"source": "distilled", "method": synset.meta.get("method", "unknown"),
@@ -341,18 +368,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "lr": config.baseline_lr}, lambda: full_train))
         return found
 
-    jobs = []
+    jobs: list[Job] = []
     for model in config.models.split(","):
         for r in range(config.runs):
-            for augment, augmented in protocols.items():
-                for fields, get in sources(config.seed + r):
-                    lr = fields.pop("lr")
-                    record = {**fields, **context, "model": model, "seed": config.seed + r, "augment": augment,
-                              "protocol": augmented.describe(lr)}
-                    jobs.append((record, get))
+            for name in used:
+                for augment, protocol in protocols[name].items():
+                    for fields, get in sources(config.seed + r, name):
+                        lr = fields.pop("lr")
+                        record = {**fields, **context, "model": model, "seed": config.seed + r, "augment": augment,
+                                  "protocol": protocol.describe(lr)}
+                        jobs.append((record, get, protocol))
 
     done = {run_key(r) for r in results.previous}
-    todo = [(record, get) for record, get in jobs if run_key(record) not in done]
+    todo = [job for job in jobs if run_key(job[0]) not in done]
     if len(todo) < len(jobs) and distributed.is_main():
         print(f"eval: {len(jobs) - len(todo)} of {len(jobs)} runs already in {results.path}")
     groups = seed_groups(todo, batched_seeds(config.batch_seeds, device))
@@ -362,18 +390,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         record = group[0][0]
         bar.set_postfix(source=record["source"], model=record["model"], seeds=len(group),
                         labels=record["labels"], augment=record["augment"])
-        seeds = [r["seed"] for r, _ in group]
-        accuracies = train_and_test_seeds(record["model"], spec.channels, spec.num_classes, spec.size, group[0][1](),
-                                          evaluated_on, record["protocol"]["lr"], protocols[record["augment"]], seeds,
-                                          batched=len(group) > 1)
-        for (run, _), accuracy in zip(group, accuracies, strict=True):
-            results.add({**run, "accuracy": accuracy})
+        seeds = [r["seed"] for r, _, _ in group]
+        scores = train_and_score_seeds(record["model"], spec.channels, spec.num_classes, spec.size, group[0][1](),
+                                       evaluated_on, record["protocol"]["lr"], group[0][2], seeds,
+                                       batched=len(group) > 1)
+        for (run, _, _), score in zip(group, scores, strict=True):
+            extra = {} if score.max_over_epochs is None else {"max_accuracy": score.max_over_epochs}
+            results.add({**run, "accuracy": score.final, **extra})
     runs = results.finish()
     if not distributed.is_main():
         return 0
     table = results_markdown(runs)
     atomic_write_bytes(out / "results.md", table.encode())
-    asked = {run_key(r) for r, _ in jobs}
+    asked = {run_key(job[0]) for job in jobs}
     print(results_markdown([r for r in runs if run_key(r) in asked]))
     print(f"results: {results.path} (all records: {out / 'results.md'})")
     return 0
