@@ -98,18 +98,22 @@ class _Parser(argparse.ArgumentParser):
         raise DDError(f"{message}; see {self.prog} --help")
 
 
-def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
-    """An argparse parser with one ``--flag`` per dataclass field, plus ``--config``."""
+def build_parser(cls: type, prog: str, description: str,
+                 config_example: str = "experiments/mtt/digits_ipc1.yaml") -> argparse.ArgumentParser:
+    """An argparse parser with one ``--flag`` per dataclass field, plus ``--config`` (its help names
+    ``config_example``, a preset this command accepts)."""
     parser = _Parser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", default=None,
-                        help="YAML preset (e.g. experiments/mtt/digits_ipc1.yaml); flags override it")
+                        help=f"YAML preset (e.g. {config_example}); flags override it")
     hints = _type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         base, _ = _base_type(hints[f.name])
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        help_text = f.metadata.get("help", "")
+        if "default" not in help_text:  # a help that explains its default says it once
+            help_text += f" (default: {f.default})"
         # SUPPRESS keeps unset flags out of the namespace, so a YAML value is only overridden
         # by a flag the user actually typed.
         kwargs: dict[str, Any] = {"help": help_text, "default": argparse.SUPPRESS, "dest": f.name}

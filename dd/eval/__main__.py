@@ -318,7 +318,8 @@ def make_out(out: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     if peek_option(argv, "protocol", "classification") == "transfer":
         return transfer.main(argv)
-    config, _ = parse_config(EvalConfig, argv, build_parser(EvalConfig, "python -m dd.eval", __doc__))
+    config, _ = parse_config(EvalConfig, argv, build_parser(EvalConfig, "python -m dd.eval", __doc__,
+                                                            "experiments/eval/digits.yaml"))
     baselines = validate(config)
     device = distributed.setup(config.device)
     sets, data, dataset = load_inputs(config, device)

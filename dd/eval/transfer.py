@@ -239,7 +239,7 @@ def source_identities(cfg: TransferConfig, synset: SynSet | None, sets: dict[str
 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg, _ = parse_config(TransferConfig, argv, build_parser(TransferConfig, "python -m dd.eval --protocol transfer",
-                                                             __doc__))
+                                                             __doc__, "a file holding 'target: digits-5to9'"))
     device = resolve_device(cfg.device)
     baselines = parse_list(cfg.baseline, ("random", "none"), "--baseline", allow_empty=True)
     protocols = parse_list(cfg.protocols, PROTOCOLS, "--protocols")
