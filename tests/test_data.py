@@ -356,3 +356,15 @@ def test_validation_split_is_stratified_seeded_and_disjoint():
     assert data.train_and_val[0].shape == full.train_images.shape
     with pytest.raises(DDError, match="no validation split"):
         full.split("val")
+
+
+def test_a_grey_imagefolder_loads_with_one_channel(tmp_path):
+    """Grey PNGs (mode L) give [N, 1, H, W]; one colour image anywhere keeps all three channels."""
+    for split in ("train", "val"):
+        for cls, level in (("a", 40), ("b", 200)):
+            _write(tmp_path / split / cls / "x.png", (level, level, level), mode="L")
+    grey = load_dataset("imagefolder", data_path=str(tmp_path), image_size=4)
+    assert grey.spec.channels == 1 and grey.train_images.shape == (2, 1, 4, 4) and len(grey.spec.mean) == 1
+    assert grey.train_images[0, 0, 0, 0].item() == pytest.approx(40 / 255)
+    _write(tmp_path / "train" / "a" / "y.png", (255, 0, 0))
+    assert load_dataset("imagefolder", data_path=str(tmp_path), image_size=4).spec.channels == 3

@@ -166,13 +166,17 @@ def load_tiny(spec: DatasetSpec, data_path: str | None, download: bool, image_si
 @register_dataset(IMAGEFOLDER)
 def load_imagefolder(spec: DatasetSpec, data_path: str | None, download: bool, image_size: int | None) -> RealData:
     """Any ``train/<class>/*`` + ``val|test/<class>/*`` tree at ``image_size`` (default 32), with mean/std of
-    the train images."""
+    the train images. A tree of grey images (every image's three channels equal) loads with one channel,
+    so grayscale data is neither distilled nor evaluated as three channels that can drift apart."""
     root = Path(data_path or DEFAULT_DATA_PATH)
     size = image_size or spec.size[0]
     classes, train_images, train_labels, test_images, test_labels = load_folder_tree(root, spec.name, size,
                                                                                      FOLDER_LAYOUT)
+    if all(torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 0], x[:, 2]) for x in (train_images, test_images)):
+        train_images, test_images = train_images[:, :1].contiguous(), test_images[:, :1].contiguous()
     channels = [train_images[:, c].to(torch.float64) for c in range(train_images.shape[1])]
     mean = tuple(ch.mean().item() for ch in channels)
     std = tuple(max(ch.std(unbiased=False).item(), 1e-6) for ch in channels)
-    loaded = replace(spec, size=(size, size), num_classes=len(classes), mean=mean, std=std)
+    loaded = replace(spec, channels=train_images.shape[1], size=(size, size), num_classes=len(classes), mean=mean,
+                     std=std)
     return RealData(loaded, train_images, train_labels, test_images, test_labels)
