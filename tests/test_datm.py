@@ -187,6 +187,18 @@ def test_soft_labels_start_as_masked_mean_expert_logits(tmp_path, digits_buffer,
     assert not fixed.labels.requires_grad and "y" not in fixed.optimizers
 
 
+def test_soft_labels_first_expert_are_its_raw_logits(tmp_path, digits_buffer, digits_setup):
+    """DATM.py l.309-319 (pix_init real): the logits of one expert's final epoch, no mask, no mean."""
+    store, _, net = digits_setup
+    distiller = Distiller(datm_config(digits_buffer, tmp_path / "r", pix_init="real", soft_label_init="first_expert"))
+    load_flat_(net, store.read_expert(store.completed()[0])[-1])
+    with torch.no_grad():
+        expected = net(distiller.images.detach())
+    assert torch.allclose(distiller.labels.detach(), expected, atol=1e-5) and distiller.labels.requires_grad
+    mean = Distiller(datm_config(digits_buffer, tmp_path / "m", pix_init="real"))
+    assert not torch.allclose(mean.labels.detach(), expected, atol=1e-3), "the default averages the experts"
+
+
 def test_threshold_skip_leaves_the_state_untouched(tmp_path, digits_buffer):
     distiller = Distiller(datm_config(digits_buffer, tmp_path / "r", threshold=1e-9, pix_init="real"))
     state = [distiller.images.detach().clone(), distiller.labels.detach().clone(), distiller.syn_lr.item()]
@@ -230,3 +242,4 @@ def test_presets_load_and_follow_the_config_table():
     assert (c10.current_max_start_epoch, c10.max_start_epoch, c10.expansion_end, c10.batch_syn) == (10, 20, 1000, 100)
     assert presets["cifar10_ipc1"].threshold == 1.1 and presets["cifar10_ipc1"].current_max_start_epoch is None
     assert presets["cifar100_ipc50"].pix_init == "real" and presets["tiny_ipc1"].model == "ConvNetD4"
+    assert presets["cifar100_ipc50"].soft_label_init == "first_expert"

@@ -15,6 +15,7 @@ REFERENCE_NAMES = (
        "ConvNetNP", "ConvNetMP", "ConvNetAP", "ConvNetD4BN", "ConvNetKIP", "ResNet18", "ResNet18BN", "ResNet18_AP",
        "ResNet18BN_AP", "VGG11", "VGG11BN", "AlexNet", "LeNet", "MLP"]
 )
+KRR_ST_NAMES = ["ConvNetBNWide", "ConvNetD4BNWide", "ConvNetD5BNWide"]
 
 
 def num_params(model: nn.Module) -> int:
@@ -22,7 +23,7 @@ def num_params(model: nn.Module) -> int:
 
 
 def test_registry_holds_the_reference_zoo():
-    assert sorted(list_models()) == sorted(REFERENCE_NAMES)
+    assert sorted(list_models()) == sorted(REFERENCE_NAMES + KRR_ST_NAMES)
 
 
 # Instance-norm networks that reach a 1x1 feature map before a norm at this input size (refused).
@@ -31,7 +32,7 @@ ONE_BY_ONE = {(1, (8, 8)): {"ConvNetD4", "ConvNetD5", "ConvNetD6", "ConvNetD7", 
               (3, (32, 32)): {"ConvNetD6", "ConvNetD7", "ConvNetD8"}}
 
 
-@pytest.mark.parametrize("name", REFERENCE_NAMES)
+@pytest.mark.parametrize("name", REFERENCE_NAMES + KRR_ST_NAMES)
 @pytest.mark.parametrize("channels, size", [(1, (8, 8)), (3, (32, 32))])
 def test_every_model_maps_images_to_logits(name, channels, size):
     if name in ONE_BY_ONE[(channels, size)]:
@@ -71,6 +72,42 @@ def test_classifier_input_follows_the_spatial_arithmetic(name, channels, size, f
     model = create_model(name, channels, 10, size)
     first_linear = next(m for m in model.modules() if isinstance(m, nn.Linear))
     assert first_linear.in_features == features
+
+
+def conv_bn(c_in: int, c_out: int) -> int:
+    """Parameters of Conv3x3(c_in, c_out) with bias plus BatchNorm(c_out)."""
+    return c_in * c_out * 9 + c_out + 2 * c_out
+
+
+# KRR-ST's pool models (ftd_ast_krr.md §3.3), counted by hand: widening conv+BN blocks, embed 4*4*512 at 32 and
+# 64 px and 7*7*512 at 224 px, and a Linear(embed, 512) head for the 512-d teacher targets.
+@pytest.mark.parametrize("name, size, widths, embed", [
+    ("ConvNetBNWide", (32, 32), (128, 256, 512), 4 * 4 * 512),
+    ("ConvNetD4BNWide", (64, 64), (64, 128, 256, 512), 4 * 4 * 512),
+    ("ConvNetD5BNWide", (224, 224), (32, 64, 128, 256, 512), 7 * 7 * 512),
+])
+def test_krr_st_widening_convnets(name, size, widths, embed):
+    model = create_model(name, 3, 512, size, seed=0)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [m.out_channels for m in convs] == list(widths)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == len(widths)
+    assert model.embed(torch.randn(2, 3, *size)).shape == (2, embed)
+    blocks = sum(conv_bn(c_in, c_out) for c_in, c_out in zip((3, *widths[:-1]), widths, strict=True))
+    assert num_params(model) == blocks + embed * 512 + 512
+
+
+def test_widening_convnet_counts_written_out():
+    # 3-128-256-512 at 32 px for CIFAR-100: 3584 + 256 + 295168 + 512 + 1180160 + 1024 conv/BN, 8192 * 100 + 100 head.
+    assert num_params(create_model("ConvNetBNWide", 3, 100, (32, 32))) == 1_480_704 + 819_300
+    assert num_params(create_model("ConvNetD4BNWide", 3, 200, (64, 64))) == 1_552_896 + 8192 * 200 + 200
+
+
+def test_widths_replace_width_and_depth_and_leave_convnet_unchanged():
+    plain, same = create_model("ConvNet", 3, 10, (32, 32), seed=0), create_model(
+        "ConvNet", 3, 10, (32, 32), seed=0, widths=(128, 128, 128))
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), same.state_dict().values(), strict=True))
+    with pytest.raises(DDError, match="at least one block"):
+        create_model("ConvNet", 3, 10, (32, 32), widths=())
 
 
 def test_pools_that_would_shrink_a_map_below_1px_are_skipped():

@@ -39,6 +39,9 @@ class DistillConfig:
                         "experts classify correctly (DATM), or k-means representatives of expert logits (AST)",
                         choices=("real", "noise", "correct", "kmeans"))
     soft_labels: bool = opt(False, "learnable soft labels initialised from expert logits (DATM)")
+    soft_label_init: str = opt("correct_mean", "initial soft labels: the mean logits of the experts that classify the "
+                               "image correctly, or the raw logits of the first expert (final epoch), as DATM.py "
+                               "does for pix_init real (DATM)", choices=("correct_mean", "first_expert"))
     lr_y: float = opt(2.0, "learning rate of the soft labels (SGD, momentum 0.9; DATM)")
     threshold: float | None = opt(None, "skip the outer update when the matching loss exceeds this (DATM)")
     current_max_start_epoch: int | None = opt(None, "initial upper bound of the start-epoch window, growing "

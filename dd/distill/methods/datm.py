@@ -9,8 +9,10 @@ DATM matches FTD's (GSAM) experts with MTT's loss and outer optimisers, and chan
 2. initialisation ``--pix-init correct``: per class, random real images that a final-epoch expert
    classifies correctly;
 3. learnable soft labels (``--soft-labels``): logits initialised to the mean logits of the experts
-   that classify the image correctly, trained with SGD(lr_y, momentum 0.9) through the unroll and
-   used with the soft cross-entropy in the inner loop and at evaluation (``dd.training``);
+   that classify the image correctly (``--soft-label-init first_expert``: the first expert's raw
+   logits, what DATM.py l.309-319 does for ``pix_init: real``), trained with SGD(lr_y, momentum 0.9)
+   through the unroll and used with the soft cross-entropy in the inner loop and at evaluation
+   (``dd.training``);
 4. the threshold skip: no outer step (images, lr, labels) when the matching loss exceeds ``threshold``.
 
 Unlike the reference code: a class that no expert can fill is topped up with random real images and
@@ -156,11 +158,16 @@ class DATM(Method):
         return int(torch.randint(cfg.min_start_epoch, upper, (1,), generator=generator))
 
     def init_labels(self, images: torch.Tensor) -> torch.Tensor:
-        """Class ids [N], or with ``soft_labels`` the masked mean logits [N, K] of all complete experts."""
+        """Class ids [N], or with ``soft_labels`` logits [N, K]: the masked mean over all complete experts
+        (``soft_label_init: correct_mean``) or the first complete expert's own (``first_expert``)."""
         classes = super().init_labels(images)
-        if not self.ctx.config.soft_labels:
+        cfg = self.ctx.config
+        if not cfg.soft_labels:
             return classes
-        logits = torch.stack([logits_of(expert_network(self.ctx, e), images) for e in complete_experts(self.ctx)])
+        experts = complete_experts(self.ctx)
+        if cfg.soft_label_init == "first_expert":
+            return logits_of(expert_network(self.ctx, experts[0]), images)
+        logits = torch.stack([logits_of(expert_network(self.ctx, e), images) for e in experts])
         return masked_mean_logits(logits, classes)
 
     def learn_labels(self) -> bool:
