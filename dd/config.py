@@ -65,7 +65,7 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
             if isinstance(value, (dict, list)):
                 raise ValueError
             return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(float("1e400"))
         raise DDError(f"config key '{name}' must be a {base.__name__}, got {value!r}") from None
     return value
 
