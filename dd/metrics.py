@@ -25,15 +25,24 @@ def _iteration(path: Path, number: int, line: str) -> float:
     return iteration
 
 
-def _start_wandb(mode: str, config: dict[str, Any] | None, folder: Path) -> Any:
+def check_wandb(mode: str) -> None:
+    """DDError unless ``--wandb mode`` can start: "off", or the wandb package (and, online, a login)."""
+    if mode == "off":
+        return
     try:
         import wandb
     except ImportError:
         raise DDError(f"--wandb {mode} needs the wandb package; pip install 'dd[wandb]' or use --wandb off") from None
     if mode == "online" and not (os.environ.get("WANDB_API_KEY") or getattr(getattr(wandb, "api", None),
                                                                             "api_key", None)):
-        raise DDError("--wandb online needs a Weights & Biases account: run `wandb login` (or set WANDB_API_KEY), "
+        raise DDError("--wandb online needs a Weights & Biases login: run `wandb login` (or set WANDB_API_KEY), "
                       "or use --wandb offline")
+
+
+def _start_wandb(mode: str, config: dict[str, Any] | None, folder: Path) -> Any:
+    check_wandb(mode)
+    import wandb
+
     try:
         return wandb.init(project="dd", mode=mode, config=config, dir=str(folder))
     except Exception as e:  # wandb raises its own types for a bad key, no network, a bad setting

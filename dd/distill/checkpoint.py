@@ -15,6 +15,7 @@ import torch
 from dd.cli import flag
 from dd.errors import DDError
 from dd.io import atomic_write_json, load_tensors_and_metadata, save_tensors
+from dd.metrics import MetricsLog
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -75,17 +76,23 @@ def check_resume(run_dir: Path, stored: dict[str, Any], requested: dict[str, Any
 
 
 def open_run(run_dir: Path, resume: bool, config: dict[str, Any]
-             ) -> tuple[tuple[dict[str, torch.Tensor], dict[str, Any]] | None, dict[str, tuple[Any, Any]]]:
-    """Check ``run_dir`` (held by this process, see ``dd.lock``) against ``config`` and only then write its
-    ``config.json``. Returns (its last checkpoint or None, the run-control changes of a resume). Refuses a
-    folder with a checkpoint unless ``resume``, and a checkpoint of another run (``check_resume``)."""
+             ) -> tuple[tuple[dict[str, torch.Tensor], dict[str, Any]] | None, dict[str, tuple[Any, Any]], MetricsLog]:
+    """Check ``run_dir`` (held by this process, see ``dd.lock``) against ``config``, open its ``metrics.jsonl``
+    and only then write its ``config.json``. Returns (its last checkpoint or None, the run-control changes of a
+    resume, also logged, and the log). Refuses a folder with a checkpoint unless ``resume``, a checkpoint of
+    another run (``check_resume``), and one past the requested iterations."""
     found = load_checkpoint(run_dir)
     if found is not None and not resume:
         raise DDError(f"{run_dir} already holds a run; pass --resume to continue it (with the same flags) or "
                       "choose another --run-dir")
+    iteration = found[1]["iteration"] if found is not None else 0
     changes = check_resume(run_dir, found[1]["config"], config) if found is not None else {}
-    if found is not None and found[1]["iteration"] > config["iterations"]:
-        raise DDError(f"{run_dir} holds iteration {found[1]['iteration']}, past --iterations {config['iterations']}; "
-                      f"pass --iterations {found[1]['iteration']} or more")
+    if iteration > config["iterations"]:
+        raise DDError(f"{run_dir} holds iteration {iteration}, past --iterations {config['iterations']}; "
+                      f"pass --iterations {iteration} or more")
+    log = MetricsLog(run_dir / "metrics.jsonl", config["wandb"], config, resume_from=iteration)
     atomic_write_json(run_dir / "config.json", config)
-    return found, changes
+    if changes:
+        log.write({"iteration": iteration, "resumed": {k: {"checkpoint": old, "now": new}
+                                                       for k, (old, new) in changes.items()}})
+    return found, changes, log

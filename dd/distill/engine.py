@@ -32,7 +32,7 @@ from dd.distill.synset import SynSet, save_synset
 from dd.distill.unroll import make_plan, make_unroll
 from dd.errors import DDError
 from dd.lock import hold
-from dd.metrics import MetricsLog
+from dd.metrics import MetricsLog, check_wandb
 from dd.models import create_model, list_models
 from dd.multiseed import train_and_test_seeds
 from dd.realdata import PreparedData, prepare_data
@@ -63,6 +63,7 @@ def validate(config: DistillConfig) -> None:
                                   "eval_batch_size", "log_every", "checkpoint_every", "max_cached_experts",
                                   "batch_syn", "image_size", "lr_img", "lr_teacher", "threshold"),
                 nonnegative=("lr_lr", "lr_y", "eval_every"))
+    check_wandb(config.wandb)
     if Path(default_run_dir(config)).is_file():
         raise DDError(f"--run-dir {default_run_dir(config)} is a file; pass a folder")
     if not 0 <= config.min_start_epoch < config.max_start_epoch:
@@ -88,10 +89,12 @@ def check_store(store: TrajectoryStore, config: DistillConfig) -> None:
 def check_eval_models(config: DistillConfig, spec) -> None:
     """Each ``--eval-models`` network must take the dataset's images: one forward pass of a zero batch, on the CPU."""
     for name in config.eval_models.split(","):
-        model = create_model(name, spec.channels, spec.num_classes, spec.size, seed=0).eval()
         try:
+            model = create_model(name, spec.channels, spec.num_classes, spec.size, seed=0).eval()
             with torch.no_grad():
                 model(torch.zeros(2, spec.channels, *spec.size))
+        except DDError as e:
+            raise DDError(f"--eval-models {name}: {e}") from None
         except Exception as e:  # a model too deep for the size fails in its own way
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise DDError(f"--eval-models {name} cannot take the {spec.channels}x{spec.size[0]}x{spec.size[1]} images "
@@ -246,20 +249,15 @@ class Distiller:
                          "config": to_dict(self.config)})
         self.checkpointed = self.iteration
 
-    def _open_run_dir(self, log_path: Path) -> MetricsLog:
+    def _open_run_dir(self) -> MetricsLog:
         """Check the run folder (held by this process) against the config, load its checkpoint when resuming,
-        and open its metrics log, recording what a resume changed."""
-        cfg = self.config
-        found, changes = open_run(self.run_dir, cfg.resume, to_dict(cfg))
+        and return its metrics log."""
+        found, changes, log = open_run(self.run_dir, self.config.resume, to_dict(self.config))
         if found is not None:
             self.load_state(*found)
             if EVAL_KEYS & changes.keys():
                 self.best = {}  # accuracies under other evaluation settings do not compare
             print(f"resumed {self.run_dir} at iteration {self.iteration}")
-        log = MetricsLog(log_path, cfg.wandb, to_dict(cfg), resume_from=self.iteration)
-        if changes:
-            log.write({"iteration": self.iteration, "resumed": {k: {"checkpoint": old, "now": new}
-                                                                for k, (old, new) in changes.items()}})
         return log
 
     def _nonfinite(self) -> list[str]:
@@ -323,19 +321,20 @@ class Distiller:
             loss_sum = torch.zeros((), device=self.device)
             count, tic = 0, time.perf_counter()
             while self.iteration < cfg.iterations:
-                with uninterruptible():  # an interrupt waits for the iteration, so the state is always a whole one
+                with uninterruptible():  # an interrupt waits for the iteration and its log line: no half state
                     loss_sum += self.step()
                     self.iteration += 1
-                count += 1
-                bar.update(1)
-                if self.iteration % cfg.log_every == 0 or self.iteration == cfg.iterations:
-                    loss = (loss_sum / count).item()  # the only host sync of the loop, every log_every iterations
-                    self._check_finite(loss)
-                    log.write({"iteration": self.iteration, "loss": loss, "syn_lr": self.syn_lr.item(),
-                               "seconds_per_iteration": (time.perf_counter() - tic) / count, **self.method.metrics()})
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.syn_lr.item():.4g}")
-                    loss_sum.zero_()
-                    count, tic = 0, time.perf_counter()
+                    count += 1
+                    bar.update(1)
+                    if self.iteration % cfg.log_every == 0 or self.iteration == cfg.iterations:
+                        loss = (loss_sum / count).item()  # the only host sync of the loop, every log_every iterations
+                        self._check_finite(loss)
+                        log.write({"iteration": self.iteration, "loss": loss, "syn_lr": self.syn_lr.item(),
+                                   "seconds_per_iteration": (time.perf_counter() - tic) / count,
+                                   **self.method.metrics()})
+                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.syn_lr.item():.4g}")
+                        loss_sum.zero_()
+                        count, tic = 0, time.perf_counter()
                 evaluate_now = self._is_eval_point(self.iteration)
                 if evaluate_now or self.iteration % cfg.checkpoint_every == 0:
                     paused = time.perf_counter()
@@ -351,7 +350,7 @@ class Distiller:
         """Run (or resume) the loop to ``iterations``, as the only writer of the run folder; returns the final
         set. An interrupt (SIGINT, SIGTERM under ``dd.cli.run_cli``) first saves the last finished iteration."""
         with hold(self.run_dir, f"run folder {self.run_dir}"):
-            log = self._open_run_dir(self.run_dir / "metrics.jsonl")
+            log = self._open_run_dir()
             try:
                 self._loop(log)
             except KeyboardInterrupt as e:

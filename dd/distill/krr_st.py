@@ -44,7 +44,7 @@ from dd.distill.synset import SynSet, save_synset
 from dd.errors import DDError
 from dd.io import pack_state, unpack_state
 from dd.lock import hold
-from dd.metrics import MetricsLog
+from dd.metrics import MetricsLog, check_wandb
 from dd.models import create_model, list_models
 from dd.realdata import PreparedData, prepare_data
 from dd.viz import save_grid
@@ -185,6 +185,7 @@ def validate(config: KRRConfig) -> None:
         raise DDError(f"--online-iterations must be at least 2, got {config.online_iterations}")
     if config.lr_end_factor > 1:
         raise DDError(f"--lr-end-factor must lie in (0, 1], got {config.lr_end_factor}")
+    check_wandb(config.wandb)
     if Path(run_dir_of(config)).is_file():
         raise DDError(f"--run-dir {run_dir_of(config)} is a file; pass a folder")
 
@@ -295,16 +296,12 @@ class KRRDistiller:
         interrupt (SIGINT, SIGTERM under ``dd.cli.run_cli``) first saves the last finished iteration."""
         cfg = self.config
         with hold(self.run_dir, f"run folder {self.run_dir}"):
-            found, changes = open_run(self.run_dir, cfg.resume, to_dict(cfg))
+            found, _, log = open_run(self.run_dir, cfg.resume, to_dict(cfg))
             if found is not None:
                 self.load(*found)
                 print(f"resumed {self.run_dir} at iteration {self.iteration}")
             else:
                 self.pool.warm_up(self.images.detach(), self.targets.detach())
-            log = MetricsLog(self.run_dir / "metrics.jsonl", cfg.wandb, to_dict(cfg), resume_from=self.iteration)
-            if changes:
-                log.write({"iteration": self.iteration, "resumed": {k: {"checkpoint": old, "now": new}
-                                                                    for k, (old, new) in changes.items()}})
             try:
                 self._loop(log)
             except KeyboardInterrupt as e:
@@ -325,22 +322,22 @@ class KRRDistiller:
         loss_sum, count, tic = torch.zeros((), device=self.device), 0, time.perf_counter()
         try:
             while self.iteration < cfg.iterations:
-                with uninterruptible():  # an interrupt waits for the iteration, so the state is always a whole one
+                with uninterruptible():  # an interrupt waits for the iteration and its log line: no half state
                     loss_sum += self.step()
                     self.iteration += 1
-                count += 1
-                bar.update(1)
-                last = self.iteration == cfg.iterations
-                if self.iteration % cfg.log_every == 0 or last:
-                    loss = (loss_sum / count).item()
-                    if not math.isfinite(loss) or not torch.isfinite(self.images).all():
-                        raise DDError(f"KRR-ST diverged at iteration {self.iteration} (loss {loss}); the last good set "
-                                      f"is in {self.run_dir / 'synset'}; lower --lr and rerun with --resume")
-                    log.write({"iteration": self.iteration, "loss": loss, "lr": self.lr_at(self.iteration - 1),
-                               "seconds_per_iteration": (time.perf_counter() - tic) / count})
-                    bar.set_postfix(loss=f"{loss:.4f}")
-                    loss_sum.zero_()
-                    count, tic = 0, time.perf_counter()
+                    count += 1
+                    bar.update(1)
+                    last = self.iteration == cfg.iterations
+                    if self.iteration % cfg.log_every == 0 or last:
+                        loss = (loss_sum / count).item()
+                        if not math.isfinite(loss) or not torch.isfinite(self.images).all():
+                            raise DDError(f"KRR-ST diverged at iteration {self.iteration} (loss {loss}); the last good "
+                                          f"set is in {self.run_dir / 'synset'}; lower --lr and rerun with --resume")
+                        log.write({"iteration": self.iteration, "loss": loss, "lr": self.lr_at(self.iteration - 1),
+                                   "seconds_per_iteration": (time.perf_counter() - tic) / count})
+                        bar.set_postfix(loss=f"{loss:.4f}")
+                        loss_sum.zero_()
+                        count, tic = 0, time.perf_counter()
                 if last or self.iteration % cfg.checkpoint_every == 0:
                     self.save()
         finally:
