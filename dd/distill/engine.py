@@ -273,8 +273,8 @@ class Distiller:
         cfg = self.config
         cause = (f"--lr-lr {cfg.lr_lr:g} is likely too high" if bad == ["learned lr"]
                  else f"--lr-img {cfg.lr_img:g} is likely too high")
-        kept = (f"the last good set and checkpoint (iteration {self.checkpointed}) are in {self.run_dir}; rerun with "
-                "--resume and a lower value" if self.checkpointed else "no checkpoint yet; rerun with a lower value")
+        kept = (f"the last good set and checkpoint (iteration {self.checkpointed}) are in {self.run_dir}; "
+                if self.checkpointed else "no checkpoint yet; ") + "rerun with a lower value and a new --run-dir"
         what = " and ".join(bad) if bad else f"loss ({loss})"
         raise DDError(f"distillation diverged at iteration {self.iteration} (non-finite {what}): {cause}; {kept}")
 
