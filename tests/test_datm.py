@@ -220,7 +220,7 @@ def test_datm_runs_end_to_end_and_logs_its_skips(tmp_path, digits_buffer):
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [m for m in metrics if "loss" in m]
     assert [m["skipped"] for m in losses] == [sum(n["loss"] > 1.0 for n in losses[:i + 1]) for i in range(4)]
-    assert any("eval/ConvNet" in m for m in metrics)
+    assert any("val/ConvNet" in m for m in metrics)
 
 
 def test_presets_load_and_follow_the_config_table():

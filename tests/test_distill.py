@@ -27,7 +27,7 @@ def test_mtt_run_writes_its_artefacts(tmp_path, digits_buffer):
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in metrics if "loss" in m] == [1, 2, 3, 4]
     assert all(m["loss"] > 0 for m in metrics if "loss" in m)
-    assert any("eval/ConvNet" in m for m in metrics)
+    assert any("val/ConvNet" in m for m in metrics)
     assert (run / "grid.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(DDError, match="already holds a run"):
         distill_main(flags(digits_buffer, run))

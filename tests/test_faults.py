@@ -136,22 +136,22 @@ def test_killed_distillation_resumes_to_the_same_set(tmp_path, digits_buffer, re
     assert logged_iterations(run) == [1, 2, 3, 4, 5, 6], "each iteration logged once after the resume"
 
 
-def test_diverging_distillation_stops_cleanly_and_resumes_with_a_lower_rate(tmp_path, digits_buffer, reference_set):
+def test_diverging_distillation_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path, digits_buffer):
     run = tmp_path / "run"
-    run_ok(distill_command(digits_buffer, run, "--iterations", 2))
-    result = subprocess.run(distill_command(digits_buffer, run, "--lr-img", "1e30"), capture_output=True, text=True,
-                            env=ENV, timeout=300)
+    result = subprocess.run(distill_command(digits_buffer, run, "--lr-img", "1e30", "--checkpoint-every", 1,
+                                            "--log-every", 2), capture_output=True, text=True, env=ENV, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and errors[0] == result.stderr.splitlines()[-1]
-    assert errors[0].startswith("error: distillation diverged at iteration ")
-    assert "--lr-img 1e+30 is likely too high" in errors[0] and "checkpoint (iteration 2)" in errors[0]
-    assert load_checkpoint(run)[1]["iteration"] == 2, "the diverged state was not checkpointed"
+    assert errors[0].startswith("error: distillation diverged at iteration 2 ")
+    assert "--lr-img 1e+30 is likely too high" in errors[0] and "checkpoint (iteration 1)" in errors[0]
+    assert errors[0].endswith("rerun with a lower value and a new --run-dir")
+    assert load_checkpoint(run)[1]["iteration"] == 1, "the diverged state was not checkpointed"
     kept = dd.load_synset(run / "synset")
-    assert kept.meta["iteration"] == 2 and torch.isfinite(kept.images).all()
-    out = run_ok(distill_command(digits_buffer, run)).stdout  # --resume with --lr-img 100 again
-    assert f"resumed {run} at iteration 2" in out
-    assert_same_set(dd.load_synset(run / "synset"), reference_set)
+    assert kept.meta["iteration"] == 1 and torch.isfinite(kept.images).all()
+    # a lower rate is another run: --resume refuses to mix it into this one (tests/test_run_integrity.py)
+    result = subprocess.run(distill_command(digits_buffer, run), capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 2 and "--lr-img 1e+30 (checkpoint) vs 100 (now)" in result.stderr.splitlines()[-1]
 
 
 # -- dd.eval ---------------------------------------------------------------------------------------

@@ -21,15 +21,17 @@ from dd.buffer.experts import ExpertRecipe, expert_seed, train_expert
 from dd.buffer.legacy import import_legacy
 from dd.buffer.ssl import train_teacher
 from dd.buffer.store import TrajectoryStore
-from dd.cli import run_cli
+from dd.cli import Interrupted, resume_command, run_cli
 from dd.config import build_parser, load_yaml, make_config, opt, parse_config
 from dd.data import get_spec
 from dd.errors import DDError
+from dd.lock import Lock
 from dd.realdata import prepare_data
 
 
 def train_main(argv: Sequence[str] | None) -> int:
-    config, _ = parse_config(BufferConfig, argv, build_parser(BufferConfig, "python -m dd.buffer", __doc__))
+    config, _ = parse_config(BufferConfig, argv, build_parser(BufferConfig, "python -m dd.buffer", __doc__,
+                                                                "experiments/buffer/digits.yaml"))
     if config.teacher != "none":
         return train_teacher(config)
     validate(config)
@@ -44,20 +46,40 @@ def train_main(argv: Sequence[str] | None) -> int:
         store.save_preprocess(*data.preprocessor.state())
     todo = store.missing(config.num_experts)
     done = config.num_experts - len(todo)
-    # Every rank lists the missing experts before any rank adds one, then takes every world-th of them:
-    # no two ranks write the same expert, whatever world size the earlier (killed) run had.
+    # Every rank lists the missing experts before any rank adds one and starts with every world-th of them,
+    # then helps with the rest; the lock of each expert slot makes sure that no two processes (ranks, or
+    # separate dd.buffer runs on one store) train the same expert.
     distributed.barrier()
     mine = distributed.shard(todo)
     if distributed.is_main():
         ranks = f", {distributed.world_size()} ranks share the rest" if distributed.world_size() > 1 else ""
         print(f"buffer: {store.root} ({done}/{config.num_experts} experts already stored{ranks})")
-    bar = tqdm(mine, desc="experts", unit="expert", disable=not distributed.is_main())
-    for index in bar:
-        seed = expert_seed(config.seed, index)
-        trajectory, record = train_expert(config.model, spec.channels, spec.num_classes, spec.size,
-                                          data.train, data.test, recipe, seed, config.test_every)
-        store.write_expert(index, trajectory, record)
-        bar.set_postfix(test_acc=f"{record['final_test_acc']:.3f}")
+    bar = tqdm(mine + [i for i in todo if i not in mine], desc="experts", unit="expert",
+               disable=not distributed.is_main())
+    trained = []
+    try:
+        for index in bar:
+            slot = Lock(store.root / f".expert_{index:05d}.lock")
+            if not slot.acquire():
+                continue  # another process is training it
+            try:
+                if index in store.completed():
+                    continue  # finished by another process since the list was made
+                seed = expert_seed(config.seed, index)
+                trajectory, record = train_expert(config.model, spec.channels, spec.num_classes, spec.size,
+                                                  data.train, data.test, recipe, seed, config.test_every)
+                store.write_expert(index, trajectory, record)
+                trained.append(index)
+                bar.set_postfix(test_acc=f"{record['final_test_acc']:.3f}")
+            finally:
+                slot.release()
+    except KeyboardInterrupt as e:
+        kept = config.num_experts - len(store.missing(config.num_experts))
+        raise Interrupted.of(e, f"{kept}/{config.num_experts} experts are stored in {store.root}; rerun the same "
+                                f"command to train the rest: {resume_command('dd.buffer', argv, flag=None)}") from None
+    if trained:
+        who = f"rank {distributed.rank()}" if distributed.world_size() > 1 else "this process"
+        print(f"{who} trained experts {', '.join(map(str, trained))}")
     distributed.barrier()
     accs = [r["final_test_acc"] for r in store.records() if r.get("final_test_acc") is not None]
     if accs and distributed.is_main():

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from dd.buffer.experts import STEPS, ExpertRecipe
 from dd.buffer.store import recipe_tag
+from dd.cli import check_flags
 from dd.config import opt
 from dd.data import list_datasets
 from dd.errors import DDError
@@ -64,17 +65,11 @@ def validate(config: BufferConfig) -> None:
         raise DDError(f"unknown dataset '{config.dataset}'; choose from {', '.join(list_datasets())}")
     if config.model not in list_models():
         raise DDError(f"unknown model '{config.model}'; see dd.models.list_models() for the choices")
-    for name in ("num_experts", "epochs", "batch_size"):
-        if getattr(config, name) <= 0:
-            raise DDError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
+    check_flags(config, positive=("num_experts", "epochs", "batch_size", "lr", "lr_decay_factor", "image_size",
+                                  "proj_dim"),
+                nonnegative=("rho", "alpha", "gp_lambda", "momentum", "weight_decay", "test_every", "bt_lambda"))
     if config.optimizer not in STEPS:
         raise DDError(f"unknown --optimizer '{config.optimizer}'; choose {' or '.join(STEPS)}")
-    for name in ("lr", "lr_decay_factor"):
-        if getattr(config, name) <= 0:
-            raise DDError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
-    for name in ("rho", "alpha", "gp_lambda", "momentum", "weight_decay"):
-        if getattr(config, name) < 0:
-            raise DDError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
     if config.lr_decay_epoch is not None and not 0 <= config.lr_decay_epoch < config.epochs - 1:
         raise DDError(f"--lr-decay-epoch must be in 0..{config.epochs - 2} for {config.epochs} epochs "
                       f"(a later decay changes nothing), got {config.lr_decay_epoch}; or none for a constant lr")

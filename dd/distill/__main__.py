@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if peek_option(argv, "method", "mtt") == "krr_st":
         return krr_st.main(argv)
     config, _ = parse_config(DistillConfig, argv, build_parser(DistillConfig, "python -m dd.distill", __doc__))
-    distiller = Distiller(config)
+    distiller = Distiller(config, argv)
     distiller.run()
     print(f"synthetic set: {distiller.run_dir / 'synset'} (lr {distiller.syn_lr.item():.4g}); "
           f"evaluate with: python -m dd.eval --synset {distiller.run_dir / 'synset'}")

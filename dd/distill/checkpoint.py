@@ -1,6 +1,7 @@
 """Resumable state of a distillation run: one safetensors file whose metadata holds the JSON state.
 
 One file means one atomic rename commits the tensors and the state together; nothing is pickled.
+The state holds the run's config, so that ``--resume`` continues only the run that the folder holds.
 """
 
 from __future__ import annotations
@@ -11,10 +12,23 @@ from typing import Any
 
 import torch
 
+from dd.cli import flag
 from dd.errors import DDError
 from dd.io import atomic_write_json, load_tensors_and_metadata, save_tensors
+from dd.metrics import MetricsLog
 
 CHECKPOINT = "checkpoint.safetensors"
+
+# Config keys a resumed run may change: how long it runs, how often it logs, saves and evaluates, how it is
+# evaluated (the reported numbers, not the set: the best-so-far is reset when they change), where its data
+# and outputs live, and memory or device choices that give the same set up to float rounding. Every other key
+# changes the synthetic set, so a run resumed with another value would be a mix of two runs.
+RUN_CONTROL = frozenset({
+    "iterations", "log_every", "checkpoint_every", "eval_every", "eval_models", "eval_runs", "eval_epochs",
+    "eval_batch_size", "run_dir", "resume", "device", "wandb", "data_path", "download", "max_cached_experts",
+    "unroll", "unroll_snapshot_every",
+})
+EVAL_KEYS = frozenset({"eval_models", "eval_runs", "eval_epochs", "eval_batch_size"})
 
 
 def save_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
@@ -28,16 +42,57 @@ def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     if not path.is_file():
         return None
     tensors, metadata = load_tensors_and_metadata(path, what="checkpoint")
-    return tensors, json.loads(metadata["state"])
+    try:
+        state = json.loads(metadata["state"])
+    except (KeyError, json.JSONDecodeError):
+        state = None
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or "iteration" not in state:
+        raise DDError(f"checkpoint {path} lacks its state metadata (iteration and config), so it cannot be "
+                      "resumed; pass a new --run-dir, or delete it to start this run over")
+    return tensors, state
 
 
-def open_run(run_dir: Path, resume: bool,
-             config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-    """Create ``run_dir`` with its resolved ``config.json``; returns its last checkpoint when resuming, and
-    refuses to overwrite a run that has one unless ``resume``."""
+def _show(value: Any) -> str:
+    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def config_changes(stored: dict[str, Any], requested: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{key: (stored, requested)} for every key whose value differs (a missing key counts as None)."""
+    return {k: (stored.get(k), requested.get(k)) for k in dict.fromkeys([*stored, *requested])
+            if stored.get(k) != requested.get(k)}
+
+
+def check_resume(run_dir: Path, stored: dict[str, Any], requested: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The run-control changes of a resume; DDError naming each other key that differs, with both values."""
+    changes = config_changes(stored, requested)
+    mixed = {k: v for k, v in changes.items() if k not in RUN_CONTROL}
+    if "method" in mixed:  # the other keys of another method's config follow from it
+        mixed = {"method": mixed["method"]}
+    if mixed:
+        shown = [f"{flag(k)} {_show(old)} (checkpoint) vs {_show(new)} (now)" for k, (old, new) in mixed.items()]
+        raise DDError(f"{run_dir} holds a run with different settings: {', '.join(shown)}; rerun with the "
+                      "checkpoint's flags, or pass a new --run-dir")
+    return {k: v for k, v in changes.items() if k != "resume"}
+
+
+def open_run(run_dir: Path, resume: bool, config: dict[str, Any]
+             ) -> tuple[tuple[dict[str, torch.Tensor], dict[str, Any]] | None, dict[str, tuple[Any, Any]], MetricsLog]:
+    """Check ``run_dir`` (held by this process, see ``dd.lock``) against ``config``, open its ``metrics.jsonl``
+    and only then write its ``config.json``. Returns (its last checkpoint or None, the run-control changes of a
+    resume, also logged, and the log). Refuses a folder with a checkpoint unless ``resume``, a checkpoint of
+    another run (``check_resume``), and one past the requested iterations."""
     found = load_checkpoint(run_dir)
     if found is not None and not resume:
-        raise DDError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
+        raise DDError(f"{run_dir} already holds a run; pass --resume to continue it (with the same flags) or "
+                      "choose another --run-dir")
+    iteration = found[1]["iteration"] if found is not None else 0
+    changes = check_resume(run_dir, found[1]["config"], config) if found is not None else {}
+    if iteration > config["iterations"]:
+        raise DDError(f"{run_dir} holds iteration {iteration}, past --iterations {config['iterations']}; "
+                      f"pass --iterations {iteration} or more")
+    log = MetricsLog(run_dir / "metrics.jsonl", config["wandb"], config, resume_from=iteration)
     atomic_write_json(run_dir / "config.json", config)
-    return found
+    if changes:
+        log.write({"iteration": iteration, "resumed": {k: {"checkpoint": old, "now": new}
+                                                       for k, (old, new) in changes.items()}})
+    return found, changes, log

@@ -69,7 +69,7 @@ class DistillConfig:
     eval_models: str = opt("ConvNet", "comma-separated architectures for the evaluations during the run")
     eval_runs: int = opt(1, "networks trained per architecture at each evaluation")
     eval_epochs: int = opt(1000, "epochs of each evaluation network")
-    eval_batch_size: int = opt(256, "batch size of each evaluation network")
+    eval_batch_size: int | None = opt(None, "batch size of each evaluation network (default: the protocol's)")
     log_every: int = opt(10, "write metrics every k iterations")
     checkpoint_every: int = opt(100, "save a resumable checkpoint every k iterations")
     run_dir: str | None = opt(None, "output folder (default: runs/<method>-<dataset>-ipc<k>)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -17,10 +18,11 @@ from tqdm import tqdm
 
 from dd.augment import DSA
 from dd.buffer.store import TrajectoryStore
+from dd.cli import Interrupted, check_flags, resume_command, uninterruptible
 from dd.config import to_dict
 from dd.data import Preprocessor, list_datasets
 from dd.device import make_generator, resolve_device
-from dd.distill.checkpoint import open_run, save_checkpoint
+from dd.distill.checkpoint import EVAL_KEYS, open_run, save_checkpoint
 from dd.distill.config import DistillConfig
 from dd.distill.context import Context
 from dd.distill.experts import ExpertPool, find_store
@@ -28,7 +30,8 @@ from dd.distill.methods import Method, get_method
 from dd.distill.synset import SynSet, save_synset
 from dd.distill.unroll import make_plan, make_unroll
 from dd.errors import DDError
-from dd.metrics import MetricsLog
+from dd.lock import hold
+from dd.metrics import MetricsLog, check_wandb
 from dd.models import create_model, list_models
 from dd.multiseed import train_and_test_seeds
 from dd.protocols import get_protocol
@@ -44,12 +47,13 @@ def validate(config: DistillConfig) -> None:
     for name in [config.model, *config.eval_models.split(",")]:
         if name not in list_models():
             raise DDError(f"unknown model '{name}'; see dd.models.list_models() for the choices")
-    for name in ("ipc", "iterations", "syn_steps", "expert_epochs", "eval_runs", "eval_epochs", "log_every",
-                 "checkpoint_every", "max_cached_experts"):
-        if getattr(config, name) <= 0:
-            raise DDError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
-    if config.batch_syn is not None and config.batch_syn <= 0:
-        raise DDError(f"--batch-syn must be positive, got {config.batch_syn}")
+    check_flags(config, positive=("ipc", "iterations", "syn_steps", "expert_epochs", "eval_runs", "eval_epochs",
+                                  "eval_batch_size", "log_every", "checkpoint_every", "max_cached_experts",
+                                  "batch_syn", "image_size", "lr_img", "lr_teacher", "threshold"),
+                nonnegative=("lr_lr", "lr_y", "eval_every"))
+    check_wandb(config.wandb)
+    if Path(default_run_dir(config)).is_file():
+        raise DDError(f"--run-dir {default_run_dir(config)} is a file; pass a folder")
     if not 0 <= config.min_start_epoch < config.max_start_epoch:
         raise DDError(f"need 0 <= --min-start-epoch < --max-start-epoch, got {config.min_start_epoch} and "
                       f"{config.max_start_epoch}")
@@ -70,12 +74,28 @@ def check_store(store: TrajectoryStore, config: DistillConfig) -> None:
     store.check_window(config.max_start_epoch, config.expert_epochs)
 
 
+def check_eval_models(config: DistillConfig, spec) -> None:
+    """Each ``--eval-models`` network must take the dataset's images: one forward pass of a zero batch, on the CPU."""
+    for name in config.eval_models.split(","):
+        try:
+            model = create_model(name, spec.channels, spec.num_classes, spec.size, seed=0).eval()
+            with torch.no_grad():
+                model(torch.zeros(2, spec.channels, *spec.size))
+        except DDError as e:
+            raise DDError(f"--eval-models {name}: {e}") from None
+        except Exception as e:  # a model too deep for the size fails in its own way
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise DDError(f"--eval-models {name} cannot take the {spec.channels}x{spec.size[0]}x{spec.size[1]} images "
+                          f"of {spec.name} ({first}); choose another eval model") from None
+
+
 class Distiller:
     """One distillation run: state, loop, evaluations, checkpoints and outputs."""
 
-    def __init__(self, config: DistillConfig) -> None:
+    def __init__(self, config: DistillConfig, argv: Sequence[str] | None = None) -> None:
+        """``argv``: the command-line arguments of the run, for the resume command that an interrupt prints."""
         validate(config)
-        self.config = config
+        self.config, self.argv = config, argv
         self.device = resolve_device(config.device)
         store = find_store(config.buffer, config.buffer_dir, config.dataset, config.model, config.buffer_config)
         check_store(store, config)
@@ -83,8 +103,9 @@ class Distiller:
         preprocess = (Preprocessor.from_state(*stored) if stored is not None
                       else store.header["recipe"].get("preprocess", "standard"))
         data = prepare_data(config.dataset, self.device, config.data_path, config.download, preprocess,
-                            config.image_size)
+                            config.image_size, config.val_fraction, config.val_seed)
         spec = data.spec
+        check_eval_models(config, spec)
         model = create_model(config.model, spec.channels, spec.num_classes, spec.size, seed=config.seed)
         model = model.to(self.device).train()
         self.ctx = Context(config, data, store, model, self.device)
@@ -96,6 +117,7 @@ class Distiller:
         self.generator = make_generator(config.seed)
         self.iteration = 0
         self.checkpointed = 0  # iteration of the last checkpoint written or resumed from
+        self.evaluated = 0  # iteration of the last finished evaluation
         self.best: dict[str, float] = {}
         self._init_state()
 
@@ -138,6 +160,7 @@ class Distiller:
         self.method.load_state_tensors({k.split(".", 1)[1]: v.to(self.device) for k, v in tensors.items()
                                         if k.startswith("method.")})
         self.iteration = self.checkpointed = int(state["iteration"])
+        self.evaluated = int(state.get("evaluated", self.iteration))
         self.best = dict(state.get("best", {}))
 
     def synset(self, images: torch.Tensor | None = None, name: str = "") -> SynSet:
@@ -149,7 +172,8 @@ class Distiller:
             images=images.detach().cpu(), labels=self.labels.detach().cpu(), lr=self.syn_lr.item(),
             meta={"dataset": cfg.dataset, "ipc": cfg.ipc, "method": cfg.method + (f"-{name}" if name else ""),
                   "model": cfg.model, "iteration": self.iteration, "buffer": str(self.ctx.store.root),
-                  "config": to_dict(cfg), "preprocess_meta": meta, "protocol": self.method.protocol},
+                  "config": to_dict(cfg), "preprocess_meta": meta, "protocol": self.method.protocol,
+                  "splits": self.ctx.data.splits(), "selected_on": "val"},
             preprocess={k: v.cpu() for k, v in tensors.items()},
         )
 
@@ -180,12 +204,13 @@ class Distiller:
 
     # -- evaluation and outputs ----------------------------------------------------------------
     def evaluate(self) -> dict[str, list[float]]:
-        """Train fresh networks on each current set (the method's protocol) and return test accuracies
-        under ``<model>`` for the optimised set and ``<set>/<model>`` for the method's extra sets."""
+        """Train fresh networks on each current set (the method's protocol) and return validation accuracies
+        under ``<model>`` for the optimised set and ``<set>/<model>`` for the method's extra sets. The test
+        split is never read here: it belongs to the final report (``dd.eval``)."""
         cfg, data = self.config, self.ctx.data
         spec = data.spec
-        protocol = get_protocol(self.method.protocol, epochs=cfg.eval_epochs, batch_size=cfg.eval_batch_size,
-                                dsa_strategy=cfg.dsa_strategy)
+        batch = {} if cfg.eval_batch_size is None else {"batch_size": cfg.eval_batch_size}
+        protocol = get_protocol(self.method.protocol, epochs=cfg.eval_epochs, dsa_strategy=cfg.dsa_strategy, **batch)
         labels, lr = self.labels.detach(), self.syn_lr.item()
         results = {}
         for set_name, images in self.sets().items():
@@ -193,92 +218,137 @@ class Distiller:
                 key = f"{set_name}/{model}" if set_name else model
                 seeds = [cfg.seed + run for run in range(cfg.eval_runs)]
                 results[key] = train_and_test_seeds(model, spec.channels, spec.num_classes, spec.size,
-                                                    (images, labels), data.test, lr, protocol, seeds,
+                                                    (images, labels), data.val, lr, protocol, seeds,
                                                     batched=self.device.type == "cuda")
         return results
 
-    def save_outputs(self, best: bool = False) -> None:
+    def _save_sets(self, suffix: str = "") -> None:
         for set_name, images in self.sets().items():
-            synset = self.synset(images, set_name)
-            folder = "synset" + (f"_{set_name}" if set_name else "")
-            save_synset(self.run_dir / folder, synset)
-            if best:
-                save_synset(self.run_dir / f"{folder}_best", synset)
+            save_synset(self.run_dir / ("synset" + (f"_{set_name}" if set_name else "") + suffix),
+                        self.synset(images, set_name))
+
+    def save(self) -> None:
+        """The sets, their grid, then the checkpoint (a checkpoint never runs ahead of the set)."""
+        self._save_sets()
         pixels = self.ctx.data.preprocessor.invert(self.images.detach().cpu())
         save_grid(self.run_dir / "grid.png", pixels, nrow=self.config.ipc if self.config.ipc > 1 else pixels.shape[0])
+        self.checkpoint()
 
     def checkpoint(self) -> None:
         save_checkpoint(self.run_dir, self.state_tensors(),
-                        {"iteration": self.iteration, "best": self.best, "config": to_dict(self.config)})
+                        {"iteration": self.iteration, "evaluated": self.evaluated, "best": self.best,
+                         "config": to_dict(self.config)})
         self.checkpointed = self.iteration
 
-    def _prepare_run_dir(self) -> None:
-        found = open_run(self.run_dir, self.config.resume, to_dict(self.config))
+    def _open_run_dir(self) -> MetricsLog:
+        """Check the run folder (held by this process) against the config, load its checkpoint when resuming,
+        and return its metrics log."""
+        found, changes, log = open_run(self.run_dir, self.config.resume, to_dict(self.config))
         if found is not None:
             self.load_state(*found)
+            if EVAL_KEYS & changes.keys():
+                self.best = {}  # accuracies under other evaluation settings do not compare
             print(f"resumed {self.run_dir} at iteration {self.iteration}")
+        return log
+
+    def _nonfinite(self) -> list[str]:
+        """Names of the learned tensors that hold a non-finite value."""
+        return [name for name, value in (("images", self.images), ("learned lr", self.syn_lr))
+                if not bool(torch.isfinite(value).all())]
 
     def _check_finite(self, loss: float) -> None:
         """Stop before a diverged state is saved: the last checkpoint and set stay the last good ones."""
-        bad = [name for name, value in (("images", self.images), ("learned lr", self.syn_lr))
-               if not bool(torch.isfinite(value).all())]
+        bad = self._nonfinite()
         if math.isfinite(loss) and not bad:
             return
         cfg = self.config
         cause = (f"--lr-lr {cfg.lr_lr:g} is likely too high" if bad == ["learned lr"]
                  else f"--lr-img {cfg.lr_img:g} is likely too high")
-        kept = (f"the last good set and checkpoint (iteration {self.checkpointed}) are in {self.run_dir}; rerun with "
-                "--resume and a lower value" if self.checkpointed else "no checkpoint yet; rerun with a lower value")
+        kept = (f"the last good set and checkpoint (iteration {self.checkpointed}) are in {self.run_dir}; "
+                if self.checkpointed else "no checkpoint yet; ") + "rerun with a lower value and a new --run-dir"
         what = " and ".join(bad) if bad else f"loss ({loss})"
         raise DDError(f"distillation diverged at iteration {self.iteration} (non-finite {what}): {cause}; {kept}")
 
-    def _evaluate(self, log: MetricsLog) -> bool:
-        """Evaluate, log, and return whether the first eval model's accuracy improved."""
-        results = self.evaluate()
+    def _kept(self) -> str:
+        """What an interrupted or failed run leaves, and the command that resumes it."""
+        saved = (f"the set and checkpoint of iteration {self.checkpointed} are in {self.run_dir}"
+                 if self.checkpointed else f"no iteration had finished, nothing to keep in {self.run_dir}")
+        return f"{saved}; resume with: {resume_command('dd.distill', self.argv)}"
+
+    def _is_eval_point(self, iteration: int) -> bool:
+        cfg = self.config
+        return iteration == cfg.iterations or (cfg.eval_every > 0 and iteration % cfg.eval_every == 0)
+
+    def _evaluate(self, log: MetricsLog) -> None:
+        """Evaluate the saved iteration, log it, save ``synset_best`` when the first eval model improved, and
+        checkpoint the new best. An evaluation that fails leaves the saved set and checkpoint as they are."""
+        try:
+            results = self.evaluate()
+        except Exception as e:  # an evaluation error must not lose the run: name it and how to resume
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise DDError(f"evaluation at iteration {self.iteration} failed ({type(e).__name__}: {first}); "
+                          f"{self._kept()} (after fixing the --eval-* flags)") from None
         record: dict[str, float] = {}
         improved = False
         for rank, (name, accs) in enumerate(results.items()):
             mean = sum(accs) / len(accs)
-            record[f"eval/{name}"] = mean
+            record[f"val/{name}"] = mean
             if mean > self.best.get(name, -1.0):
                 self.best[name] = mean
                 improved = improved or rank == 0
         log.write({"iteration": self.iteration, **record})
         tqdm.write(" ".join(f"{k}={v:.4f}" for k, v in record.items()) + f" (iteration {self.iteration})")
-        return improved
+        if improved:
+            self._save_sets("_best")
+        self.evaluated = self.iteration
+        self.checkpoint()
 
-    def run(self) -> SynSet:
-        """Run (or resume) the loop to ``iterations``; returns the final synthetic set."""
+    def _loop(self, log: MetricsLog) -> None:
         cfg = self.config
-        self._prepare_run_dir()
-        log = MetricsLog(self.run_dir / "metrics.jsonl", cfg.wandb, to_dict(cfg), resume_from=self.iteration)
+        if self.evaluated < self.iteration and self._is_eval_point(self.iteration):
+            self._evaluate(log)  # resumed from a checkpoint whose evaluation had not finished
         bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=f"{cfg.method} ipc{cfg.ipc}", unit="it")
         try:  # a divergence error prints below a closed bar, not inside it
             loss_sum = torch.zeros((), device=self.device)
             count, tic = 0, time.perf_counter()
             while self.iteration < cfg.iterations:
-                loss_sum += self.step()
-                count += 1
-                self.iteration += 1
-                bar.update(1)
-                last = self.iteration == cfg.iterations
-                if self.iteration % cfg.log_every == 0 or last:
-                    loss = (loss_sum / count).item()  # the only host sync of the loop, every log_every iterations
-                    self._check_finite(loss)
-                    log.write({"iteration": self.iteration, "loss": loss, "syn_lr": self.syn_lr.item(),
-                               "seconds_per_iteration": (time.perf_counter() - tic) / count, **self.method.metrics()})
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.syn_lr.item():.4g}")
-                    loss_sum.zero_()
-                    count, tic = 0, time.perf_counter()
-                evaluate_now = last or (cfg.eval_every > 0 and self.iteration % cfg.eval_every == 0)
+                with uninterruptible():  # an interrupt waits for the iteration and its log line: no half state
+                    loss_sum += self.step()
+                    self.iteration += 1
+                    count += 1
+                    bar.update(1)
+                    if self.iteration % cfg.log_every == 0 or self.iteration == cfg.iterations:
+                        loss = (loss_sum / count).item()  # the only host sync of the loop, every log_every iterations
+                        self._check_finite(loss)
+                        log.write({"iteration": self.iteration, "loss": loss, "syn_lr": self.syn_lr.item(),
+                                   "seconds_per_iteration": (time.perf_counter() - tic) / count,
+                                   **self.method.metrics()})
+                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.syn_lr.item():.4g}")
+                        loss_sum.zero_()
+                        count, tic = 0, time.perf_counter()
+                evaluate_now = self._is_eval_point(self.iteration)
                 if evaluate_now or self.iteration % cfg.checkpoint_every == 0:
                     paused = time.perf_counter()
                     self._check_finite(0.0)
-                    improved = self._evaluate(log) if evaluate_now else False
-                    self.save_outputs(best=improved)
-                    self.checkpoint()
+                    self.save()  # before the evaluation: a failing or interrupted one loses nothing
+                    if evaluate_now:
+                        self._evaluate(log)
                     tic += time.perf_counter() - paused  # seconds_per_iteration excludes evaluation and saving
         finally:
             bar.close()
-            log.close()
+
+    def run(self) -> SynSet:
+        """Run (or resume) the loop to ``iterations``, as the only writer of the run folder; returns the final
+        set. An interrupt (SIGINT, SIGTERM under ``dd.cli.run_cli``) first saves the last finished iteration."""
+        with hold(self.run_dir, f"run folder {self.run_dir}"):
+            log = self._open_run_dir()
+            try:
+                self._loop(log)
+            except KeyboardInterrupt as e:
+                with uninterruptible():
+                    if self.iteration > self.checkpointed and not self._nonfinite():
+                        self.save()
+                raise Interrupted.of(e, self._kept()) from None
+            finally:
+                log.close()
         return self.synset()

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from dd.augment import crop_flip
 from dd.buffer.ssl import Teacher, find_teacher
+from dd.cli import Interrupted, check_flags, resume_command, uninterruptible
 from dd.config import build_parser, opt, parse_config, to_dict
 from dd.data import list_datasets
 from dd.device import make_generator, resolve_device
@@ -42,7 +43,8 @@ from dd.distill.checkpoint import open_run, save_checkpoint
 from dd.distill.synset import SynSet, save_synset
 from dd.errors import DDError
 from dd.io import pack_state, unpack_state
-from dd.metrics import MetricsLog
+from dd.lock import hold
+from dd.metrics import MetricsLog, check_wandb
 from dd.models import create_model, list_models
 from dd.realdata import PreparedData, prepare_data
 from dd.viz import save_grid
@@ -170,25 +172,35 @@ class ModelPool:
 
 
 def validate(config: KRRConfig) -> None:
+    """Reject bad values before any data is loaded."""
     if config.dataset not in list_datasets():
         raise DDError(f"unknown dataset '{config.dataset}'; choose from {', '.join(list_datasets())}")
     if config.model not in list_models():
         raise DDError(f"unknown model '{config.model}'; see dd.models.list_models() for the choices")
-    for name in ("num_images", "iterations", "batch_real", "num_models", "log_every", "checkpoint_every", "lr"):
-        if getattr(config, name) <= 0:
-            raise DDError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
+    check_flags(config, positive=("num_images", "iterations", "batch_real", "num_models", "log_every",
+                                  "checkpoint_every", "lr", "lr_end_factor", "image_size"),
+                nonnegative=("weight_decay", "grad_clip", "ridge", "online_lr", "online_momentum",
+                             "online_weight_decay"))
     if config.online_iterations < 2:
         raise DDError(f"--online-iterations must be at least 2, got {config.online_iterations}")
-    if config.ridge < 0 or not 0 < config.lr_end_factor <= 1:
-        raise DDError("--ridge must be >= 0 and --lr-end-factor in (0, 1]")
+    if config.lr_end_factor > 1:
+        raise DDError(f"--lr-end-factor must lie in (0, 1], got {config.lr_end_factor}")
+    check_wandb(config.wandb)
+    if Path(run_dir_of(config)).is_file():
+        raise DDError(f"--run-dir {run_dir_of(config)} is a file; pass a folder")
+
+
+def run_dir_of(config: KRRConfig) -> Path:
+    return Path(config.run_dir or f"runs/krr_st-{config.dataset}-n{config.num_images}")
 
 
 class KRRDistiller:
     """One KRR-ST run: state, loop, checkpoints and outputs."""
 
-    def __init__(self, config: KRRConfig) -> None:
+    def __init__(self, config: KRRConfig, argv: Sequence[str] | None = None) -> None:
+        """``argv``: the command-line arguments of the run, for the resume command that an interrupt prints."""
         validate(config)
-        self.config, self.device = config, resolve_device(config.device)
+        self.config, self.argv, self.device = config, argv, resolve_device(config.device)
         self.teacher: Teacher = find_teacher(config.teacher, config.buffer_dir, config.dataset)
         self.teacher.encoder.to(self.device)
         trained_on = self.teacher.manifest["dataset"]["name"]
@@ -200,7 +212,7 @@ class KRRDistiller:
         n_real = self.data.train_images.shape[0]
         if config.num_images > n_real:
             raise DDError(f"--num-images {config.num_images} exceeds the {n_real} training images of {config.dataset}")
-        self.run_dir = Path(config.run_dir or f"runs/krr_st-{config.dataset}-n{config.num_images}")
+        self.run_dir = run_dir_of(config)
         self.generator = make_generator(config.seed)
         pick = torch.randperm(n_real, generator=self.generator)[: config.num_images].to(self.device)
         self.images = self.data.train_images[pick].clone().requires_grad_(True)
@@ -217,7 +229,7 @@ class KRRDistiller:
                                    weight_decay=config.online_weight_decay)
 
         self.pool = ModelPool(build, config.num_models, config.online_iterations, make_optimizer, self.generator)
-        self.iteration = 0
+        self.iteration = self.checkpointed = 0
 
     def lr_at(self, iteration: int) -> float:
         """Linear decay from lr to lr x lr_end_factor over the iterations (torch's LinearLR)."""
@@ -268,6 +280,7 @@ class KRRDistiller:
                        generator=self.generator.get_state())
         save_checkpoint(self.run_dir, tensors, {"iteration": self.iteration, "pool": pool, "optimizer": optimizer,
                                                 "config": to_dict(self.config)})
+        self.checkpointed = self.iteration
 
     def load(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
         with torch.no_grad():
@@ -276,47 +289,66 @@ class KRRDistiller:
         self.optimizer.load_state_dict(unpack_state(state["optimizer"], tensors, self.device))
         self.pool.load(tensors, state["pool"], self.device)
         self.generator.set_state(tensors["generator"])
-        self.iteration = int(state["iteration"])
+        self.iteration = self.checkpointed = int(state["iteration"])
 
     def run(self) -> SynSet:
-        """Run (or resume) to ``iterations``; returns the final set."""
+        """Run (or resume) to ``iterations``, as the only writer of the run folder; returns the final set. An
+        interrupt (SIGINT, SIGTERM under ``dd.cli.run_cli``) first saves the last finished iteration."""
         cfg = self.config
-        found = open_run(self.run_dir, cfg.resume, to_dict(cfg))
-        if found is not None:
-            self.load(*found)
-            print(f"resumed {self.run_dir} at iteration {self.iteration}")
-        else:
-            self.pool.warm_up(self.images.detach(), self.targets.detach())
-        log = MetricsLog(self.run_dir / "metrics.jsonl", cfg.wandb, to_dict(cfg), resume_from=self.iteration)
+        with hold(self.run_dir, f"run folder {self.run_dir}"):
+            found, _, log = open_run(self.run_dir, cfg.resume, to_dict(cfg))
+            if found is not None:
+                self.load(*found)
+                print(f"resumed {self.run_dir} at iteration {self.iteration}")
+            else:
+                self.pool.warm_up(self.images.detach(), self.targets.detach())
+            try:
+                self._loop(log)
+            except KeyboardInterrupt as e:
+                with uninterruptible():
+                    finite = all(t.isfinite().all() for t in (self.images, self.targets))
+                    if self.iteration > self.checkpointed and finite:
+                        self.save()
+                saved = (f"the set and checkpoint of iteration {self.checkpointed} are in {self.run_dir}"
+                         if self.checkpointed else "no iteration had finished")
+                raise Interrupted.of(e, f"{saved}; resume with: {resume_command('dd.distill', self.argv)}") from None
+            finally:
+                log.close()
+        return self.synset()
+
+    def _loop(self, log: MetricsLog) -> None:
+        cfg = self.config
         bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=f"krr_st n{cfg.num_images}", unit="it")
         loss_sum, count, tic = torch.zeros((), device=self.device), 0, time.perf_counter()
-        while self.iteration < cfg.iterations:
-            loss_sum += self.step()
-            count, self.iteration = count + 1, self.iteration + 1
-            bar.update(1)
-            last = self.iteration == cfg.iterations
-            if self.iteration % cfg.log_every == 0 or last:
-                loss = (loss_sum / count).item()
-                if not math.isfinite(loss) or not torch.isfinite(self.images).all():
-                    raise DDError(f"KRR-ST diverged at iteration {self.iteration} (loss {loss}); the last good set is "
-                                  f"in {self.run_dir / 'synset'}; lower --lr and rerun with --resume")
-                log.write({"iteration": self.iteration, "loss": loss, "lr": self.lr_at(self.iteration - 1),
-                           "seconds_per_iteration": (time.perf_counter() - tic) / count})
-                bar.set_postfix(loss=f"{loss:.4f}")
-                loss_sum.zero_()
-                count, tic = 0, time.perf_counter()
-            if last or self.iteration % cfg.checkpoint_every == 0:
-                self.save()
-        bar.close()
-        log.close()
-        return self.synset()
+        try:
+            while self.iteration < cfg.iterations:
+                with uninterruptible():  # an interrupt waits for the iteration and its log line: no half state
+                    loss_sum += self.step()
+                    self.iteration += 1
+                    count += 1
+                    bar.update(1)
+                    last = self.iteration == cfg.iterations
+                    if self.iteration % cfg.log_every == 0 or last:
+                        loss = (loss_sum / count).item()
+                        if not math.isfinite(loss) or not torch.isfinite(self.images).all():
+                            raise DDError(f"KRR-ST diverged at iteration {self.iteration} (loss {loss}); the last good "
+                                          f"set is in {self.run_dir / 'synset'}; lower --lr and rerun with --resume")
+                        log.write({"iteration": self.iteration, "loss": loss, "lr": self.lr_at(self.iteration - 1),
+                                   "seconds_per_iteration": (time.perf_counter() - tic) / count})
+                        bar.set_postfix(loss=f"{loss:.4f}")
+                        loss_sum.zero_()
+                        count, tic = 0, time.perf_counter()
+                if last or self.iteration % cfg.checkpoint_every == 0:
+                    self.save()
+        finally:
+            bar.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m dd.distill --method krr_st``."""
     parser = build_parser(KRRConfig, "python -m dd.distill --method krr_st", __doc__)
     config, _ = parse_config(KRRConfig, argv, parser)
-    distiller = KRRDistiller(config)
+    distiller = KRRDistiller(config, argv)
     distiller.run()
     print(f"transfer set: {distiller.run_dir / 'synset'}; evaluate with: python -m dd.eval --protocol transfer "
           f"--synset {distiller.run_dir / 'synset'}")

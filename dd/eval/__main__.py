@@ -52,6 +52,7 @@ from dd.eval import transfer
 from dd.eval.report import augment_of, results_markdown, run_key
 from dd.eval.results import Results
 from dd.io import atomic_write_bytes
+from dd.lock import hold
 from dd.models import list_models
 from dd.multiseed import train_and_score_seeds
 from dd.protocols import Protocol, get_protocol, list_protocols
@@ -315,36 +316,18 @@ def make_out(out: Path) -> None:
         raise DDError(f"the output folder {out} is not writable; pass another --out")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    if peek_option(argv, "protocol", "classification") == "transfer":
-        return transfer.main(argv)
-    config, _ = parse_config(EvalConfig, argv, build_parser(EvalConfig, "python -m dd.eval", __doc__,
-                                                            "experiments/eval/digits.yaml"))
-    baselines = validate(config)
-    device = distributed.setup(config.device)
-    sets, data, dataset = load_inputs(config, device)
-    spec = data.spec
-    ipcs = {path: check_set(path, synset, spec, config.image_size is not None) for path, synset in sets.items()}
-    for path, synset in sets.items():
-        if config.lr is None and not (math.isfinite(synset.lr) and synset.lr > 0):
-            raise DDError(f"the set at {path} has learned lr {synset.lr:g}, which cannot train a network; "
-                          "regenerate it, or evaluate it with an explicit --lr")
-    baseline_ipcs = [config.ipc] if config.ipc is not None else list(dict.fromkeys(ipcs.values()))
-    if "random" in baselines and not baseline_ipcs:
-        raise DDError("the random baseline needs --ipc (or a --synset to take it from)")
-    if "random" in baselines:
-        check_random_ipc(data, baseline_ipcs)
-    out = default_out(config, dataset)
-    make_out(out)
-    results = Results(out, to_dict(config))
+def plan_jobs(config: EvalConfig, sets: dict[str, SynSet], ipcs: dict[str, int], data: PreparedData,
+              dataset: str, baselines: list[str], baseline_ipcs: list[int]) -> list[Job]:
+    """Every run asked for: each set under its protocol, the baselines under every protocol used, per model,
+    seed, labels and augmentation setting."""
     label_modes = parse_list(config.labels, LABELS, "--labels")
     labels = {path: label_settings(synset, label_modes, path) for path, synset in sets.items()}
     augments = parse_list(config.augment, AUGMENTS, "--augment")
     named = {path: set_protocol(config, synset) for path, synset in sets.items()}
     used = list(dict.fromkeys(named.values())) or [config.protocol or "mtt"]
-    protocols = {name: augment_protocols(get_protocol(name, **protocol_overrides(config)), augments) for name in used}
+    protocols = {name: augment_protocols(get_protocol(name, **protocol_overrides(config)), augments)
+                 for name in used}
     context = {"dataset": dataset, "data": data.identity(), "split": config.split}
-    evaluated_on = data.split(config.split)
     # The full-data baseline trains on the whole training split, less the validation images when it is
     # validated on them; random real images come from the training part only, as a set's initialisation.
     full_train = data.train if config.split == "val" else data.train_and_val
@@ -379,12 +362,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         record = {**fields, **context, "model": model, "seed": config.seed + r, "augment": augment,
                                   "protocol": protocol.describe(lr)}
                         jobs.append((record, get, protocol))
+    return jobs
 
+
+def run_jobs(jobs: list[Job], results: Results, data: PreparedData, split: str, batched: bool) -> list[dict]:
+    """Train the jobs not yet in ``results`` (this rank's share), recording each at once; every record."""
+    spec, evaluated_on = data.spec, data.split(split)
     done = {run_key(r) for r in results.previous}
     todo = [job for job in jobs if run_key(job[0]) not in done]
     if len(todo) < len(jobs) and distributed.is_main():
         print(f"eval: {len(jobs) - len(todo)} of {len(jobs)} runs already in {results.path}")
-    groups = seed_groups(todo, batched_seeds(config.batch_seeds, device))
+    groups = seed_groups(todo, batched)
     bar = tqdm(distributed.shard(groups), desc="eval", unit="group" if len(groups) < len(todo) else "run",
                disable=not distributed.is_main())
     for group in bar:
@@ -398,11 +386,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         for (run, _, _), score in zip(group, scores, strict=True):
             extra = {} if score.max_over_epochs is None else {"max_accuracy": score.max_over_epochs}
             results.add({**run, "accuracy": score.final, **extra})
-    runs = results.finish()
-    if not distributed.is_main():
-        return 0
-    table = results_markdown(runs)
-    atomic_write_bytes(out / "results.md", table.encode())
+    return results.finish()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    if peek_option(argv, "protocol", "classification") == "transfer":
+        return transfer.main(argv)
+    config, _ = parse_config(EvalConfig, argv, build_parser(EvalConfig, "python -m dd.eval", __doc__,
+                                                            "experiments/eval/digits.yaml"))
+    baselines = validate(config)
+    device = distributed.setup(config.device)
+    sets, data, dataset = load_inputs(config, device)
+    ipcs = {path: check_set(path, synset, data.spec, config.image_size is not None) for path, synset in sets.items()}
+    for path, synset in sets.items():
+        if config.lr is None and not (math.isfinite(synset.lr) and synset.lr > 0):
+            raise DDError(f"the set at {path} has learned lr {synset.lr:g}, which cannot train a network; "
+                          "regenerate it, or evaluate it with an explicit --lr")
+    baseline_ipcs = [config.ipc] if config.ipc is not None else list(dict.fromkeys(ipcs.values()))
+    if "random" in baselines and not baseline_ipcs:
+        raise DDError("the random baseline needs --ipc (or a --synset to take it from)")
+    if "random" in baselines:
+        check_random_ipc(data, baseline_ipcs)
+    data.split(config.split)  # a --split val without a validation split fails here, before any training
+    jobs = plan_jobs(config, sets, ipcs, data, dataset, baselines, baseline_ipcs)
+    out = default_out(config, dataset)
+    make_out(out)
+    lock = ".lock" if distributed.rank() == 0 else f".lock.rank{distributed.rank()}"
+    with hold(out, f"the eval output folder {out}", lock):
+        results = Results(out, to_dict(config))
+        runs = run_jobs(jobs, results, data, config.split, batched_seeds(config.batch_seeds, device))
+        if not distributed.is_main():
+            return 0
+        atomic_write_bytes(out / "results.md", results_markdown(runs).encode())
     asked = {run_key(job[0]) for job in jobs}
     print(results_markdown([r for r in runs if run_key(r) in asked]))
     print(f"results: {results.path} (all records: {out / 'results.md'})")
