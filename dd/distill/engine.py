@@ -287,7 +287,7 @@ class Distiller:
         except Exception as e:  # an evaluation error must not lose the run: name it and how to resume
             first = (str(e).strip().splitlines() or [""])[0]
             raise DDError(f"evaluation at iteration {self.iteration} failed ({type(e).__name__}: {first}); "
-                          f"{self._kept()} (after fixing the --eval-* flags)") from None
+                          f"{self._kept()}") from None
         record: dict[str, float] = {}
         improved = False
         for rank, (name, accs) in enumerate(results.items()):
@@ -345,8 +345,8 @@ class Distiller:
             try:
                 self._loop(log)
             except KeyboardInterrupt as e:
-                with uninterruptible():
-                    if self.iteration > self.checkpointed and not self._nonfinite():
+                with uninterruptible():  # only run_cli's handler guarantees a whole iteration (not a bare Ctrl-C)
+                    if isinstance(e, Interrupted) and self.iteration > self.checkpointed and not self._nonfinite():
                         self.save()
                 raise Interrupted.of(e, self._kept()) from None
             finally:

@@ -307,7 +307,7 @@ class KRRDistiller:
             except KeyboardInterrupt as e:
                 with uninterruptible():
                     finite = all(t.isfinite().all() for t in (self.images, self.targets))
-                    if self.iteration > self.checkpointed and finite:
+                    if isinstance(e, Interrupted) and self.iteration > self.checkpointed and finite:
                         self.save()
                 saved = (f"the set and checkpoint of iteration {self.checkpointed} are in {self.run_dir}"
                          if self.checkpointed else "no iteration had finished")
