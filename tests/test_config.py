@@ -63,3 +63,25 @@ def test_missing_preset_and_bad_flag_value(tmp_path):
         parse(["--config", str(tmp_path / "nope.yaml")])
     with pytest.raises(DDError, match="must be an int"):
         parse(["--steps", "many"])
+
+
+STAGES = {"buffer": ("dd.buffer.__main__", "dd.buffer.config", "BufferConfig"),
+          "distill": ("dd.distill.__main__", "dd.distill.config", "DistillConfig"),
+          "eval": ("dd.eval.__main__", "dd.eval.__main__", "EvalConfig")}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_help_states_each_default_once_and_names_a_preset_the_stage_accepts(stage, capsys):
+    import importlib
+    import re
+
+    from dd.config import load_yaml, make_config
+
+    main_module, config_module, config_name = STAGES[stage]
+    with pytest.raises(SystemExit):
+        importlib.import_module(main_module).main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert not re.search(r"default[^()]*\) \(default", text), "a default is stated twice"
+    example = re.search(r"YAML preset \(e\.g\. (\S+)\)", text).group(1)
+    cls = getattr(importlib.import_module(config_module), config_name)
+    make_config(cls, load_yaml(example), example)  # the example in --help is one this stage takes

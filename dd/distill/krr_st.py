@@ -346,7 +346,8 @@ class KRRDistiller:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m dd.distill --method krr_st``."""
-    parser = build_parser(KRRConfig, "python -m dd.distill --method krr_st", __doc__)
+    parser = build_parser(KRRConfig, "python -m dd.distill --method krr_st", __doc__,
+                          "experiments/krr_st/digits-0to4_n50.yaml")
     config, _ = parse_config(KRRConfig, argv, parser)
     distiller = KRRDistiller(config, argv)
     distiller.run()
