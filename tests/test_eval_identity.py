@@ -2,6 +2,7 @@
 table cell never averages, records that differ in anything but the seed; sets are checked before training."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -234,3 +235,19 @@ def test_a_set_naming_an_unknown_protocol_is_refused(tmp_path, capsys):
     folder = make_set(tmp_path / "set", soft=False, protocol="mystery")
     line = error_line(["--synset", str(folder), *FLAGS, "--out", str(tmp_path / "ev")], capsys)
     assert "evaluation protocol 'mystery'" in line and "--protocol" in line
+
+
+def test_a_second_writer_of_an_eval_folder_is_refused(tmp_path, capsys):
+    """While another process holds the eval output's lock (here: this one, through dd.lock), dd.eval refuses
+    to write there, naming the holder; the finished records stay as they were."""
+    from dd.lock import hold
+
+    folder = make_set(tmp_path / "set", soft=False)
+    argv = ["--synset", str(folder), *FLAGS, "--out", str(tmp_path / "ev")]
+    assert eval_main(argv) == 0
+    before = (tmp_path / "ev" / "results.json").read_text()
+    with hold(tmp_path / "ev", "test"):
+        line = error_line([*argv, "--runs", "3"], capsys)
+    assert "in use by another dd process" in line and f"pid {os.getpid()}" in line
+    assert (tmp_path / "ev" / "results.json").read_text() == before
+    assert eval_main([*argv, "--runs", "3"]) == 0  # released: the same command now runs
