@@ -11,6 +11,7 @@ p <- p - lr * grad). They run in float32 as the engine does, so values agree to 
 
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -333,7 +334,6 @@ def test_eval_trains_the_protocol_written_out_on_the_set_and_scores_the_test_spl
 
 
 def eval_cli_runs(folder):
-    import json
     return json.loads((folder / "results.json").read_text())["runs"]
 
 
