@@ -14,9 +14,19 @@ TINY_BUFFER_FLAGS = ["--num-experts", "2", "--epochs", "4", "--batch-size", "64"
                      "--device", "cpu"]
 
 
+THREADS = 2  # every in-process computation, the session fixtures' references included
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _few_threads_for_the_session():
+    """Before any session fixture: the reference experts must be trained with the thread count of the tests
+    that recompute them, whatever test runs first (a function fixture would run after the session ones)."""
+    torch.set_num_threads(THREADS)
+
+
 @pytest.fixture(autouse=True)
 def _few_threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(scope="session")

@@ -92,7 +92,7 @@ class EvalConfig:
     batch_size: int | None = opt(None, "training batch size (default: the protocol's)")
     momentum: float | None = opt(None, "SGD momentum (default: the protocol's)")
     weight_decay: float | None = opt(None, "SGD weight decay (default: the protocol's)")
-    dsa_strategy: str | None = opt(None, "DSA ops on training batches, 'none' for none (default: the protocol's)")
+    dsa_strategy: str = opt("protocol", "DSA ops on training batches, 'none' for none, 'protocol' for the protocol's")
     labels: str = opt("auto", "comma-separated label settings of the set: auto (its own), hard (argmax), soft")
     augment: str = opt("dsa", "comma-separated augmentation settings: dsa (--dsa-strategy) or none")
     baseline: str = opt("", "comma-separated baselines to run beside the set: random, full")
@@ -139,7 +139,7 @@ def validate(config: EvalConfig) -> list[str]:
         raise DDError(f"--momentum must be in [0, 1), got {config.momentum}")
     if config.weight_decay is not None and not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
         raise DDError(f"--weight-decay must be 0 or a positive finite number, got {config.weight_decay}")
-    if config.dsa_strategy is not None:
+    if config.dsa_strategy != "protocol":
         DSA(config.dsa_strategy)  # raises on an unknown op
     if not synset_paths(config) and not baselines:
         raise DDError("nothing to evaluate; pass --synset PATH and/or --baseline random,full")
@@ -168,8 +168,11 @@ def label_settings(synset: SynSet | None, modes: list[str], path: str | None) ->
 
 def protocol_overrides(config: EvalConfig) -> dict[str, Any]:
     """The protocol values the flags set (``--epochs`` ... ``--dsa-strategy``)."""
-    names = ("epochs", "batch_size", "momentum", "weight_decay", "dsa_strategy")
-    return {name: getattr(config, name) for name in names if getattr(config, name) is not None}
+    names = ("epochs", "batch_size", "momentum", "weight_decay")
+    found = {name: getattr(config, name) for name in names if getattr(config, name) is not None}
+    if config.dsa_strategy != "protocol":  # a str, not nullable: the config parser reads "none" as None
+        found["dsa_strategy"] = config.dsa_strategy
+    return found
 
 
 def set_protocol(config: EvalConfig, synset: SynSet) -> str:
