@@ -248,7 +248,11 @@ def set_identity(path: str, synset: SynSet) -> dict[str, Any]:
 def load_inputs(config: EvalConfig, device: torch.device) -> tuple[dict[str, SynSet], PreparedData, str]:
     """The sets by path, the real data under their preprocessing and the dataset name."""
     sets = load_sets(config, device)
-    dataset = config.dataset or set_default(sets, "dataset", "--dataset") or "digits"
+    named = {s.meta["dataset"] for s in sets.values() if s.meta.get("dataset")}
+    if config.dataset is None and len(named) > 1:
+        raise DDError(f"the sets were distilled on different datasets ({', '.join(sorted(named))}); evaluate them "
+                      "in separate calls")
+    dataset = config.dataset or next(iter(named), None) or "digits"
     for path, synset in sets.items():
         if synset.meta.get("dataset") not in (None, dataset):
             raise DDError(f"the set at {path} was distilled on {synset.meta['dataset']}, not {dataset}; "
