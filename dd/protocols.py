@@ -40,7 +40,7 @@ class Protocol:
 
     ``epochs`` is the number the user gives (the reference's ``epoch_eval_train``); ``epochs_run`` =
     ``epochs + extra_epochs`` are trained. The lr is multiplied by ``decay_factor`` after 0-based epoch
-    ``decay_epoch`` (``decay_after``, or ``epochs // 2 + 1`` when None); ``reset_at_decay`` re-creates the
+    ``decay_epoch`` (``decay_after``, or ``epochs // 2 + decay_offset`` when None); ``reset_at_decay`` re-creates the
     optimiser there (momentum buffer reset), with momentum ``momentum_after`` (``momentum_after_decay``, or
     ``momentum`` when None). ``dsa_strategy`` "none" (or "") trains without augmentation.
     ``max_over_test_every`` = k > 0 also tests after every k-th epoch and records the maximum over those tests
@@ -51,6 +51,7 @@ class Protocol:
     epochs: int = 1000
     extra_epochs: int = 1
     decay_after: int | None = None
+    decay_offset: int = 1
     decay_factor: float = 0.1
     reset_at_decay: bool = True
     momentum: float = 0.9
@@ -77,7 +78,7 @@ class Protocol:
     @property
     def decay_epoch(self) -> int:
         """The 0-based epoch after which the lr decays (``mtt``: ``epochs // 2 + 1``)."""
-        return self.epochs // 2 + 1 if self.decay_after is None else self.decay_after
+        return self.epochs // 2 + self.decay_offset if self.decay_after is None else self.decay_after
 
     @property
     def momentum_after(self) -> float:
@@ -152,3 +153,9 @@ DC = register_protocol(Protocol(
            "DC without DSA trains un-augmented (dsa_strategy='none') except on MNIST. KRR-ST's re-run of these "
            "baselines (ftd_ast_krr.md §3.5) uses lr 0.01, momentum 0.9, wd 5e-4, 1000 epochs, batch 256, x0.1 at "
            "500, DSA. The caller passes lr = 0.01: these sets carry no learned lr"))
+
+DD0 = register_protocol(Protocol(
+    name="dd0", extra_epochs=0, decay_offset=-1, reset_at_decay=False,
+    source="dd's own protocol before the named protocols (commit a6fb579, dd.training.Protocol), kept to compare "
+           "records made then: mtt's SGD and augmentation, but epochs epochs (not epochs + 1) and lr x0.1 from "
+           "0-based epoch epochs//2 on with the optimiser and its momentum kept; the reference codes never ran it"))

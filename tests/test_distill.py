@@ -6,7 +6,10 @@ import pytest
 import torch
 
 import dd
+from dd.config import build_parser, parse_config
 from dd.distill.__main__ import main as distill_main
+from dd.distill.config import DistillConfig
+from dd.distill.engine import Distiller
 from dd.errors import DDError
 
 
@@ -75,3 +78,20 @@ def test_buffer_preset_picks_its_store(tmp_path, digits_buffer):
     preset.write_text("num_experts: 1\nepochs: 4\nlr: 0.02\nbatch_size: 64\n")
     assert distill_main([*flags(root, tmp_path / "r"), "--buffer-config", str(preset), "--iterations", "1"]) == 0
     assert "lr0.02" in dd.load_synset(tmp_path / "r" / "synset").meta["buffer"]
+
+
+@pytest.mark.parametrize("floor", [0.01, 0.0])
+def test_lr_floor_keeps_the_learned_lr_positive(tmp_path, digits_buffer, floor):
+    """A loss that rewards a smaller lr drives the learned lr below zero in one step: the default guard holds
+    it at floor * lr_teacher, and --lr-floor 0 (the reference behaviour) lets it go negative."""
+    argv = [*flags(digits_buffer, tmp_path / "r"), "--lr-lr", "1", "--lr-teacher", "0.01", "--lr-floor", str(floor)]
+    config, _ = parse_config(DistillConfig, argv, build_parser(DistillConfig, "test", ""))
+    distiller = Distiller(config, argv)
+    match_loss = distiller.method.match_loss
+    distiller.method.match_loss = lambda *a: match_loss(*a) + 10.0 * distiller.syn_lr
+    distiller.step()
+    lr = distiller.syn_lr.item()
+    if floor:
+        assert lr == pytest.approx(floor * 0.01)
+    else:
+        assert lr < 0

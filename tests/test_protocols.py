@@ -57,7 +57,7 @@ EXPECTED = {"mtt": (0.1, 0.9, 5e-4, 256), "datm": (0.1, 0.9, 5e-4, 128), "ast": 
 
 
 def test_the_registry():
-    assert list_protocols() == sorted(EXPECTED)
+    assert list_protocols() == sorted([*EXPECTED, "dd0"])
     assert Protocol() == get_protocol("mtt")  # the class defaults are the mtt protocol
     assert all(get_protocol(name).source for name in list_protocols())
     assert [get_protocol(name).epochs for name in ("mtt", "datm", "ast", "dc")] == [1000, 1000, 1000, 300]
@@ -93,6 +93,15 @@ def test_without_reset_the_optimiser_and_its_momentum_are_kept(digits, monkeypat
     assert len({e["optimizer"] for e in seen}) == 1
     assert all(e["buffers"] > 0 for e in seen[1:])
     assert [e["lr"] for e in seen] == pytest.approx([0.05] * 5 + [0.005] * 2)
+
+
+def test_dd0_is_the_earlier_protocol_epochs_epochs_and_decay_at_half_with_momentum_kept(digits, monkeypatch):
+    train, _ = digits
+    seen = record_epochs(monkeypatch)
+    train_model(*MLP, train, 0.05, get_protocol("dd0", epochs=6, dsa_strategy="none"), seed=0)
+    assert [e["lr"] for e in seen] == pytest.approx([0.05] * 3 + [0.005] * 3)  # a6fb579: epoch >= epochs // 2
+    assert len({e["optimizer"] for e in seen}) == 1 and all(e["buffers"] > 0 for e in seen[1:])
+    assert {e["momentum"] for e in seen} == {0.9} and {e["weight_decay"] for e in seen} == {5e-4}
 
 
 def reference_evaluate_synset(images, labels, lr, epoch_eval_train, batch_train, seed):
@@ -135,7 +144,8 @@ def test_describe_tells_every_protocol_and_every_setting_apart():
     described = [repr(get_protocol(name).describe(0.01)) for name in list_protocols()]
     assert len(set(described)) == len(described)
     base = get_protocol("mtt")
-    changed = {"name": "other", "epochs": 300, "extra_epochs": 0, "decay_after": 3, "decay_factor": 0.5,
+    changed = {"name": "other", "epochs": 300, "extra_epochs": 0, "decay_after": 3, "decay_offset": 0,
+               "decay_factor": 0.5,
                "reset_at_decay": False, "momentum": 0.5, "momentum_after_decay": 0.8, "weight_decay": 1e-3,
                "batch_size": 128, "dsa_strategy": "none", "max_over_test_every": 20}
     assert set(changed) == {f.name for f in dataclasses.fields(Protocol)} - {"source"}  # every result-changing field

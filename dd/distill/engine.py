@@ -50,7 +50,7 @@ def validate(config: DistillConfig) -> None:
     check_flags(config, positive=("ipc", "iterations", "syn_steps", "expert_epochs", "eval_runs", "eval_epochs",
                                   "eval_batch_size", "log_every", "checkpoint_every", "max_cached_experts",
                                   "batch_syn", "image_size", "lr_img", "lr_teacher", "threshold"),
-                nonnegative=("lr_lr", "lr_y", "eval_every"))
+                nonnegative=("lr_lr", "lr_y", "eval_every", "lr_floor"))
     check_wandb(config.wandb)
     if Path(default_run_dir(config)).is_file():
         raise DDError(f"--run-dir {default_run_dir(config)} is a file; pass a folder")
@@ -199,6 +199,9 @@ class Distiller:
         if self.method.accept_update(loss.detach()):
             for opt in self.optimizers.values():
                 opt.step()
+            if self.config.lr_floor > 0:  # the lr guard; a no-op while the lr stays above the floor
+                with torch.no_grad():
+                    self.syn_lr.clamp_(min=self.config.lr_floor * self.config.lr_teacher)
             self.method.after_update(self.images.detach())
         return loss.detach()
 
