@@ -18,7 +18,7 @@ from dd.functional import (
     unflatten,
 )
 from dd.models import create_model, list_models
-from tests.test_models import ONE_BY_ONE
+from tests.test_models import INDIVISIBLE, ONE_BY_ONE
 
 
 def small_convnet(**kw) -> nn.Module:
@@ -83,7 +83,8 @@ def test_wrong_length_is_a_dderror():
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
-@pytest.mark.parametrize("name", [n for n in list_models() if n not in ONE_BY_ONE[(1, (8, 8))]])
+@pytest.mark.parametrize("name", [n for n in list_models()
+                                  if n not in ONE_BY_ONE[(1, (8, 8))] | INDIVISIBLE[(1, (8, 8))]])
 def test_functional_forward_equals_module_forward(name, train):
     """The weights come from ``flat`` (another seed's model), not from the module that runs them."""
     model = create_model(name, 1, 4, (8, 8), seed=0).train(train)

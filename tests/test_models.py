@@ -11,11 +11,13 @@ from dd.models import create_model, list_models, register_model
 
 REFERENCE_NAMES = (
     ["ConvNet"] + [f"ConvNetD{d}" for d in range(1, 9)] + [f"ConvNetW{w}" for w in (32, 64, 128, 256, 512, 1024)]
-    + ["ConvNetAS", "ConvNetAR", "ConvNetAL", "ConvNetNN", "ConvNetBN", "ConvNetLN", "ConvNetIN", "ConvNetGN",
+    + ["ConvNetAS", "ConvNetAR", "ConvNetAL", "ConvNetASwish", "ConvNetASwishBN",
+       "ConvNetNN", "ConvNetBN", "ConvNetLN", "ConvNetIN", "ConvNetGN",
        "ConvNetNP", "ConvNetMP", "ConvNetAP", "ConvNetD4BN", "ConvNetKIP", "ResNet18", "ResNet18BN", "ResNet18_AP",
-       "ResNet18BN_AP", "VGG11", "VGG11BN", "AlexNet", "LeNet", "MLP"]
+       "ResNet18BN_AP", "VGG11", "VGG11BN", "AlexNet", "AlexNetBN", "LeNet", "MLP"]
 )
 KRR_ST_NAMES = ["ConvNetBNWide", "ConvNetD4BNWide", "ConvNetD5BNWide"]
+VIT_NAMES = ["ViT", "ViTP2", "ViTP8", "ViTP16"]
 
 
 def num_params(model: nn.Module) -> int:
@@ -23,7 +25,7 @@ def num_params(model: nn.Module) -> int:
 
 
 def test_registry_holds_the_reference_zoo():
-    assert sorted(list_models()) == sorted(REFERENCE_NAMES + KRR_ST_NAMES)
+    assert sorted(list_models()) == sorted(REFERENCE_NAMES + KRR_ST_NAMES + VIT_NAMES)
 
 
 # Instance-norm networks that reach a 1x1 feature map before a norm at this input size (refused).
@@ -32,11 +34,19 @@ ONE_BY_ONE = {(1, (8, 8)): {"ConvNetD4", "ConvNetD5", "ConvNetD6", "ConvNetD7", 
               (3, (32, 32)): {"ConvNetD6", "ConvNetD7", "ConvNetD8"}}
 
 
-@pytest.mark.parametrize("name", REFERENCE_NAMES + KRR_ST_NAMES)
+# ViTs whose patch does not divide the image (refused).
+INDIVISIBLE = {(1, (8, 8)): {"ViTP16"}, (3, (32, 32)): set()}
+
+
+@pytest.mark.parametrize("name", REFERENCE_NAMES + KRR_ST_NAMES + VIT_NAMES)
 @pytest.mark.parametrize("channels, size", [(1, (8, 8)), (3, (32, 32))])
 def test_every_model_maps_images_to_logits(name, channels, size):
     if name in ONE_BY_ONE[(channels, size)]:
         with pytest.raises(DDError, match="instance norm over a 1x1 feature map"):
+            create_model(name, channels, 7, size, seed=0)
+        return
+    if name in INDIVISIBLE[(channels, size)]:
+        with pytest.raises(DDError, match="needs an image size divisible by 16"):
             create_model(name, channels, 7, size, seed=0)
         return
     model = create_model(name, channels, 7, size, seed=0)
@@ -146,6 +156,8 @@ def test_variants_are_keyword_settings_that_overrides_replace():
     ("ResNet18BN_AP", nn.BatchNorm2d, lambda m: True),
     ("VGG11", nn.GroupNorm, lambda m: m.num_groups == m.num_channels),
     ("VGG11BN", nn.BatchNorm2d, lambda m: True),
+    ("AlexNetBN", nn.BatchNorm2d, lambda m: m.num_features == 128),
+    ("ConvNetASwishBN", nn.BatchNorm2d, lambda m: True),
 ])
 def test_norm_layers(name, norm_type, check):
     norms = [m for m in create_model(name, 3, 10, (32, 32)).modules() if isinstance(m, norm_type)]
@@ -158,7 +170,8 @@ def test_convnet_without_norm_has_none():
     assert model.classifier.in_features == 1024
 
 
-@pytest.mark.parametrize("name, act", [("ConvNetAS", nn.Sigmoid), ("ConvNetAL", nn.LeakyReLU), ("ConvNet", nn.ReLU)])
+@pytest.mark.parametrize("name, act", [("ConvNetAS", nn.Sigmoid), ("ConvNetAL", nn.LeakyReLU), ("ConvNet", nn.ReLU),
+                                       ("ConvNetASwish", nn.SiLU), ("ConvNetASwishBN", nn.SiLU)])
 def test_activation_variants(name, act):
     assert any(isinstance(m, act) for m in create_model(name, 3, 10, (8, 8), width=4).modules())
 
@@ -216,3 +229,104 @@ def test_register_model_adds_a_name_once():
 def test_avgpool_resnet_rejects_inputs_it_cannot_downsample():
     with pytest.raises(DDError, match="at least 8 px"):
         create_model("ResNet18_AP", 3, 10, (4, 4))
+
+
+# -- the ViT ----------------------------------------------------------------------------------------------
+def test_alexnet_bn_is_alexnet_with_a_batchnorm_after_each_conv():
+    plain, bn = create_model("AlexNet", 3, 10, (32, 32)), create_model("AlexNetBN", 3, 10, (32, 32))
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in bn.modules()) == 5
+    assert num_params(bn) - num_params(plain) == 2 * (128 + 192 + 256 + 192 + 192)
+
+
+@pytest.mark.parametrize("name, size, tokens", [("ViTP2", 8, 16), ("ViT", 8, 4), ("ViT", 32, 64), ("ViTP8", 64, 64),
+                                                ("ViTP16", 128, 64)])
+def test_vit_cuts_the_image_into_patches(name, size, tokens):
+    model = create_model(name, 3, 10, (size, size), seed=0, depth=1, width=16, heads=2)
+    assert model.pos_embed.shape == (1, 1 + tokens, 16)
+    assert model(torch.randn(2, 3, size, size)).shape == (2, 10)
+
+
+def test_vit_refuses_an_image_its_patch_does_not_divide():
+    with pytest.raises(DDError, match="needs an image size divisible by 4, got 30x30.*ViTP2 at 8 px"):
+        create_model("ViT", 3, 10, (30, 30))
+    with pytest.raises(DDError, match="width divisible by the heads"):
+        create_model("ViT", 3, 10, (32, 32), width=30, heads=4)
+
+
+def test_vit_attention_equals_torch_multihead_attention():
+    """The written-out attention is nn.MultiheadAttention's (same q, k, v and output projections)."""
+    from dd.models.vit import Attention
+
+    torch.manual_seed(0)
+    ours, ref = Attention(16, 4), nn.MultiheadAttention(16, 4, batch_first=True)
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(ours.qkv.weight)
+        ref.in_proj_bias.copy_(ours.qkv.bias)
+        ref.out_proj.weight.copy_(ours.proj.weight)
+        ref.out_proj.bias.copy_(ours.proj.bias)
+    x = torch.randn(3, 5, 16)
+    assert torch.allclose(ours(x), ref(x, x, x, need_weights=False)[0], atol=1e-6)
+
+
+def test_vit_head_is_the_classifier_and_seeded_weights_repeat():
+    from dd.models import embed_dim, head_name
+
+    model = create_model("ViTP2", 1, 10, (8, 8), seed=3)
+    assert head_name(model) == "classifier" and embed_dim(model) == 128
+    assert torch.equal(flatten_params(model), flatten_params(create_model("ViTP2", 1, 10, (8, 8), seed=3)))
+
+
+def tiny_vit(seed: int = 0, dtype=torch.float32) -> nn.Module:
+    return create_model("ViTP2", 1, 3, (8, 8), seed=seed, depth=2, width=8, heads=2).to(dtype)
+
+
+def test_vit_functional_forward_equals_the_module():
+    from dd.functional import functional_forward, stack_functional_forward
+
+    model, x = tiny_vit(), torch.randn(4, 1, 8, 8)
+    flat = flatten_params(model)
+    assert torch.allclose(functional_forward(model, flat, x), model(x), atol=1e-6)
+    flats = torch.stack([flat, flatten_params(tiny_vit(seed=1))])
+    stacked = stack_functional_forward(model, flats, torch.stack([x, x.flip(0)]))
+    assert torch.allclose(stacked[1], functional_forward(model, flats[1], x.flip(0)), atol=1e-6)
+    assert not torch.allclose(stacked[0], stacked[1])
+
+
+def test_vit_unrolled_step_gradient_matches_finite_differences():
+    """One inner SGD step on a flat ViT, as the distillation loop takes it (create_graph through attention and
+    LayerNorm): d(loss after the step)/d(images, lr) equals central differences."""
+    from dd.functional import functional_forward
+    from tests.gradcheck import assert_matches_finite_differences
+
+    model = tiny_vit(dtype=torch.float64)
+    start = flatten_params(model)
+    gen = torch.Generator().manual_seed(0)
+    target_x, labels = torch.randn(6, 1, 8, 8, generator=gen, dtype=torch.float64), torch.tensor([0, 1, 2] * 2)
+
+    def loss_of(images, lr):
+        w = start.clone().requires_grad_(True)
+        inner = nn.functional.cross_entropy(functional_forward(model, w, images), labels)
+        (g,) = torch.autograd.grad(inner, w, create_graph=True)
+        return nn.functional.cross_entropy(functional_forward(model, w - lr * g, target_x), labels)
+
+    images = torch.randn(6, 1, 8, 8, generator=gen, dtype=torch.float64)
+    assert_matches_finite_differences(loss_of, images, torch.tensor(0.5, dtype=torch.float64))
+
+
+def test_vit_batched_seeds_equal_their_sequential_runs(monkeypatch):
+    import dd.multiseed as multiseed
+    from dd.data import load_dataset
+    from dd.multiseed import can_batch, train_seeds
+    from dd.training import Protocol
+
+    raw = load_dataset("digits")
+    train = (raw.train_images[:30], raw.train_labels[:30])
+    protocol, args = Protocol(epochs=2, batch_size=16), ("ViTP2", 1, 10, (8, 8))
+    assert can_batch(create_model(*args))
+    sequential = multiseed.train_model
+    monkeypatch.setattr(multiseed, "train_model", lambda *a, **k: pytest.fail("fell back to sequential training"))
+    models = train_seeds(*args, train, 0.01, protocol, [0, 5])
+    for model, seed in zip(models, [0, 5], strict=True):
+        alone = sequential(*args, train, 0.01, protocol, seed)
+        assert not torch.equal(flatten_params(alone), flatten_params(create_model(*args, seed=seed)))  # it trained
+        assert torch.allclose(flatten_params(model), flatten_params(alone), rtol=0, atol=1e-6)

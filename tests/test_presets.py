@@ -7,6 +7,7 @@ column of its own, so a preset cannot carry a setting the table does not show.""
 
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -276,3 +277,21 @@ def test_the_parser_reads_cells_and_tokens():
     assert parse_tables(text) == {"A": [{"preset": "a.yaml", "x": "1e-5"}]}
     assert same("1e-5", 1e-5) and same("–", None) and same("yes", True) and not same("no", True)
     assert not same("1000", 100.0) and tokens("lr_y=10 unroll=checkpointed") == {"lr_y": "10", "unroll": "checkpointed"}
+
+
+IMAGENET_SUBSETS = ("imagenette", "imagewoof", "imagemeow", "imagesquawk", "imagefruit", "imageyellow")
+
+
+@pytest.mark.parametrize("ipc", [1, 10])
+def test_imagenet_subset_presets_share_mtts_one_setting(ipc):
+    """MTT ran every ImageNet subset with one setting (issue #1): the presets differ only in the subset."""
+    def load(subset):
+        path = ROOT / "experiments" / "mtt" / f"{subset}_ipc{ipc}.yaml"
+        config = make_config(DistillConfig, load_yaml(path), str(path))
+        assert (config.dataset, config.buffer_config) == (subset, f"experiments/buffer/{subset}.yaml")
+        return replace(config, dataset="", buffer_config="")
+
+    first = load(IMAGENET_SUBSETS[0])
+    assert all(load(subset) == first for subset in IMAGENET_SUBSETS[1:])
+    assert (first.model, first.syn_steps, first.expert_epochs, first.max_start_epoch, first.lr_img, first.lr_lr,
+            first.lr_teacher, first.batch_syn) == ("ConvNetD5", 20, 2, 10, 1e5, 1e-6, 0.01, 20 if ipc == 10 else None)

@@ -5,7 +5,7 @@ standard normalisation or ZCA. Importing this package registers every dataset lo
 """
 
 # Importing the loaders registers them; this order is the order of list_datasets().
-from dd.data import digits, torchvision_sets, folder  # noqa: F401  # isort: skip
+from dd.data import digits, torchvision_sets, folder, imagenet_subsets  # noqa: F401  # isort: skip
 from dd.data.preprocess import KINDS, Preprocessor
 from dd.data.registry import (
     DatasetSpec,

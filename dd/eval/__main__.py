@@ -5,6 +5,10 @@ metadata), and ``--epochs`` etc. override single values. The baselines run under
 
     python -m dd.eval --synset runs/mtt-digits-ipc1/synset --models ConvNet,ResNet18 --runs 5 --baseline random,full
 
+``--models`` takes names and named pools (``pool:M`` for the DC code's MLP, ConvNet, LeNet, AlexNet, VGG11,
+ResNet18; ``pool:BN``; the ConvNet ablations ``pool:W``, ``pool:D``, ``pool:A``, ``pool:P``, ``pool:N``),
+adapted to the image size (dd/eval/pools.py); what was swapped or left out is printed.
+
 Soft labels [N,K] train with soft cross-entropy and test by argmax accuracy. Since soft labels and
 training-time augmentation can inflate results (the point of DD-Ranking, Li et al. 2025),
 ``--labels hard,auto --augment dsa,none`` evaluates every (labels, augment) combination: ``hard``
@@ -48,12 +52,11 @@ from dd.config import build_parser, opt, parse_config, parse_list, peek_option, 
 from dd.data import DatasetSpec, Preprocessor, list_datasets
 from dd.distill.synset import SynSet, load_synset
 from dd.errors import DDError
-from dd.eval import transfer
+from dd.eval import pools, transfer
 from dd.eval.report import augment_of, results_markdown, run_key
 from dd.eval.results import Results
 from dd.io import atomic_write_bytes
 from dd.lock import hold
-from dd.models import list_models
 from dd.multiseed import train_and_score_seeds
 from dd.protocols import Protocol, get_protocol, list_protocols
 from dd.realdata import SPLITS, PreparedData, prepare_data, random_subset
@@ -83,7 +86,8 @@ class EvalConfig:
     protocol: str | None = opt(None, "evaluation protocol: " + ", ".join(list_protocols()) + " (see dd/protocols.py), "
                                "or transfer for a KRR-ST set (its own flags: --protocol transfer --help); default: "
                                "the one each set's method names, else mtt", choices=(*list_protocols(), "transfer"))
-    models: str = opt("ConvNet", "comma-separated architectures to train")
+    models: str = opt("ConvNet", "comma-separated architectures to train, or named pools adapted to the image "
+                      "size (dd/eval/pools.py): " + ", ".join(pools.PREFIX + p for p in pools.POOLS))
     runs: int = opt(5, "seeds per architecture and source")
     epochs: int | None = opt(None, "training epochs of each network (default: the protocol's; mtt runs epochs+1 "
                              "and decays the lr after epoch epochs//2+1)")
@@ -117,9 +121,7 @@ def check_lr(flag: str, lr: float) -> None:
 
 def validate(config: EvalConfig) -> list[str]:
     """Check flags; returns the baselines asked for."""
-    for name in config.models.split(","):
-        if name not in list_models():
-            raise DDError(f"unknown model '{name}'; see dd.models.list_models() for the choices")
+    pools.check_models(config.models)
     baselines = [b for b in config.baseline.split(",") if b]
     for b in baselines:
         if b not in BASELINES:
@@ -359,8 +361,11 @@ def plan_jobs(config: EvalConfig, sets: dict[str, SynSet], ipcs: dict[str, int],
                            "lr": config.baseline_lr}, lambda: full_train))
         return found
 
+    models, notes = pools.expand_models(config.models, data.spec.channels, data.spec.size)
+    for note in notes if distributed.is_main() else []:
+        print(f"eval: {note}")
     jobs: list[Job] = []
-    for model in config.models.split(","):
+    for model in models:
         for r in range(config.runs):
             for name in used:
                 for augment, protocol in protocols[name].items():

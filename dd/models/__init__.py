@@ -5,7 +5,7 @@
 head (``dd.models.features``). Importing this package registers all models.
 """
 
-from dd.models import convnet, resnet, small, vgg  # noqa: F401  (importing registers the models)
+from dd.models import convnet, resnet, small, vgg, vit  # noqa: F401  (importing registers the models)
 from dd.models.features import backbone_state, embed_dim, head_name, load_backbone
 from dd.models.registry import create_model, list_models, register_model
 

@@ -1,5 +1,8 @@
 """ConvNet, the DC/DSA/MTT benchmark network, and its named variants (depth, width, act, norm, pooling).
 
+The names are those of the DC code's ``get_network``; ``ConvNetASwish``/``ConvNetASwishBN`` (swish activation)
+are from its BatchNorm pool for DM (``dd.eval.pools``).
+
 Blocks ``[Conv3x3(width) -> norm -> act -> pool 2x2] x depth`` then ``Linear(width*h*w, classes)``.
 With ``widths`` each block has its own width: KRR-ST's pool and test models (Lee et al. 2024, models/
 convnet.py: ``convnet_128_256_512_bn`` at 32 px, ``convnet_64_128_256_512_bn`` at 64 px,
@@ -68,6 +71,8 @@ VARIANTS: dict[str, dict] = {
     "ConvNetAS": {"act": "sigmoid"},
     "ConvNetAR": {"act": "relu"},
     "ConvNetAL": {"act": "leakyrelu"},
+    "ConvNetASwish": {"act": "swish"},
+    "ConvNetASwishBN": {"act": "swish", "norm": "batchnorm"},
     "ConvNetNN": {"norm": "none"},
     "ConvNetBN": {"norm": "batchnorm"},
     "ConvNetLN": {"norm": "layernorm"},

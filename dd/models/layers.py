@@ -7,7 +7,7 @@ from torch import nn
 from dd.errors import DDError
 
 NORMS = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")
-ACTS = ("relu", "sigmoid", "leakyrelu")
+ACTS = ("relu", "sigmoid", "leakyrelu", "swish")
 POOLS = ("avgpooling", "maxpooling", "none")
 
 
@@ -43,9 +43,9 @@ def make_norm(norm: str, channels: int, height: int, width: int) -> nn.Module | 
 
 
 def make_act(act: str) -> nn.Module:
-    """Activation by name; 'leakyrelu' has slope 0.01."""
+    """Activation by name; 'leakyrelu' has slope 0.01, 'swish' is x * sigmoid(x) (SiLU)."""
     check_choice("act", act, ACTS)
-    return {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "leakyrelu": lambda: nn.LeakyReLU(0.01)}[act]()
+    return {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "leakyrelu": lambda: nn.LeakyReLU(0.01), "swish": nn.SiLU}[act]()
 
 
 def conv_out(size: int, kernel: int, padding: int, stride: int = 1) -> int:

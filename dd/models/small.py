@@ -1,4 +1,4 @@
-"""The small baselines of the cross-architecture pool: AlexNet, LeNet and an MLP (DC/MTT layouts).
+"""The small baselines of the cross-architecture pool: AlexNet (and AlexNetBN), LeNet and an MLP (DC/MTT layouts).
 
 Feature sizes follow the real arithmetic and pools that would shrink a spatial dimension below 1 are
 left out, so 8-px inputs work. LeNet pads both 5x5 convs by 2 when the input is under 16 px (the
@@ -6,6 +6,8 @@ reference pads only the first conv, and only for one-channel inputs, which needs
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
@@ -15,15 +17,16 @@ from dd.models.registry import register_model
 
 
 class _ConvStack(nn.Module):
-    """Conv/ReLU/max-pool features sized by arithmetic, followed by an MLP head."""
+    """Conv/[BatchNorm]/ReLU/max-pool features sized by arithmetic, followed by an MLP head."""
 
     def __init__(self, channels: int, im_size: tuple[int, int], convs: list[tuple[int, int, int, bool]],
-                 head: list[int]) -> None:
+                 head: list[int], batchnorm: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c, (h, w) = channels, im_size
         for cout, kernel, pad, pool in convs:
-            layers += [nn.Conv2d(c, cout, kernel, padding=pad), nn.ReLU()]
+            norm = [nn.BatchNorm2d(cout)] if batchnorm else []
+            layers += [nn.Conv2d(c, cout, kernel, padding=pad), *norm, nn.ReLU()]
             c, h, w = cout, conv_out(h, kernel, pad), conv_out(w, kernel, pad)
             if pool and h >= 2 and w >= 2:
                 layers.append(nn.MaxPool2d(2))
@@ -43,12 +46,16 @@ class _ConvStack(nn.Module):
         return self.classifier[-1](self.embed(x))
 
 
-@register_model("AlexNet")
-def alexnet(channels: int, num_classes: int, im_size: tuple[int, int]) -> nn.Module:
-    """Convs 5x5/128 (pad 4 on one channel, else 2), 5x5/192, 3x3/256, 3x3/192, 3x3/192; three max-pools."""
+def alexnet(channels: int, num_classes: int, im_size: tuple[int, int], batchnorm: bool = False) -> nn.Module:
+    """Convs 5x5/128 (pad 4 on one channel, else 2), 5x5/192, 3x3/256, 3x3/192, 3x3/192; three max-pools;
+    with ``batchnorm`` a BatchNorm after each conv (the DC code's AlexNetBN)."""
     convs = [(128, 5, 4 if channels == 1 else 2, True), (192, 5, 2, True),
              (256, 3, 1, False), (192, 3, 1, False), (192, 3, 1, True)]
-    return _ConvStack(channels, im_size, convs, [num_classes])
+    return _ConvStack(channels, im_size, convs, [num_classes], batchnorm)
+
+
+register_model("AlexNet")(alexnet)
+register_model("AlexNetBN")(functools.partial(alexnet, batchnorm=True))
 
 
 @register_model("LeNet")
