@@ -35,8 +35,8 @@ VARIANTS: dict[str, dict[str, list[str]]] = {
     "ast": {"lr_teacher 0.01": ["--lr-teacher", "0.01"]},  # AST's own value (its inner loop has momentum 0.9)
 }
 # The BatchNorm variants: at 8 px the instance-norm ResNet18 and VGG11 normalise 1x1 maps, which makes
-# every output the same (dd.models refuses them).
-CROSS_ARCH = tuple(m for m in ("ResNet18BN", "VGG11BN", "AlexNet", "MLP", "ViT") if m in list_models())
+# every output the same (dd.models refuses them). ViTP2: 2-px patches, 16 tokens at 8 px.
+CROSS_ARCH = tuple(m for m in ("ResNet18BN", "VGG11BN", "AlexNet", "MLP", "ViTP2") if m in list_models())
 BUFFERS = ("digits", "digits_gsam", "digits_ast")
 
 
