@@ -80,18 +80,24 @@ def test_buffer_preset_picks_its_store(tmp_path, digits_buffer):
     assert "lr0.02" in dd.load_synset(tmp_path / "r" / "synset").meta["buffer"]
 
 
-@pytest.mark.parametrize("floor", [0.01, 0.0])
-def test_lr_floor_keeps_the_learned_lr_positive(tmp_path, digits_buffer, floor):
-    """A loss that rewards a smaller lr drives the learned lr below zero in one step: the default guard holds
-    it at floor * lr_teacher, and --lr-floor 0 (the reference behaviour) lets it go negative."""
-    argv = [*flags(digits_buffer, tmp_path / "r"), "--lr-lr", "1", "--lr-teacher", "0.01", "--lr-floor", str(floor)]
+@pytest.mark.parametrize("limit", [0.1, 0.0])
+def test_lr_step_limit_keeps_the_learned_lr_positive(tmp_path, digits_buffer, limit):
+    """A loss that rewards a smaller lr drives the learned lr from 0.01 below zero in one step: the default guard
+    moves it by 10 % at most (to 0.009), and --lr-step-limit 0 (the reference behaviour) lets it go negative."""
+    argv = [*flags(digits_buffer, tmp_path / "r"), "--lr-lr", "1", "--lr-teacher", "0.01",
+            "--lr-step-limit", str(limit)]
     config, _ = parse_config(DistillConfig, argv, build_parser(DistillConfig, "test", ""))
     distiller = Distiller(config, argv)
     match_loss = distiller.method.match_loss
     distiller.method.match_loss = lambda *a: match_loss(*a) + 10.0 * distiller.syn_lr
     distiller.step()
     lr = distiller.syn_lr.item()
-    if floor:
-        assert lr == pytest.approx(floor * 0.01)
+    if limit:
+        assert lr == pytest.approx(0.009)
     else:
         assert lr < 0
+
+
+def test_lr_step_limit_must_be_a_fraction(tmp_path, digits_buffer):
+    with pytest.raises(DDError, match="--lr-step-limit must be below 1"):
+        distill_main([*flags(digits_buffer, tmp_path / "r"), "--lr-step-limit", "1"])

@@ -35,9 +35,9 @@ class DistillConfig:
     lr_img: float = opt(1000.0, "learning rate of the synthetic images (SGD, momentum 0.5)")
     lr_lr: float = opt(1e-5, "learning rate of the learnable inner lr (SGD, momentum 0.5)")
     lr_teacher: float = opt(0.01, "initial value of the learnable inner lr")
-    lr_floor: float = opt(0.01, "after every outer step the learned lr is raised to at least this fraction of "
-                          "--lr-teacher, so it cannot turn negative and blow the run up (0: no floor, as the "
-                          "reference codes, whose lr may go negative)")
+    lr_step_limit: float = opt(0.1, "the learned lr changes by at most this fraction of its value per outer step, so "
+                               "it stays positive and one bad iteration cannot blow it up (0: no limit, as the "
+                               "reference codes, whose lr may jump or turn negative); must be below 1")
     pix_init: str = opt("real", "initial images: random real images per class, Gaussian noise, real images the "
                         "experts classify correctly (DATM), or k-means representatives of expert logits (AST)",
                         choices=("real", "noise", "correct", "kmeans"))

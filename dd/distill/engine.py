@@ -50,13 +50,15 @@ def validate(config: DistillConfig) -> None:
     check_flags(config, positive=("ipc", "iterations", "syn_steps", "expert_epochs", "eval_runs", "eval_epochs",
                                   "eval_batch_size", "log_every", "checkpoint_every", "max_cached_experts",
                                   "batch_syn", "image_size", "lr_img", "lr_teacher", "threshold"),
-                nonnegative=("lr_lr", "lr_y", "eval_every", "lr_floor"))
+                nonnegative=("lr_lr", "lr_y", "eval_every", "lr_step_limit"))
     check_wandb(config.wandb)
     if Path(default_run_dir(config)).is_file():
         raise DDError(f"--run-dir {default_run_dir(config)} is a file; pass a folder")
     if not 0 <= config.min_start_epoch < config.max_start_epoch:
         raise DDError(f"need 0 <= --min-start-epoch < --max-start-epoch, got {config.min_start_epoch} and "
                       f"{config.max_start_epoch}")
+    if config.lr_step_limit >= 1:
+        raise DDError(f"--lr-step-limit must be below 1 (a fraction of the lr), got {config.lr_step_limit:g}")
     make_unroll(config.unroll, config.unroll_snapshot_every)  # raises on a bad unroll or stride
 
 
@@ -197,11 +199,13 @@ class Distiller:
             opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.method.accept_update(loss.detach()):
+            lr_before = self.syn_lr.detach().clone()
             for opt in self.optimizers.values():
                 opt.step()
-            if self.config.lr_floor > 0:  # the lr guard; a no-op while the lr stays above the floor
+            limit = self.config.lr_step_limit
+            if limit > 0:  # the lr guard: a no-op while each step moves the lr by less than the limit
                 with torch.no_grad():
-                    self.syn_lr.clamp_(min=self.config.lr_floor * self.config.lr_teacher)
+                    self.syn_lr.clamp_(lr_before * (1 - limit), lr_before * (1 + limit))
             self.method.after_update(self.images.detach())
         return loss.detach()
 
