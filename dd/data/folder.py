@@ -152,12 +152,26 @@ def load_folder_tree(root: Path, name: str, size: int, layout: str) -> tuple[lis
             decode_images(test_paths, size), torch.tensor(test_labels, dtype=torch.int64))
 
 
+def _root(name: str, data_path: str | None) -> Path:
+    root = Path(data_path or DEFAULT_DATA_PATH)
+    if name == TINY.name and not (root / "train").is_dir() and (root / "tiny-imagenet-200" / "train").is_dir():
+        return root / "tiny-imagenet-200"
+    return root
+
+
+def folder_class_names(name: str, data_path: str | None) -> list[str] | None:
+    """The class names (sorted class-folder names of ``train/``, the order of the class ids) of folder dataset
+    ``name`` at ``data_path``; None for a dataset that is not a folder one or a folder that is not there."""
+    if name not in (TINY.name, IMAGEFOLDER.name):
+        return None
+    train = _root(name, data_path) / "train"
+    return sorted(p.name for p in train.iterdir() if p.is_dir()) if train.is_dir() else None
+
+
 @register_dataset(TINY)
 def load_tiny(spec: DatasetSpec, data_path: str | None, download: bool, image_size: int | None) -> RealData:
     """Tiny ImageNet from ``data_path`` (or ``data_path/tiny-imagenet-200``); no download."""
-    root = Path(data_path or DEFAULT_DATA_PATH)
-    if not (root / "train").is_dir() and (root / "tiny-imagenet-200" / "train").is_dir():
-        root = root / "tiny-imagenet-200"
+    root = _root(spec.name, data_path)
     size = image_size or spec.size[0]
     classes, *tensors = load_folder_tree(root, spec.name, size, TINY_LAYOUT)
     return RealData(replace(spec, size=(size, size), num_classes=len(classes)), *tensors)
