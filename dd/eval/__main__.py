@@ -73,7 +73,8 @@ class EvalConfig:
     dataset: str | None = opt(None, "dataset to test on (default: the set's; must match it)")
     data_path: str | None = opt(None, "folder holding the dataset (default: the set's, else data)")
     download: bool = opt(False, "download the dataset through torchvision if it is missing")
-    image_size: int | None = opt(None, "side length for imagefolder datasets (default: the set's, else 32)")
+    image_size: int | None = opt(None, "side length of the images (default: the set's, else the dataset's own; "
+                                       "imagefolder: the images' side when they share one, else 32)")
     split: str = opt("test", "split to report accuracy on: test (the final report) or val (for choices: tuning, "
                      "selection)", choices=SPLITS)
     val_fraction: float | None = opt(None, "fraction of every class held out of the training split as validation "
