@@ -449,8 +449,9 @@ def check_random_ipc(data: PreparedData, ipcs: list[int]) -> None:
     counts = torch.bincount(data.train_labels.cpu(), minlength=data.spec.num_classes)
     for ipc in ipcs:
         if ipc > int(counts.min()):
-            raise DDError(f"the random baseline's --ipc {ipc} is larger than class {int(counts.argmin())}, which has "
-                          f"{int(counts.min())} training images; pass a smaller --ipc")
+            raise DDError(f"the random baseline's --ipc {ipc} is larger than "
+                          f"{data.class_label(int(counts.argmin()))}, which has {int(counts.min())} training images; "
+                          "pass a smaller --ipc")
 
 
 if __name__ == "__main__":
