@@ -365,7 +365,6 @@ class Distiller:
         tqdm.write(" ".join(f"{k}={v:.4f}" for k, v in record.items()) + f" (iteration {self.iteration})")
         if improved:
             self._save_sets("_best")
-        self.save_history(log)
         first = next(iter(record))
         self._shown_eval = {first: f"{record[first]:.4f}"}
         if self._bar is not None:
@@ -373,6 +372,7 @@ class Distiller:
             self._bar.set_postfix(**self._shown_eval)
         self.evaluated = self.iteration
         self.checkpoint()
+        self.save_history(log)  # pictures, after the state: a failure here never repeats the evaluation
 
     def _loop(self, log: MetricsLog) -> None:
         cfg = self.config
