@@ -78,7 +78,9 @@ def test_report_files_numbers_and_image_sizes(tiny_run, digits_buffer, tmp_path)
                         "(2 seeds, ConvNet)")
     assert cells[9] == f"{seconds:.3g}"
     # the grids of both evaluations and the buffer's per-epoch accuracy (2 experts tested at epochs 2 and 4)
-    assert "![iteration 2](" in markdown and "![iteration 4](" in markdown
+    assert "![iteration 2](images/0-mtt%20run/grid_000002.png)" in markdown and "![iteration 4](" in markdown
+    assert (out / "images" / "0-mtt run" / "grid_000004.png").read_bytes() == (
+        tiny_run / "grids" / "grid_000004.png").read_bytes()  # copied: the report folder can move
     records = [json.loads(p.read_text()) for p in sorted(store_of(digits_buffer).glob("expert_*.json"))]
     at4 = [r["test_acc"][4] for r in records]
     assert f"| 4 | {100 * statistics.fmean(at4):.2f} ± {100 * statistics.pstdev(at4):.2f} | 2 |" in markdown

@@ -4,10 +4,12 @@ self-contained ``report.html``."""
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from dd.errors import DDError
 from dd.eval.report import results_markdown
@@ -32,7 +34,8 @@ def _percent(value: float | None) -> str:
 
 
 def _rel(path: Path, out: Path) -> str:
-    return Path(os.path.relpath(path.resolve(), out.resolve())).as_posix()
+    """``path`` relative to ``out``, percent-encoded for a Markdown link (a space stays valid)."""
+    return quote(Path(os.path.relpath(path.resolve(), out.resolve())).as_posix())
 
 
 def _best_and_final(run: Run, key: str) -> tuple[str, str]:
@@ -90,17 +93,25 @@ def _demote(markdown: str, levels: int) -> str:
     return "\n".join("#" * levels + line if line.startswith("#") else line for line in markdown.splitlines())
 
 
-def run_section(run: Run, out: Path) -> str:
-    """A run's part of report.md: where it is, its images at each evaluation and its dd.eval tables."""
+def _copy(path: Path, folder: Path) -> Path:
+    """``path`` copied into ``folder`` (so that the report folder can move without losing its images)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, folder / path.name)
+    return folder / path.name
+
+
+def run_section(run: Run, out: Path, images: Path) -> str:
+    """A run's part of report.md: where it is, its images at each evaluation (copied into ``images``) and its
+    dd.eval tables."""
     parts = [f"## {run.name}\n\n`{run.path}`"]
     if run.synset is not None:
         parts.append(f"Final set: iteration {run.synset.get('iteration')}, learned lr {run.synset.get('lr', 0):.4g}, "
                      f"buffer `{run.synset.get('buffer')}`.")
     if run.grids:
         parts.append("### images at each evaluation\n\n" + " ".join(
-            f"![iteration {it}]({_rel(p, out)})" for it, p in run.grids))
+            f"![iteration {it}]({_rel(_copy(p, images), out)})" for it, p in run.grids))
         if (run.path / "progress.gif").is_file():
-            parts.append(f"Animation: ![progress]({_rel(run.path / 'progress.gif', out)})")
+            parts.append(f"Animation: ![progress]({_rel(_copy(run.path / 'progress.gif', images), out)})")
     for path, records in run.results.items():
         if records:
             parts.append(f"### dd.eval results (`{_rel(path, out)}`)\n\n{_demote(results_markdown(records), 2)}")
@@ -131,7 +142,8 @@ def buffer_section(buffer: Buffer, figure: Path, out: Path) -> str:
 
 def make_report(paths: Sequence[str | Path], out: str | Path | None = None) -> Path:
     """Write the report on the run folders and buffers ``paths`` into ``out`` (default: ``default_out``):
-    ``curves.png`` (runs), ``buffer_<name>.png`` (buffers), ``report.md`` and ``report.html``. Returns ``out``."""
+    ``curves.png`` (runs), ``buffer_<n>_<name>.png`` (buffers), ``images/`` (copies of the runs' grids, so the
+    folder can move), ``report.md`` and ``report.html``. Returns ``out``."""
     if not paths:
         raise DDError("no folder to report on; pass one or more run folders or buffer folders")
     require_matplotlib()
@@ -145,7 +157,7 @@ def make_report(paths: Sequence[str | Path], out: str | Path | None = None) -> P
     if runs:
         plot_curves(runs, out / "curves.png")
         sections += ["## runs\n", summary_table(runs), config_differences(runs), "![curves](curves.png)\n"]
-        sections += [run_section(run, out) for run in runs]
+        sections += [run_section(run, out, out / "images" / f"{n}-{run.name}") for n, run in enumerate(runs)]
     for n, buffer in enumerate(buffers):
         figure = out / f"buffer_{n}_{buffer.name}.png"
         plot_buffer(buffer, figure)

@@ -10,6 +10,7 @@ import base64
 import html
 import re
 from pathlib import Path
+from urllib.parse import unquote
 
 _IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)]+)\)")
 _CODE = re.compile(r"`([^`]+)`")
@@ -26,7 +27,7 @@ def _inline(text: str, base: Path) -> str:
     out, last = [], 0
     for m in _IMAGE.finditer(text):
         out.append(_spans(text[last:m.start()]))
-        out.append(_image(m.group(1), base / m.group(2)))
+        out.append(_image(m.group(1), base / unquote(m.group(2))))
         last = m.end()
     out.append(_spans(text[last:]))
     return "".join(out)
