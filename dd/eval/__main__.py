@@ -387,8 +387,8 @@ def run_jobs(jobs: list[Job], results: Results, data: PreparedData, split: str, 
     last: dict[str, str] = {}  # the last finished run's accuracy, in the postfix
     for group in bar:
         record = group[0][0]
-        bar.set_postfix(source=record["source"], model=record["model"], seeds=len(group),
-                        labels=record["labels"], augment=record["augment"], **last)
+        bar.set_postfix({"source": record["source"], "model": record["model"], "seeds": len(group),
+                         "labels": record["labels"], "augment": record["augment"], **last})  # in this order
         seeds = [r["seed"] for r, _, _ in group]
         scores = train_and_score_seeds(record["model"], spec.channels, spec.num_classes, spec.size, group[0][1](),
                                        evaluated_on, record["protocol"]["lr"], group[0][2], seeds,

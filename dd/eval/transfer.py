@@ -286,8 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     bar = tqdm(todo, desc="transfer", unit="run")
     last: dict[str, str] = {}  # the last finished run's accuracy, in the postfix
     for job in bar:
-        bar.set_postfix(source=job["source"], model=job["model"], target=job["dataset"], protocol=job["protocol"],
-                        seed=job["seed"], **last)
+        bar.set_postfix({"source": job["source"], "model": job["model"], "target": job["dataset"],
+                         "protocol": job["protocol"], "seed": job["seed"], **last})  # in this order
         found = (job["source"], job["model"], job["seed"])
         if found not in backbones:  # one pre-training per (source, model, seed), shared by targets and protocols
             get = sets[job["source"]]
