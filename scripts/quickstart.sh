@@ -12,6 +12,8 @@ $PY -m dd.distill --config experiments/mtt/digits_ipc1.yaml --resume
 $PY -m dd.eval --config experiments/eval/digits.yaml --synset runs/mtt-digits-ipc1/synset --baseline random
 # The full data (1,437 images, 6 batches an epoch) costs ~50x a 10-image set per run: 2 seeds here.
 $PY -m dd.eval --config experiments/eval/digits.yaml --synset runs/mtt-digits-ipc1/synset --baseline full --runs 2
-$PY -m dd.report runs/mtt-digits-ipc1 buffers/digits/ConvNet/*/ --out runs/mtt-digits-ipc1/report
+# The report covers the run and the expert store it matched (recorded in the set's metadata).
+store=$($PY -c "import json; print(json.load(open('runs/mtt-digits-ipc1/synset/synset.json'))['buffer'])")
+$PY -m dd.report runs/mtt-digits-ipc1 "$store" --out runs/mtt-digits-ipc1/report
 echo "quickstart finished in $(( $(date +%s) - start )) s; table in runs/mtt-digits-ipc1/eval/results.md," \
      "report in runs/mtt-digits-ipc1/report/report.html"
