@@ -114,7 +114,7 @@ def run_section(run: Run, out: Path, images: Path) -> str:
             parts.append(f"Animation: ![progress]({_rel(_copy(run.path / 'progress.gif', images), out)})")
     for path, records in run.results.items():
         if records:
-            parts.append(f"### dd.eval results (`{_rel(path, out)}`)\n\n{_demote(results_markdown(records), 2)}")
+            parts.append(f"### dd.eval results (`{path}`)\n\n{_demote(results_markdown(records), 2)}")
     return "\n\n".join(parts) + "\n"
 
 
