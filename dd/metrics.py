@@ -70,6 +70,13 @@ class MetricsLog:
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in record.items() if k != "iteration"}, step=record.get("iteration"))
 
+    def image(self, key: str, path: Path, iteration: int) -> None:
+        """Log the PNG at ``path`` to wandb under ``key`` at ``iteration`` (nothing when wandb is off)."""
+        if self._wandb is not None:
+            import wandb
+
+            self._wandb.log({key: wandb.Image(str(path))}, step=iteration)
+
     def close(self) -> None:
         self._file.close()
         if self._wandb is not None:

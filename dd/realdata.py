@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from dd.data import DatasetSpec, Preprocessor, class_indices, load_dataset
+from dd.data.folder import folder_class_names
 from dd.device import make_generator
 from dd.errors import DDError
 from dd.io import sha256_tensors
@@ -37,6 +38,7 @@ class PreparedData:
     val_labels: torch.Tensor | None = None
     val_fraction: float = 0.0
     val_seed: int = 0
+    class_names: list[str] | None = None  # the class folders' names of a folder dataset, by class id
     _identity: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -60,6 +62,10 @@ class PreparedData:
         if self.val_images is None or self.val_labels is None:
             return self.train
         return torch.cat([self.train_images, self.val_images]), torch.cat([self.train_labels, self.val_labels])
+
+    def class_label(self, c: int) -> str:
+        """Class ``c`` as the user knows it: ``class folder 'cat'`` for a folder dataset, else ``class 3``."""
+        return class_label(c, self.class_names)
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``val`` or ``test`` split by name."""
@@ -102,7 +108,9 @@ def prepare_data(
     raw = load_dataset(dataset, data_path=data_path, download=download, image_size=image_size)
     if isinstance(preprocess, str):
         preprocess = Preprocessor.fit(preprocess, raw.spec, raw.train_images)
-    train_idx, val_idx = carve_validation(raw.train_labels, raw.spec.num_classes, val_fraction, val_seed)
+    names = folder_class_names(dataset, data_path)
+    names = names if names is not None and len(names) == raw.spec.num_classes else None
+    train_idx, val_idx = carve_validation(raw.train_labels, raw.spec.num_classes, val_fraction, val_seed, names)
     images, labels = preprocess(raw.train_images.to(device)), raw.train_labels.to(device)
     return PreparedData(
         spec=raw.spec,
@@ -115,13 +123,20 @@ def prepare_data(
         val_labels=labels[val_idx.to(device)] if val_idx.numel() else None,
         val_fraction=val_fraction,
         val_seed=val_seed,
+        class_names=names,
     )
 
 
-def carve_validation(labels: torch.Tensor, num_classes: int, fraction: float,
-                     seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def class_label(c: int, names: list[str] | None = None) -> str:
+    """``class folder 'cat'`` when the classes are named folders, else ``class 3``."""
+    return f"class folder '{names[c]}'" if names else f"class {c}"
+
+
+def carve_validation(labels: torch.Tensor, num_classes: int, fraction: float, seed: int,
+                     names: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, validation) indices into ``labels``: round(fraction * n_c) random images of every class c
-    (at least one when ``fraction`` > 0, never the class's last), drawn from ``seed``; both sorted."""
+    (at least one when ``fraction`` > 0, never the class's last), drawn from ``seed``; both sorted. ``names``
+    (class folders) name a class in errors."""
     if not (math.isfinite(fraction) and 0 <= fraction < 1):
         raise DDError(f"--val-fraction must be in [0, 1), got {fraction}")
     generator = make_generator(seed)
@@ -130,8 +145,8 @@ def carve_validation(labels: torch.Tensor, num_classes: int, fraction: float,
         if fraction == 0:
             break
         if len(idx) < 2:
-            raise DDError(f"class {c} has {len(idx)} training image(s), too few to carve a validation split; "
-                          "pass --val-fraction 0")
+            raise DDError(f"{class_label(c, names)} has {len(idx)} training image(s), too few to carve a "
+                          "validation split; add images to it or pass --val-fraction 0")
         k = min(len(idx) - 1, max(1, round(fraction * len(idx))))
         val.append(idx[torch.randperm(len(idx), generator=generator)[:k]])
     val_idx = torch.sort(torch.cat(val)).values if val else torch.zeros(0, dtype=torch.int64)
@@ -146,7 +161,8 @@ def random_subset(data: PreparedData, ipc: int, seed: int) -> tuple[torch.Tensor
     picks = []
     for c, idx in enumerate(class_indices(data.train_labels.cpu(), data.spec.num_classes)):
         if len(idx) < ipc:
-            raise DDError(f"--ipc {ipc} is larger than class {c}, which has {len(idx)} training images")
+            raise DDError(f"--ipc {ipc} is larger than {data.class_label(c)}, which has {len(idx)} training images; "
+                          "pass a smaller --ipc")
         picks.append(idx[torch.randperm(len(idx), generator=generator)[:ipc]])
     index = torch.cat(picks).to(data.train_images.device)
     return data.train_images[index], data.train_labels[index]

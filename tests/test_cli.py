@@ -1,9 +1,33 @@
-"""The three commands as a user runs them: --help, and one-line errors without tracebacks."""
+"""The commands as a user runs them: --help, the overview, what each stage prints at its end, one-line errors
+without tracebacks that name things as the user wrote them, and a folder of one's own images through every stage."""
 
+import json
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
+from PIL import Image
+
+from dd.__main__ import overview
+from dd.buffer.__main__ import main as buffer_main
+from dd.buffer.__main__ import next_steps as buffer_next_steps
+from dd.buffer.config import BufferConfig
+from dd.cli import run_cli
+from dd.config import load_yaml, make_config
+from dd.distill.__main__ import main as distill_main
+from dd.distill.config import DistillConfig
+from dd.errors import DDError
+from dd.eval.__main__ import EvalConfig
+from dd.eval.__main__ import main as eval_main
+from dd.realdata import prepare_data, random_subset
+from dd.viz import class_names
+
+ROOT = Path(__file__).parents[1]
+TINY_DISTILL = ["--iterations", "2", "--syn-steps", "2", "--expert-epochs", "2", "--max-start-epoch", "2",
+                "--eval-every", "0", "--eval-epochs", "1", "--lr-img", "100", "--log-every", "1", "--device", "cpu"]
 
 
 def run(*args, cwd=None):
@@ -29,3 +53,119 @@ def test_bad_input_is_one_line(tmp_path, args, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("stage, flag", [("dd.eval", "--protocol"), ("dd.report", "--out")])
+def test_help_shows(stage, flag):
+    result = run(stage, "--help")
+    assert result.returncode == 0 and flag in result.stdout
+
+
+# -- what a stage prints at the end ------------------------------------------------------------------------
+
+def test_python_m_dd_lists_every_stage_and_quickstart_commands_a_stage_accepts():
+    text = overview()
+    for stage in ("dd.buffer", "dd.distill", "dd.eval", "dd.report"):
+        assert f"  {stage}  " in text or f"  {stage} " in text
+    commands = [line.strip() for line in text.splitlines() if line.strip().startswith("python -m dd.")]
+    assert [c.split()[2] for c in commands[:3]] == ["dd.buffer", "dd.distill", "dd.eval"]
+    for command, cls in zip(commands, (BufferConfig, DistillConfig, EvalConfig), strict=False):
+        args = shlex.split(command)
+        preset = args[args.index("--config") + 1]
+        make_config(cls, load_yaml(ROOT / preset), preset)  # a preset that stage takes
+    result = run("dd", "nope")
+    assert result.returncode == 2 and result.stderr.startswith("error: python -m dd takes no arguments")
+
+
+def test_buffer_end_names_the_store_and_the_commands_quoted():
+    config = BufferConfig(dataset="imagefolder", data_path="my data", image_size=28)
+    text = buffer_next_steps(config, Path("buffers/imagefolder/ConvNet/a b"))
+    distill = shlex.split(text.split("distil a set from them: ", 1)[1].splitlines()[0])
+    assert distill == ["python", "-m", "dd.distill", "--dataset", "imagefolder", "--model", "ConvNet", "--buffer",
+                       "buffers/imagefolder/ConvNet/a b", "--data-path", "my data", "--image-size", "28"]
+    report = shlex.split(text.split("report on them: ", 1)[1])
+    assert report == ["python", "-m", "dd.report", "buffers/imagefolder/ConvNet/a b"]
+
+
+def test_distill_and_eval_end_with_their_outputs_and_next_commands(digits_buffer, tmp_path, capsys):
+    run_dir = tmp_path / "my run"
+    assert distill_main(["--buffer-dir", str(digits_buffer), "--run-dir", str(run_dir), *TINY_DISTILL]) == 0
+    out = capsys.readouterr().out
+    store = next((digits_buffer / "digits" / "ConvNet").iterdir())
+    parent = digits_buffer / "digits" / "ConvNet"
+    assert f"experts: {store} (2 experts of 4 epochs; the only store under {parent})" in out
+    assert json.loads((run_dir / "config.json").read_text())["buffer"] == str(store)
+    evaluate = shlex.split(out.split("next: evaluate it: ", 1)[1].splitlines()[0])
+    assert evaluate == ["python", "-m", "dd.eval", "--synset", str(run_dir / "synset"), "--baseline", "random"]
+    assert shlex.split(out.split("report on the run: ", 1)[1].splitlines()[0]) == ["python", "-m", "dd.report",
+                                                                                  str(run_dir)]
+    assert eval_main(["--synset", str(run_dir / "synset"), "--runs", "1", "--epochs", "1", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2] == (f"results: {run_dir / 'eval' / 'results.json'} (every record); tables: "
+                         f"{run_dir / 'eval' / 'results.md'}")
+    assert shlex.split(lines[-1].split("next: report on the run: ", 1)[1]) == ["python", "-m", "dd.report",
+                                                                               str(run_dir)]
+
+
+# -- error wording ---------------------------------------------------------------------------------------
+
+def one_line(capsys, main, argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_an_image_size_other_than_the_experts_says_so(digits_buffer, tmp_path, capsys):
+    err = one_line(capsys, distill_main, ["--buffer-dir", str(digits_buffer), "--run-dir", str(tmp_path / "r"),
+                                          *TINY_DISTILL, "--image-size", "16"])
+    store = next((digits_buffer / "digits" / "ConvNet").iterdir())
+    assert err == (f"error: --image-size 16 gives 1x16x16 images, but the experts in {store} were trained on 1x8x8; "
+                   "pass --image-size 8")
+
+
+def grey_tree(root: Path, train: dict[str, int], side: int = 12) -> Path:
+    """DIR/train/<class>/*.png and DIR/val/<class>/*.png of grey squares, a different shade per class."""
+    for c, (name, n) in enumerate(train.items()):
+        for split, count in (("train", n), ("val", 2)):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                shade = 40 + 60 * c + 5 * i
+                Image.new("L", (side, side), shade).save(folder / f"{i}.png")
+    return root
+
+
+def test_a_class_is_named_by_its_folder(tmp_path):
+    tree = grey_tree(tmp_path / "data", {"cat": 4, "dog": 1})
+    with pytest.raises(DDError, match="^class folder 'dog' has 1 training image"):
+        prepare_data("imagefolder", torch.device("cpu"), str(tree), val_fraction=0.1)
+    data = prepare_data("imagefolder", torch.device("cpu"), str(tree))
+    with pytest.raises(DDError, match="^--ipc 3 is larger than class folder 'dog', which has 1 training images"):
+        random_subset(data, 3, 0)
+
+
+# -- your own data: the README's flow on a folder of grey PNGs -----------------------------------------------
+
+def test_own_grey_folder_flows_through_every_stage_without_size_or_path_flags(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the presets name each other by their path from the repository root
+    tree = grey_tree(tmp_path / "my images", {"one": 6, "three": 6, "two": 6})
+    buffers = tmp_path / "buffers"
+    assert buffer_main(["--config", "experiments/buffer/folder.yaml", "--data-path", str(tree), "--buffer-dir",
+                        str(buffers), "--num-experts", "1", "--epochs", "3", "--device", "cpu"]) == 0
+    store = next((buffers / "imagefolder" / "ConvNet").iterdir())
+    header = json.loads((store / "manifest.json").read_text())["dataset"]
+    assert (header["channels"], header["size"], header["num_classes"]) == (1, [12, 12], 3)  # grey, own side
+    run_dir = tmp_path / "run"
+    assert distill_main(["--config", "experiments/mtt/folder_ipc1.yaml", "--data-path", str(tree), "--buffer",
+                         str(store), "--run-dir", str(run_dir), "--iterations", "2", "--syn-steps", "2",
+                         "--max-start-epoch", "1", "--eval-every", "0", "--eval-epochs", "2", "--device",
+                         "cpu"]) == 0
+    assert class_names("imagefolder", str(tree), 3) == ["one", "three", "two"]
+    assert eval_main(["--config", "experiments/eval/folder.yaml", "--synset", str(run_dir / "synset"), "--runs",
+                      "1", "--epochs", "2", "--baseline", "random", "--device", "cpu"]) == 0
+    records = json.loads((run_dir / "eval" / "results.json").read_text())["runs"]
+    assert {r["source"] for r in records} == {"distilled", "random"}
+    assert all(r["data"]["shape"] == [1, 12, 12] and r["data"]["test"] == 6 for r in records)
+    capsys.readouterr()

@@ -111,8 +111,8 @@ def compare(row: dict[str, str], config, values: dict, columns: tuple[str, ...],
     left_out = set(values) - set(columns) - set(other) - RUN_KEYS[section]
     errors += [f"{k}: in the preset ({values[k]!r}) but not in the row" for k in sorted(left_out)]
     source = row["source"]
-    if Path(row["preset"]).stem.startswith("digits"):
-        errors += [] if source == NO_PAPER else [f"source of a digits row must read '{NO_PAPER}'"]
+    if Path(row["preset"]).stem.startswith(("digits", "folder")):
+        errors += [] if source == NO_PAPER else [f"source of a digits or folder row must read '{NO_PAPER}'"]
     elif "§" not in source:
         errors.append(f"source {source!r} names no reference-note section")
     return errors

@@ -8,10 +8,12 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -54,23 +56,33 @@ def train_main(argv: Sequence[str] | None) -> int:
     if distributed.is_main():
         ranks = f", {distributed.world_size()} ranks share the rest" if distributed.world_size() > 1 else ""
         print(f"buffer: {store.root} ({done}/{config.num_experts} experts already stored{ranks})")
-    bar = tqdm(mine + [i for i in todo if i not in mine], desc="experts", unit="expert",
-               disable=not distributed.is_main())
+    order = mine + [i for i in todo if i not in mine]
+    bar = tqdm(total=len(order) * recipe.epochs, desc="experts", unit="epoch", disable=not distributed.is_main())
+    shown = {"last": "", "index": 0}
+
+    def on_epoch(epoch: int, test_acc: float | None) -> None:
+        bar.update(1)
+        if test_acc is not None:
+            shown["last"] = f", last test acc {test_acc:.3f}"
+        bar.set_postfix_str(f"expert {shown['index']} epoch {epoch}/{recipe.epochs}{shown['last']}")
+
     trained = []
     try:
-        for index in bar:
+        for index in order:
+            shown["index"] = index
             slot = Lock(store.root / f".expert_{index:05d}.lock")
             if not slot.acquire():
+                bar.update(recipe.epochs)
                 continue  # another process is training it
             try:
                 if index in store.completed():
+                    bar.update(recipe.epochs)
                     continue  # finished by another process since the list was made
                 seed = expert_seed(config.seed, index)
                 trajectory, record = train_expert(config.model, spec.channels, spec.num_classes, spec.size,
-                                                  data.train, data.test, recipe, seed, config.test_every)
+                                                  data.train, data.test, recipe, seed, config.test_every, on_epoch)
                 store.write_expert(index, trajectory, record)
                 trained.append(index)
-                bar.set_postfix(test_acc=f"{record['final_test_acc']:.3f}")
             finally:
                 slot.release()
     except KeyboardInterrupt as e:
@@ -84,7 +96,19 @@ def train_main(argv: Sequence[str] | None) -> int:
     accs = [r["final_test_acc"] for r in store.records() if r.get("final_test_acc") is not None]
     if accs and distributed.is_main():
         print(f"experts: {len(accs)}, final test accuracy {sum(accs) / len(accs):.4f} (mean)")
+    if distributed.is_main():
+        print(next_steps(config, store.root))
     return 0
+
+
+def next_steps(config: BufferConfig, root: Path) -> str:
+    """The stage's last lines: where the experts are and the commands that distil from them and report on them."""
+    data = [*(["--data-path", config.data_path] if config.dataset != "digits" else []),
+            *(["--image-size", str(config.image_size)] if config.image_size else [])]
+    distill = shlex.join(["python", "-m", "dd.distill", "--dataset", config.dataset, "--model", config.model,
+                          "--buffer", str(root), *data])
+    return (f"experts: {root}\nnext: distil a set from them: {distill}\n"
+            f"      report on them: {shlex.join(['python', '-m', 'dd.report', str(root)])}")
 
 
 @dataclass

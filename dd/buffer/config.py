@@ -21,7 +21,8 @@ class BufferConfig:
     dataset: str = opt("digits", "dataset name (see dd.data.list_datasets())")
     data_path: str = opt("data", "folder holding the dataset (torchvision layout or an ImageFolder tree)")
     download: bool = opt(False, "download the dataset through torchvision if it is missing")
-    image_size: int | None = opt(None, "side length for imagefolder datasets")
+    image_size: int | None = opt(None, "side length of the images (default: the dataset's own; imagefolder: the "
+                                       "images' side when they share one, else 32)")
     zca: bool = opt(False, "ZCA-whiten the images (kornia, eps 0.1, fitted once on the train set)")
     model: str = opt("ConvNet", "expert architecture (see dd.models.list_models())")
     num_experts: int = opt(100, "number of experts to train")

@@ -115,10 +115,12 @@ def train_expert(
     recipe: ExpertRecipe,
     seed: int,
     test_every: int = 0,
+    on_epoch: Callable[[int, float | None], None] | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Train one expert and return its trajectory [epochs+1, P] (row 0 = init, on CPU) and a record
     (seed, per-epoch test accuracy or None where not measured, the lr of each epoch, seconds).
-    ``test_every`` = k tests every k epochs; the last epoch is always tested."""
+    ``test_every`` = k tests every k epochs; the last epoch is always tested. ``on_epoch(epochs done, test
+    accuracy or None)`` follows each epoch (for a progress bar)."""
     model = create_model(model_name, channels, num_classes, im_size, seed=seed).to(train[0].device)
     schedule = recipe.schedule()
     snapshots = [flatten_params(model).cpu()]
@@ -128,6 +130,8 @@ def train_expert(
         snapshots.append(flatten_params(model).cpu())
         if e + 1 == recipe.epochs or (test_every > 0 and (e + 1) % test_every == 0):
             test_acc[e + 1] = accuracy(model, *test)
+        if on_epoch is not None:
+            on_epoch(e + 1, test_acc[e + 1])
 
     start = time.perf_counter()
     fit(model, train, schedule, recipe.batch_size, DSA(recipe.dsa_strategy), make_generator(seed), recipe.step,

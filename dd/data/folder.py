@@ -1,8 +1,9 @@
 """Image-folder datasets: any ``train/<class>/*`` tree (``imagefolder``) and Tiny ImageNet (``tiny``).
 
-Images are decoded with PIL in a thread pool, converted to RGB, resized to a square side and stacked into
-one tensor. Class ids are the sorted class-folder names of ``train/``; the test split is ``val/`` (or
-``test/``) in class folders or, for Tiny ImageNet, ``val/images`` plus ``val/val_annotations.txt``.
+Images are decoded with PIL in a thread pool, converted to RGB, resized to a square side (by default their
+own, when they share one) and stacked into one tensor. Class ids are the sorted class-folder names of
+``train/``; the test split is ``val/`` (or ``test/``) in class folders or, for Tiny ImageNet, ``val/images``
+plus ``val/val_annotations.txt``.
 """
 
 from __future__ import annotations
@@ -129,9 +130,28 @@ def _from_annotations(val: Path, classes: list[str], name: str) -> tuple[list[Pa
     return paths, labels
 
 
-def load_folder_tree(root: Path, name: str, size: int, layout: str) -> tuple[list[str], torch.Tensor, torch.Tensor,
-                                                                            torch.Tensor, torch.Tensor]:
-    """Class names and (train images, train labels, test images, test labels) of a folder tree."""
+def common_side(paths: list[Path]) -> int | None:
+    """The side of the images at ``paths`` when all are squares of one size (read from the file headers), else
+    None."""
+    from PIL import Image
+
+    sizes = set()
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                sizes.add(im.size)
+        except (OSError, ValueError):
+            return None  # decoding names the unreadable file
+        if len(sizes) > 1:
+            return None
+    (width, height), = sizes
+    return width if width == height else None
+
+
+def load_folder_tree(root: Path, name: str, size: int | None, layout: str, default_size: int = 32
+                     ) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Class names and (train images, train labels, test images, test labels) of a folder tree, at ``size``
+    squared; None: the images' own side when all are squares of one size, else ``default_size``."""
     train = root / "train"
     if not train.is_dir():
         raise DDError(f"dataset {name} not found: {train} does not exist; {layout} (set --data-path DIR)")
@@ -148,16 +168,31 @@ def load_folder_tree(root: Path, name: str, size: int, layout: str) -> tuple[lis
         test_paths, test_labels = _from_annotations(val, classes, name)
     else:
         test_paths, test_labels = _from_class_folders(val, classes, name, layout)
+    size = size or common_side(train_paths + test_paths) or default_size
     return (classes, decode_images(train_paths, size), torch.tensor(train_labels, dtype=torch.int64),
             decode_images(test_paths, size), torch.tensor(test_labels, dtype=torch.int64))
+
+
+def _root(name: str, data_path: str | None) -> Path:
+    root = Path(data_path or DEFAULT_DATA_PATH)
+    if name == TINY.name and not (root / "train").is_dir() and (root / "tiny-imagenet-200" / "train").is_dir():
+        return root / "tiny-imagenet-200"
+    return root
+
+
+def folder_class_names(name: str, data_path: str | None) -> list[str] | None:
+    """The class names (sorted class-folder names of ``train/``, the order of the class ids) of folder dataset
+    ``name`` at ``data_path``; None for a dataset that is not a folder one or a folder that is not there."""
+    if name not in (TINY.name, IMAGEFOLDER.name):
+        return None
+    train = _root(name, data_path) / "train"
+    return sorted(p.name for p in train.iterdir() if p.is_dir()) if train.is_dir() else None
 
 
 @register_dataset(TINY)
 def load_tiny(spec: DatasetSpec, data_path: str | None, download: bool, image_size: int | None) -> RealData:
     """Tiny ImageNet from ``data_path`` (or ``data_path/tiny-imagenet-200``); no download."""
-    root = Path(data_path or DEFAULT_DATA_PATH)
-    if not (root / "train").is_dir() and (root / "tiny-imagenet-200" / "train").is_dir():
-        root = root / "tiny-imagenet-200"
+    root = _root(spec.name, data_path)
     size = image_size or spec.size[0]
     classes, *tensors = load_folder_tree(root, spec.name, size, TINY_LAYOUT)
     return RealData(replace(spec, size=(size, size), num_classes=len(classes)), *tensors)
@@ -165,18 +200,19 @@ def load_tiny(spec: DatasetSpec, data_path: str | None, download: bool, image_si
 
 @register_dataset(IMAGEFOLDER)
 def load_imagefolder(spec: DatasetSpec, data_path: str | None, download: bool, image_size: int | None) -> RealData:
-    """Any ``train/<class>/*`` + ``val|test/<class>/*`` tree at ``image_size`` (default 32), with mean/std of
-    the train images. A tree of grey images (every image's three channels equal) loads with one channel,
-    so grayscale data is neither distilled nor evaluated as three channels that can drift apart."""
+    """Any ``train/<class>/*`` + ``val|test/<class>/*`` tree at ``image_size`` (default: the images' own side
+    when all are squares of one size, else 32), with mean/std of the train images. A tree of grey images (every
+    image's three channels equal) loads with one channel, so grayscale data is neither distilled nor evaluated
+    as three channels that can drift apart."""
     root = Path(data_path or DEFAULT_DATA_PATH)
-    size = image_size or spec.size[0]
-    classes, train_images, train_labels, test_images, test_labels = load_folder_tree(root, spec.name, size,
-                                                                                     FOLDER_LAYOUT)
+    classes, train_images, train_labels, test_images, test_labels = load_folder_tree(
+        root, spec.name, image_size, FOLDER_LAYOUT, spec.size[0])
     if all(torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 0], x[:, 2]) for x in (train_images, test_images)):
         train_images, test_images = train_images[:, :1].contiguous(), test_images[:, :1].contiguous()
     channels = [train_images[:, c].to(torch.float64) for c in range(train_images.shape[1])]
     mean = tuple(ch.mean().item() for ch in channels)
     std = tuple(max(ch.std(unbiased=False).item(), 1e-6) for ch in channels)
+    size = train_images.shape[-1]
     loaded = replace(spec, channels=train_images.shape[1], size=(size, size), num_classes=len(classes), mean=mean,
                      std=std)
     return RealData(loaded, train_images, train_labels, test_images, test_labels)

@@ -13,7 +13,10 @@ dd.load_synset), synset_best/, grid.png, metrics.jsonl, config.json and a resuma
 
 from __future__ import annotations
 
+import shlex
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from dd.cli import run_cli
 from dd.config import build_parser, parse_config, peek_option
@@ -27,10 +30,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return krr_st.main(argv)
     config, _ = parse_config(DistillConfig, argv, build_parser(DistillConfig, "python -m dd.distill", __doc__))
     distiller = Distiller(config, argv)
+    print(f"config: {preset_of(argv) or 'the defaults'} and the flags given; resolved in "
+          f"{distiller.run_dir / 'config.json'}")
     distiller.run()
-    print(f"synthetic set: {distiller.run_dir / 'synset'} (lr {distiller.syn_lr.item():.4g}); "
-          f"evaluate with: python -m dd.eval --synset {distiller.run_dir / 'synset'}")
+    print(finished(distiller.run_dir, distiller.iteration, distiller.syn_lr.item()))
     return 0
+
+
+def preset_of(argv: Sequence[str] | None) -> str | None:
+    """The ``--config`` file named in ``argv`` (default: this process's arguments), if any."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def finished(run_dir: Path, iteration: int, lr: float) -> str:
+    """The stage's last lines: what it wrote and the commands that evaluate the set and report on the run."""
+    evaluate = shlex.join(["python", "-m", "dd.eval", "--synset", str(run_dir / "synset"), "--baseline", "random"])
+    report = shlex.join(["python", "-m", "dd.report", str(run_dir)])
+    return (f"synthetic set: {run_dir / 'synset'} (iteration {iteration}, learned lr {lr:.4g}); best on validation: "
+            f"{run_dir / 'synset_best'}; images: {run_dir / 'grids'}, {run_dir / 'progress.gif'}\n"
+            f"next: evaluate it: {evaluate}\n"
+            f"      report on the run: {report}")
 
 
 if __name__ == "__main__":

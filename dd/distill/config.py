@@ -18,7 +18,8 @@ class DistillConfig:
     dataset: str = opt("digits", "dataset name (see dd.data.list_datasets())")
     data_path: str = opt("data", "folder holding the dataset")
     download: bool = opt(False, "download the dataset through torchvision if it is missing")
-    image_size: int | None = opt(None, "side length for imagefolder datasets")
+    image_size: int | None = opt(None, "side length of the images, as the experts were trained (default: the "
+                                       "dataset's own; imagefolder: the images' side when they share one, else 32)")
     model: str = opt("ConvNet", "student architecture; must match the experts'")
     buffer: str | None = opt(None, "trajectory store folder (default: the only one under "
                                    "<buffer-dir>/<dataset>/<model>/)")

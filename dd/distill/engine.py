@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -30,13 +30,14 @@ from dd.distill.methods import Method, get_method
 from dd.distill.synset import SynSet, save_synset
 from dd.distill.unroll import make_plan, make_unroll
 from dd.errors import DDError
+from dd.io import atomic_write_json
 from dd.lock import hold
 from dd.metrics import MetricsLog, check_wandb
 from dd.models import create_model, list_models
 from dd.multiseed import train_and_test_seeds
 from dd.protocols import get_protocol
 from dd.realdata import prepare_data
-from dd.viz import save_grid
+from dd.viz import class_names, grid_history, save_grid, save_history_gif
 
 
 def validate(config: DistillConfig) -> None:
@@ -76,6 +77,28 @@ def check_store(store: TrajectoryStore, config: DistillConfig) -> None:
     store.check_window(config.max_start_epoch, config.expert_epochs)
 
 
+def store_choice(config: DistillConfig) -> str:
+    """How the expert store was chosen, in the flags' words."""
+    if config.buffer:
+        return f"--buffer {config.buffer}"
+    if config.buffer_config:
+        return f"the store of --buffer-config {config.buffer_config}"
+    return f"the only store under {Path(config.buffer_dir) / config.dataset / config.model}"
+
+
+def check_image_shape(store: TrajectoryStore, spec, image_size: int | None) -> None:
+    """The images must have the shape the experts were trained on; the error names the ``--image-size`` to pass."""
+    stored = store.header["dataset"]
+    want, got = (stored["channels"], *stored["size"]), (spec.channels, *spec.size)
+    if want == got:
+        return
+    given = f"--image-size {image_size}" if image_size else f"the default --image-size ({spec.size[0]})"
+    fix = (f"pass --image-size {want[-1]}" if want[0] == got[0]
+           else "load the data as the experts did (same dataset and folder)")
+    raise DDError(f"{given} gives {got[0]}x{got[1]}x{got[2]} images, but the experts in {store.root} were trained "
+                  f"on {want[0]}x{want[1]}x{want[2]}; {fix}")
+
+
 def check_eval_models(config: DistillConfig, spec) -> None:
     """Each ``--eval-models`` network must take the dataset's images: one forward pass of a zero batch, on the CPU."""
     for name in config.eval_models.split(","):
@@ -101,12 +124,15 @@ class Distiller:
         self.device = resolve_device(config.device)
         store = find_store(config.buffer, config.buffer_dir, config.dataset, config.model, config.buffer_config)
         check_store(store, config)
+        print(f"experts: {store.root} ({len(store.completed())} experts of {store.num_epochs} epochs; "
+              f"{store_choice(config)})")
         stored = store.load_preprocess()
         preprocess = (Preprocessor.from_state(*stored) if stored is not None
                       else store.header["recipe"].get("preprocess", "standard"))
         data = prepare_data(config.dataset, self.device, config.data_path, config.download, preprocess,
                             config.image_size, config.val_fraction, config.val_seed)
         spec = data.spec
+        check_image_shape(store, spec, config.image_size)
         check_eval_models(config, spec)
         model = create_model(config.model, spec.channels, spec.num_classes, spec.size, seed=config.seed)
         model = model.to(self.device).train()
@@ -121,6 +147,8 @@ class Distiller:
         self.checkpointed = 0  # iteration of the last checkpoint written or resumed from
         self.evaluated = 0  # iteration of the last finished evaluation
         self.best: dict[str, float] = {}
+        self._bar: tqdm | None = None
+        self._shown_eval: dict[str, str] = {}  # the last evaluation, in the bar's postfix
         self._init_state()
 
     # -- state ---------------------------------------------------------------------------------
@@ -210,23 +238,34 @@ class Distiller:
         return loss.detach()
 
     # -- evaluation and outputs ----------------------------------------------------------------
-    def evaluate(self) -> dict[str, list[float]]:
+    def evaluate(self, progress: Callable[[int, int, str], None] | None = None) -> dict[str, list[float]]:
         """Train fresh networks on each current set (the method's protocol) and return validation accuracies
         under ``<model>`` for the optimised set and ``<set>/<model>`` for the method's extra sets. The test
-        split is never read here: it belongs to the final report (``dd.eval``)."""
+        split is never read here: it belongs to the final report (``dd.eval``). ``progress(done, total, key)``
+        is called before each network (seeds trained together on CUDA count as one step) and at the end."""
         cfg, data = self.config, self.ctx.data
         spec = data.spec
         batch = {} if cfg.eval_batch_size is None else {"batch_size": cfg.eval_batch_size}
         protocol = get_protocol(self.method.protocol, epochs=cfg.eval_epochs, dsa_strategy=cfg.dsa_strategy, **batch)
         labels, lr = self.labels.detach(), self.syn_lr.item()
-        results = {}
-        for set_name, images in self.sets().items():
-            for model in cfg.eval_models.split(","):
-                key = f"{set_name}/{model}" if set_name else model
-                seeds = [cfg.seed + run for run in range(cfg.eval_runs)]
-                results[key] = train_and_test_seeds(model, spec.channels, spec.num_classes, spec.size,
-                                                    (images, labels), data.val, lr, protocol, seeds,
-                                                    batched=self.device.type == "cuda")
+        batched = self.device.type == "cuda"
+        seeds = [cfg.seed + run for run in range(cfg.eval_runs)]
+        groups = [seeds] if batched else [[seed] for seed in seeds]
+        jobs = [(set_name, images, model) for set_name, images in self.sets().items()
+                for model in cfg.eval_models.split(",")]
+        total, done = len(jobs) * len(seeds), 0
+        results: dict[str, list[float]] = {}
+        for set_name, images, model in jobs:
+            key = f"{set_name}/{model}" if set_name else model
+            for group in groups:
+                if progress is not None:
+                    progress(done, total, key)
+                results.setdefault(key, []).extend(
+                    train_and_test_seeds(model, spec.channels, spec.num_classes, spec.size, (images, labels),
+                                         data.val, lr, protocol, group, batched=batched))
+                done += len(group)
+        if progress is not None:
+            progress(done, total, "")
         return results
 
     def _save_sets(self, suffix: str = "") -> None:
@@ -237,9 +276,28 @@ class Distiller:
     def save(self) -> None:
         """The sets, their grid, then the checkpoint (a checkpoint never runs ahead of the set)."""
         self._save_sets()
-        pixels = self.ctx.data.preprocessor.invert(self.images.detach().cpu())
-        save_grid(self.run_dir / "grid.png", pixels, nrow=self.config.ipc if self.config.ipc > 1 else pixels.shape[0])
+        self.save_grid(self.run_dir / "grid.png")
         self.checkpoint()
+
+    def save_grid(self, path: Path) -> None:
+        """The current images (ZCA inverted) as a grid at ``path``: a row per class (one row for ipc 1), the class
+        names under the rows, the method and iteration in the title."""
+        cfg = self.config
+        pixels = self.ctx.data.preprocessor.invert(self.images.detach().cpu())
+        labels = self.labels.detach().cpu()
+        classes = (labels.argmax(1) if labels.ndim == 2 else labels).tolist()
+        names = class_names(cfg.dataset, cfg.data_path, self.ctx.data.spec.num_classes)
+        save_grid(path, pixels, nrow=cfg.ipc if cfg.ipc > 1 else pixels.shape[0], labels=[names[c] for c in classes],
+                  title=f"{cfg.method} {cfg.dataset} ipc{cfg.ipc} · iteration {self.iteration}")
+
+    def save_history(self, log: MetricsLog) -> None:
+        """Keep the grid of this evaluation as ``grids/grid_<iteration>.png``, redraw ``progress.gif`` from every
+        kept grid, and log the grid to wandb (when on)."""
+        path = self.run_dir / "grids" / f"grid_{self.iteration:06d}.png"
+        path.parent.mkdir(exist_ok=True)
+        self.save_grid(path)
+        save_history_gif(self.run_dir / "progress.gif", [p for _, p in grid_history(path.parent)])
+        log.image("grid", path, self.iteration)
 
     def checkpoint(self) -> None:
         save_checkpoint(self.run_dir, self.state_tensors(),
@@ -251,6 +309,8 @@ class Distiller:
         """Check the run folder (held by this process) against the config, load its checkpoint when resuming,
         and return its metrics log."""
         found, changes, log = open_run(self.run_dir, self.config.resume, to_dict(self.config))
+        # config.json names the store the run matches, also when it was found rather than given
+        atomic_write_json(self.run_dir / "config.json", {**to_dict(self.config), "buffer": str(self.ctx.store.root)})
         if found is not None:
             self.load_state(*found)
             if EVAL_KEYS & changes.keys():
@@ -289,8 +349,13 @@ class Distiller:
     def _evaluate(self, log: MetricsLog) -> None:
         """Evaluate the saved iteration, log it, save ``synset_best`` when the first eval model improved, and
         checkpoint the new best. An evaluation that fails leaves the saved set and checkpoint as they are."""
+        def progress(done: int, total: int, key: str) -> None:
+            if self._bar is not None:
+                self._bar.set_description_str(f"{self.config.method} ipc{self.config.ipc} evaluating")
+                self._bar.set_postfix_str(f"{key} network {done + 1}/{total}" if key else f"{total}/{total} done")
+
         try:
-            results = self.evaluate()
+            results = self.evaluate(progress)
         except Exception as e:  # an evaluation error must not lose the run: name it and how to resume
             first = (str(e).strip().splitlines() or [""])[0]
             raise DDError(f"evaluation at iteration {self.iteration} failed ({type(e).__name__}: {first}); "
@@ -307,15 +372,22 @@ class Distiller:
         tqdm.write(" ".join(f"{k}={v:.4f}" for k, v in record.items()) + f" (iteration {self.iteration})")
         if improved:
             self._save_sets("_best")
+        first = next(iter(record))
+        self._shown_eval = {first: f"{record[first]:.4f}"}
+        if self._bar is not None:
+            self._bar.set_description_str(f"{self.config.method} ipc{self.config.ipc}")
+            self._bar.set_postfix(**self._shown_eval)
         self.evaluated = self.iteration
         self.checkpoint()
+        self.save_history(log)  # pictures, after the state: a failure here never repeats the evaluation
 
     def _loop(self, log: MetricsLog) -> None:
         cfg = self.config
-        if self.evaluated < self.iteration and self._is_eval_point(self.iteration):
-            self._evaluate(log)  # resumed from a checkpoint whose evaluation had not finished
-        bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=f"{cfg.method} ipc{cfg.ipc}", unit="it")
+        bar = self._bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=f"{cfg.method} ipc{cfg.ipc}",
+                               unit="it")
         try:  # a divergence error prints below a closed bar, not inside it
+            if self.evaluated < self.iteration and self._is_eval_point(self.iteration):
+                self._evaluate(log)  # resumed from a checkpoint whose evaluation had not finished
             loss_sum = torch.zeros((), device=self.device)
             count, tic = 0, time.perf_counter()
             while self.iteration < cfg.iterations:
@@ -330,7 +402,7 @@ class Distiller:
                         log.write({"iteration": self.iteration, "loss": loss, "syn_lr": self.syn_lr.item(),
                                    "seconds_per_iteration": (time.perf_counter() - tic) / count,
                                    **self.method.metrics()})
-                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.syn_lr.item():.4g}")
+                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.syn_lr.item():.4g}", **self._shown_eval)
                         loss_sum.zero_()
                         count, tic = 0, time.perf_counter()
                 evaluate_now = self._is_eval_point(self.iteration)
@@ -343,6 +415,7 @@ class Distiller:
                     tic += time.perf_counter() - paused  # seconds_per_iteration excludes evaluation and saving
         finally:
             bar.close()
+            self._bar = None
 
     def run(self) -> SynSet:
         """Run (or resume) the loop to ``iterations``, as the only writer of the run folder; returns the final

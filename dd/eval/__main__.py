@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -53,7 +54,7 @@ from dd.data import DatasetSpec, Preprocessor, list_datasets
 from dd.distill.synset import SynSet, load_synset
 from dd.errors import DDError
 from dd.eval import pools, transfer
-from dd.eval.report import augment_of, results_markdown, run_key
+from dd.eval.report import augment_of, results_markdown, run_key, source_name
 from dd.eval.results import Results
 from dd.io import atomic_write_bytes
 from dd.lock import hold
@@ -75,7 +76,8 @@ class EvalConfig:
     dataset: str | None = opt(None, "dataset to test on (default: the set's; must match it)")
     data_path: str | None = opt(None, "folder holding the dataset (default: the set's, else data)")
     download: bool = opt(False, "download the dataset through torchvision if it is missing")
-    image_size: int | None = opt(None, "side length for imagefolder datasets (default: the set's, else 32)")
+    image_size: int | None = opt(None, "side length of the images (default: the set's, else the dataset's own; "
+                                       "imagefolder: the images' side when they share one, else 32)")
     split: str = opt("test", "split to report accuracy on: test (the final report) or val (for choices: tuning, "
                      "selection)", choices=SPLITS)
     val_fraction: float | None = opt(None, "fraction of every class held out of the training split as validation "
@@ -387,10 +389,11 @@ def run_jobs(jobs: list[Job], results: Results, data: PreparedData, split: str, 
     groups = seed_groups(todo, batched)
     bar = tqdm(distributed.shard(groups), desc="eval", unit="group" if len(groups) < len(todo) else "run",
                disable=not distributed.is_main())
+    last: dict[str, str] = {}  # the last finished run's accuracy, in the postfix
     for group in bar:
         record = group[0][0]
-        bar.set_postfix(source=record["source"], model=record["model"], seeds=len(group),
-                        labels=record["labels"], augment=record["augment"])
+        bar.set_postfix({"source": record["source"], "model": record["model"], "seeds": len(group),
+                         "labels": record["labels"], "augment": record["augment"], **last})  # in this order
         seeds = [r["seed"] for r, _, _ in group]
         scores = train_and_score_seeds(record["model"], spec.channels, spec.num_classes, spec.size, group[0][1](),
                                        evaluated_on, record["protocol"]["lr"], group[0][2], seeds,
@@ -398,6 +401,7 @@ def run_jobs(jobs: list[Job], results: Results, data: PreparedData, split: str, 
         for (run, _, _), score in zip(group, scores, strict=True):
             extra = {} if score.max_over_epochs is None else {"max_accuracy": score.max_over_epochs}
             results.add({**run, "accuracy": score.final, **extra})
+            last["last"] = f"{source_name(run)} {run['model']} {100 * score.final:.2f}%"
     return results.finish()
 
 
@@ -432,8 +436,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         atomic_write_bytes(out / "results.md", results_markdown(runs).encode())
     asked = {run_key(job[0]) for job in jobs}
     print(results_markdown([r for r in runs if run_key(r) in asked]))
-    print(f"results: {results.path} (all records: {out / 'results.md'})")
+    print(finished(results.path, out / "results.md", list(sets)))
     return 0
+
+
+def finished(results_path: Path, markdown: Path, synsets: list[str]) -> str:
+    """The stage's last lines: where the records and tables are, and the report command for the sets' runs."""
+    runs = list(dict.fromkeys(str(Path(p).parent) for p in synsets if (Path(p).parent / "config.json").is_file()))
+    lines = [f"results: {results_path} (every record); tables: {markdown}"]
+    if runs:
+        lines.append(f"next: report on the run: {shlex.join(['python', '-m', 'dd.report', *runs])}")
+    return "\n".join(lines)
 
 
 def check_random_ipc(data: PreparedData, ipcs: list[int]) -> None:
@@ -441,8 +454,9 @@ def check_random_ipc(data: PreparedData, ipcs: list[int]) -> None:
     counts = torch.bincount(data.train_labels.cpu(), minlength=data.spec.num_classes)
     for ipc in ipcs:
         if ipc > int(counts.min()):
-            raise DDError(f"the random baseline's --ipc {ipc} is larger than class {int(counts.argmin())}, which has "
-                          f"{int(counts.min())} training images; pass a smaller --ipc")
+            raise DDError(f"the random baseline's --ipc {ipc} is larger than "
+                          f"{data.class_label(int(counts.argmin()))}, which has {int(counts.min())} training images; "
+                          "pass a smaller --ipc")
 
 
 if __name__ == "__main__":

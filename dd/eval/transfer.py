@@ -283,7 +283,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     todo = [job for job in jobs if run_key(job) not in done]
     print(f"transfer: {len(todo)} of {len(jobs)} runs to do ({results_path})")
     backbones: dict[tuple[str, str, int], dict[str, torch.Tensor] | None] = {}
-    for job in tqdm(todo, desc="transfer", unit="run"):
+    bar = tqdm(todo, desc="transfer", unit="run")
+    last: dict[str, str] = {}  # the last finished run's accuracy, in the postfix
+    for job in bar:
+        bar.set_postfix({"source": job["source"], "model": job["model"], "target": job["dataset"],
+                         "protocol": job["protocol"], "seed": job["seed"], **last})  # in this order
         found = (job["source"], job["model"], job["seed"])
         if found not in backbones:  # one pre-training per (source, model, seed), shared by targets and protocols
             get = sets[job["source"]]
@@ -291,6 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         job["accuracy"] = transfer(job["protocol"], job["model"], backbones[found], targets[job["dataset"]], cfg,
                                    job["seed"])
         runs.append(job)
+        last["last"] = f"{job['source']} {job['dataset']} {job['protocol']} {100 * job['accuracy']:.2f}%"
         atomic_write_json(results_path, {"config": to_dict(cfg), "runs": runs})
     asked = {run_key(job) for job in jobs}
     table = markdown([r for r in runs if run_key(r) in asked])
