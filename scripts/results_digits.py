@@ -77,6 +77,9 @@ def main() -> None:
     parser.add_argument("--methods", default="", help="comma-separated methods (default: every one with a preset)")
     parser.add_argument("--cross-arch-ipcs", default="1,10",
                         help="IPCs whose best set is also evaluated on the other architectures (empty for none)")
+    parser.add_argument("--sets-only", action="store_true",
+                        help="distill and evaluate the methods' sets only (no baselines, cross-architecture rows or "
+                             "report): for several instances on one --work at once, each with its own --methods")
     parser.add_argument("--work", default="runs/results-digits", help="folder for the runs and evaluations")
     parser.add_argument("--out", default="docs", help="where results-digits.md/.json are written")
     args = parser.parse_args()
@@ -111,11 +114,13 @@ def main() -> None:
                 folder = synset.parent / f"test-{protocol}-{synset.name}"
                 sh("dd.eval", "--synset", str(synset), "--out", str(folder), "--protocol", protocol, *common)
                 runs += read_runs(folder, row=row, ipc_row=ipc, split="test", method_row=method)
-        for protocol in ("mtt", "dd0"):
+        for protocol in () if args.sets_only else ("mtt", "dd0"):
             folder = work / f"random-ipc{ipc}-{protocol}"
             sh("dd.eval", "--dataset", "digits", "--ipc", str(ipc), "--baseline", "random", "--out", str(folder),
                "--protocol", protocol, *common)
             runs += read_runs(folder, row="random real", ipc_row=ipc, split="test")
+    if args.sets_only:
+        return
     full = work / "full"
     sh("dd.eval", "--dataset", "digits", "--baseline", "full", "--out", str(full), "--protocol", "mtt", *common)
     runs += read_runs(full, row="full data", ipc_row=None, split="test")
