@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from dd import distributed
 from dd.cli import run_cli
 from dd.config import build_parser, parse_config, peek_option
 from dd.distill import krr_st
@@ -28,8 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     config, _ = parse_config(DistillConfig, argv, build_parser(DistillConfig, "python -m dd.distill", __doc__))
     distiller = Distiller(config, argv)
     distiller.run()
-    print(f"synthetic set: {distiller.run_dir / 'synset'} (lr {distiller.syn_lr.item():.4g}); "
-          f"evaluate with: python -m dd.eval --synset {distiller.run_dir / 'synset'}")
+    if distributed.is_main():
+        print(f"synthetic set: {distiller.run_dir / 'synset'} (lr {distiller.syn_lr.item():.4g}); "
+              f"evaluate with: python -m dd.eval --synset {distiller.run_dir / 'synset'}")
     return 0
 
 
