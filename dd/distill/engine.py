@@ -255,9 +255,10 @@ class Distiller:
             for model in cfg.eval_models.split(","):
                 key = f"{set_name}/{model}" if set_name else model
                 seeds = distributed.shard([cfg.seed + run for run in range(cfg.eval_runs)])  # ranks share the seeds
-                results[key] = distributed.gather_shards(train_and_test_seeds(
-                    model, spec.channels, spec.num_classes, spec.size, (images, labels), data.val, lr, protocol,
-                    seeds, batched=self.device.type == "cuda"))
+                mine = train_and_test_seeds(model, spec.channels, spec.num_classes, spec.size, (images, labels),
+                                            data.val, lr, protocol, seeds, batched=self.device.type == "cuda"
+                                            ) if seeds else []
+                results[key] = distributed.gather_shards(mine)
         return results
 
     def _save_sets(self, suffix: str = "") -> None:

@@ -135,7 +135,7 @@ def full_unroll(student: Student, w0: torch.Tensor, images: torch.Tensor, labels
 
 # -- the checkpointed unroll ---------------------------------------------------------------------------
 def _replay(student: Student, state: State, images: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor,
-            plan: InnerPlan, step: int, chunk: int | None) -> State:
+            plan: InnerPlan, step: int, chunk: int | None = None) -> State:
     """The detached state after 1-based inner ``step`` from the detached state before it, without a graph
     through the step (the inner gradient still needs one through the forward, ``chunk`` images at a time)."""
     with torch.enable_grad():
