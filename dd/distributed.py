@@ -1,4 +1,5 @@
-"""Scale-out under torchrun: independent jobs (experts, evaluation runs) shared among ranks.
+"""Scale-out under torchrun: independent jobs (experts, evaluation runs) shared among ranks, and one job's
+minibatch split across ranks (``share``) with its sums taken over them (``sum_over_ranks``).
 
 ``torchrun --nproc-per-node K -m dd.buffer ...`` starts K processes with WORLD_SIZE, RANK and
 LOCAL_RANK set; ``setup`` then joins them in one process group (gloo on CPU, NCCL on CUDA, each rank
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import atexit
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -76,6 +77,49 @@ def all_gather_object(obj: T) -> list[T]:
     found: list[Any] = [None] * world_size()
     dist.all_gather_object(found, obj)
     return found
+
+
+def share(size: int) -> slice:
+    """This rank's contiguous part of ``range(size)``: the parts of all ranks tile it, in rank order, and
+    differ in length by one at most (the whole range when single-process)."""
+    k, r = world_size(), rank()
+    return slice(size * r // k, size * (r + 1) // k)
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) whose backward is the same all-reduce of the incoming gradient: every rank consumes the
+    sum, so the adjoint of each rank's input is the sum of the ranks' adjoints of the output. Its backward is
+    itself differentiable (double backward through an inner gradient works)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _SumOverRanks.apply(grad)
+
+
+def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over the ranks, on every rank, bitwise the same there; differentiable (see
+    ``_SumOverRanks``). Single-process it is ``tensor`` itself."""
+    return _SumOverRanks.apply(tensor) if dist.is_initialized() else tensor
+
+
+def average_gradients(tensors: Iterable[torch.Tensor]) -> None:
+    """Replace the ``.grad`` of each tensor (those that have one) by its mean over the ranks, in place; a no-op
+    single-process. When every rank computes the same loss L from the same replicated state and partial sums
+    joined by ``sum_over_ranks``, the ranks' backward passes together compute the gradient of K copies of L (each
+    sum's backward adds the K ranks' adjoints), so the ranks' gradients sum to K dL/dx and their mean is dL/dx."""
+    k = world_size()
+    if k == 1:
+        return
+    for t in tensors:
+        if t.grad is not None:
+            dist.all_reduce(t.grad)
+            t.grad.div_(k)
 
 
 def shard(items: Sequence[T]) -> list[T]:

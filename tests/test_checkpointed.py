@@ -10,7 +10,7 @@ from dd.augment import DSA
 from dd.config import make_config
 from dd.device import make_generator
 from dd.distill.config import DistillConfig
-from dd.distill.engine import Distiller
+from dd.distill.engine import Distiller, check_split
 from dd.distill.methods.ast import MomentumStudent, middle_matching_loss, perturb_conv_weights
 from dd.distill.methods.base import normalized_distance
 from dd.distill.unroll import UNROLLS, Student, checkpointed_unroll, full_unroll, make_plan, make_unroll
@@ -33,12 +33,12 @@ def gradients(unroll, student, w0, images, labels, lr, plan, capture, loss_of):
     return [w.detach() for w in captured], [images.grad, labels.grad, lr.grad]
 
 
-def assert_same_as_full(student, w0, images, labels, plan, capture, loss_of, strides=(1, 2, 3, STEPS + 1)):
+def assert_same_as_full(student, w0, images, labels, plan, capture, loss_of, strides=(1, 2, 3, STEPS + 1), chunk=None):
     lr = torch.tensor(0.05, dtype=torch.float64)
     values, grads = gradients(full_unroll, student, w0, images, labels, lr, plan, capture, loss_of)
     assert grads[0].abs().sum() > 0 and grads[2] != 0
     for k in strides:
-        unroll = make_unroll("checkpointed", k)
+        unroll = make_unroll("checkpointed", k, chunk)
         got_values, got_grads = gradients(unroll, student, w0, images, labels, lr, plan, capture, loss_of)
         for want, got in zip(values, got_values, strict=True):
             assert torch.allclose(got, want, rtol=1e-12, atol=1e-15), k
@@ -85,6 +85,29 @@ def test_capture_before_the_last_step_and_unused_outputs():
                         lambda captured: normalized_distance(captured[0], w0, target), strides=(1, 3))
 
 
+@pytest.mark.parametrize("chunk", [1, 3])
+@pytest.mark.parametrize("momentum, soft", [(None, False), (0.9, True)], ids=["mtt", "ast-soft-labels"])
+def test_chunked_steps_hold_chunk_images_and_give_the_same_gradient(chunk, momentum, soft):
+    """--unroll-chunk: the model never sees more than ``chunk`` images at once, in the forward replays as in the
+    backward's graphs (minibatches of 4 and 2), and the values and gradients are the full unroll's."""
+    model, _, images, labels, w0, target, plan = tiny_problem(strategy="color_crop_flip_scale_rotate")
+    augment = DSA("color_crop_flip_scale_rotate")
+    weighted = lambda logits, y: 1.3 * classification_loss(logits, y)  # noqa: E731
+    student = Student(model, augment) if momentum is None else MomentumStudent(model, augment, weighted, momentum)
+    if soft:
+        labels = torch.randn(6, 3, generator=make_generator(4), dtype=torch.float64)
+    sizes = []
+    hook = model.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    lr = torch.tensor(0.05, dtype=torch.float64)
+    gradients(make_unroll("checkpointed", 2, chunk), student, w0, images, labels, lr, plan, [STEPS],
+              lambda c: normalized_distance(c[-1], w0, target))
+    hook.remove()
+    assert max(sizes) == chunk and sum(sizes) > 2 * sum(len(i) for i in plan.indices)
+    assert_same_as_full(student, w0, images, labels, plan, [2, STEPS],
+                        lambda c: normalized_distance(c[-1], w0, target) + normalized_distance(c[0], w0, target),
+                        strides=(1, 2), chunk=chunk)
+
+
 def test_batchnorm_statistics_end_as_after_the_full_unroll():
     model = create_model("ConvNetBN", 1, 3, (4, 4), seed=0, width=2, depth=1).to(torch.float64)
     _, _, images, labels, _, _, plan = tiny_problem()
@@ -111,7 +134,27 @@ def test_make_unroll_rejects_bad_settings():
         make_unroll("checkpointed", 0)
     with pytest.raises(DDError, match="only applies to --unroll checkpointed"):
         make_unroll("full", 2)
+    with pytest.raises(DDError, match="--unroll-chunk must be positive"):
+        make_unroll("checkpointed", 1, 0)
+    with pytest.raises(DDError, match="--unroll-chunk only applies to --unroll checkpointed"):
+        make_unroll("full", 1, 2)
     assert DistillConfig.__dataclass_fields__["unroll"].metadata["choices"] == tuple(UNROLLS)
+
+
+def test_split_minibatches_are_refused_where_they_would_change_the_gradient(monkeypatch):
+    convnet = create_model("ConvNet", 1, 3, (4, 4), seed=0, width=2, depth=1)
+    batchnorm = create_model("ConvNetBN", 1, 3, (4, 4), seed=0, width=2, depth=1)
+    chunked = make_config(DistillConfig, {"unroll": "checkpointed", "unroll_chunk": 2, "batch_syn": 4})
+    check_split(chunked, convnet, 10)
+    check_split(make_config(DistillConfig, {}), batchnorm, 10)  # unsplit: BatchNorm is fine
+    with pytest.raises(DDError, match="--unroll-chunk splits each inner minibatch, which changes the BatchNorm"):
+        check_split(chunked, batchnorm, 10)
+    monkeypatch.setattr("dd.distributed.world_size", lambda: 3)
+    check_split(make_config(DistillConfig, {"batch_syn": 3}), convnet, 9)
+    with pytest.raises(DDError, match="smallest inner minibatch has 2 synthetic images, fewer than the 3"):
+        check_split(chunked, convnet, 10)  # minibatches of 4, 4 and 2
+    with pytest.raises(DDError, match="a run across 3 processes splits"):
+        check_split(make_config(DistillConfig, {}), batchnorm, 10)
 
 
 def test_plan_indices_live_on_the_requested_device():

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from dd import distributed
 from dd.cli import run_cli
 from dd.config import build_parser, parse_config, peek_option
 from dd.distill import krr_st
@@ -30,10 +31,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return krr_st.main(argv)
     config, _ = parse_config(DistillConfig, argv, build_parser(DistillConfig, "python -m dd.distill", __doc__))
     distiller = Distiller(config, argv)
-    print(f"config: {preset_of(argv) or 'the defaults'} and the flags given; resolved in "
-          f"{distiller.run_dir / 'config.json'}")
+    if distributed.is_main():
+        print(f"config: {preset_of(argv) or 'the defaults'} and the flags given; resolved in "
+              f"{distiller.run_dir / 'config.json'}")
     distiller.run()
-    print(finished(distiller.run_dir, distiller.iteration, distiller.syn_lr.item()))
+    if distributed.is_main():
+        print(finished(distiller.run_dir, distiller.iteration, distiller.syn_lr.item()))
     return 0
 
 

@@ -26,7 +26,7 @@ CHECKPOINT = "checkpoint.safetensors"
 RUN_CONTROL = frozenset({
     "iterations", "log_every", "checkpoint_every", "eval_every", "eval_models", "eval_runs", "eval_epochs",
     "eval_batch_size", "run_dir", "resume", "device", "wandb", "data_path", "download", "max_cached_experts",
-    "unroll", "unroll_snapshot_every",
+    "unroll", "unroll_snapshot_every", "unroll_chunk",
 })
 EVAL_KEYS = frozenset({"eval_models", "eval_runs", "eval_epochs", "eval_batch_size"})
 

@@ -65,6 +65,10 @@ class DistillConfig:
     unroll_snapshot_every: int = opt(1, "checkpointed unroll: keep the student's state after every k-th inner step "
                                      "only and replay the steps in between during the backward pass (about "
                                      "syn_steps/k + k states; k near sqrt(syn_steps) holds the fewest)")
+    unroll_chunk: int | None = opt(None, "checkpointed unroll: build each inner step's graph at most k synthetic "
+                                   "images at a time (exact: the inner loss is a mean over the minibatch), for "
+                                   "minibatches whose one graph does not fit; costs one more graph-free gradient per "
+                                   "step; not for BatchNorm students (default: the whole minibatch at once)")
     max_cached_experts: int = opt(64, "experts kept in memory at once (the rest are re-read from disk)")
     val_fraction: float = opt(0.1, "fraction of every class of the training split held out as the validation "
                               "split, which the in-run evaluations and synset_best read (the test split never)")

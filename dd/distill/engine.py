@@ -4,10 +4,16 @@ Per iteration: draw an expert and a start epoch t (method hook), draw the inner 
 student from w*_t for ``syn_steps`` steps on the synthetic set (the unroll is swappable), compute the
 matching loss against w*_{t+M} (method hook), backpropagate to the images and the learnable lr, and
 step the outer optimisers (SGD with momentum 0.5, as MTT) when the method accepts the update.
+
+Under ``torchrun --nproc-per-node K`` one run spans K processes: each takes its part of every inner
+minibatch (``dd.distill.unroll.Student``), every rank holds the same state, the images', labels' and lr's
+gradients are averaged over the ranks before the outer step (``dd.distributed.average_gradients``), and
+rank 0 alone writes the run folder; the state does not depend on K, so a run resumes with another K.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -16,13 +22,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from dd import distributed
 from dd.augment import DSA
 from dd.buffer.store import TrajectoryStore
 from dd.cli import Interrupted, check_flags, resume_command, uninterruptible
 from dd.config import to_dict
 from dd.data import Preprocessor, list_datasets
-from dd.device import make_generator, resolve_device
-from dd.distill.checkpoint import EVAL_KEYS, open_run, save_checkpoint
+from dd.device import make_generator
+from dd.distill.checkpoint import EVAL_KEYS, config_changes, load_checkpoint, open_run, save_checkpoint
 from dd.distill.config import DistillConfig
 from dd.distill.context import Context
 from dd.distill.experts import ExpertPool, find_store
@@ -60,7 +67,7 @@ def validate(config: DistillConfig) -> None:
                       f"{config.max_start_epoch}")
     if config.lr_step_limit >= 1:
         raise DDError(f"--lr-step-limit must be below 1 (a fraction of the lr), got {config.lr_step_limit:g}")
-    make_unroll(config.unroll, config.unroll_snapshot_every)  # raises on a bad unroll or stride
+    make_unroll(config.unroll, config.unroll_snapshot_every, config.unroll_chunk)  # raises on a bad unroll or stride
 
 
 def default_run_dir(config: DistillConfig) -> Path:
@@ -99,6 +106,25 @@ def check_image_shape(store: TrajectoryStore, spec, image_size: int | None) -> N
                   f"on {want[0]}x{want[1]}x{want[2]}; {fix}")
 
 
+def check_split(config: DistillConfig, model: torch.nn.Module, num_images: int) -> None:
+    """A minibatch split into chunks or across processes must give the whole minibatch's gradient: no
+    BatchNorm (its statistics span the minibatch), and every process gets at least one image of the
+    smallest minibatch (the last of each pass over the set)."""
+    ranks = distributed.world_size()
+    if config.unroll_chunk is None and ranks == 1:
+        return
+    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        what = "--unroll-chunk" if ranks == 1 else f"a run across {ranks} processes"
+        raise DDError(f"{what} splits each inner minibatch, which changes the BatchNorm statistics of {config.model}; "
+                      "use a model without BatchNorm (e.g. ConvNet) or one process without --unroll-chunk")
+    batch = min(config.batch_syn or num_images, num_images)
+    smallest = num_images % batch or batch
+    if smallest < ranks:
+        raise DDError(f"the smallest inner minibatch has {smallest} synthetic images, fewer than the {ranks} "
+                      f"processes that share it; use a --batch-syn of at least {ranks} that leaves no smaller "
+                      f"remainder of the {num_images} images (or fewer processes)")
+
+
 def check_eval_models(config: DistillConfig, spec) -> None:
     """Each ``--eval-models`` network must take the dataset's images: one forward pass of a zero batch, on the CPU."""
     for name in config.eval_models.split(","):
@@ -114,6 +140,16 @@ def check_eval_models(config: DistillConfig, spec) -> None:
                           f"of {spec.name} ({first}); choose another eval model") from None
 
 
+class _NoLog:
+    """The metrics log of ranks other than 0, which write nothing."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class Distiller:
     """One distillation run: state, loop, evaluations, checkpoints and outputs."""
 
@@ -121,11 +157,12 @@ class Distiller:
         """``argv``: the command-line arguments of the run, for the resume command that an interrupt prints."""
         validate(config)
         self.config, self.argv = config, argv
-        self.device = resolve_device(config.device)
+        self.device = distributed.setup(config.device)
         store = find_store(config.buffer, config.buffer_dir, config.dataset, config.model, config.buffer_config)
         check_store(store, config)
-        print(f"experts: {store.root} ({len(store.completed())} experts of {store.num_epochs} epochs; "
-              f"{store_choice(config)})")
+        if distributed.is_main():
+            print(f"experts: {store.root} ({len(store.completed())} experts of {store.num_epochs} epochs; "
+                  f"{store_choice(config)})")
         stored = store.load_preprocess()
         preprocess = (Preprocessor.from_state(*stored) if stored is not None
                       else store.header["recipe"].get("preprocess", "standard"))
@@ -140,7 +177,7 @@ class Distiller:
         self.method: Method = get_method(config.method)(self.ctx)
         self.experts = ExpertPool(store, self.device, config.max_cached_experts)
         self.student = self.method.make_student(model, DSA(config.dsa_strategy))
-        self.unroll = make_unroll(config.unroll, config.unroll_snapshot_every)
+        self.unroll = make_unroll(config.unroll, config.unroll_snapshot_every, config.unroll_chunk)
         self.run_dir = default_run_dir(config)
         self.generator = make_generator(config.seed)
         self.iteration = 0
@@ -150,6 +187,7 @@ class Distiller:
         self._bar: tqdm | None = None
         self._shown_eval: dict[str, str] = {}  # the last evaluation, in the bar's postfix
         self._init_state()
+        check_split(config, model, self.images.shape[0])
 
     # -- state ---------------------------------------------------------------------------------
     def _init_state(self) -> None:
@@ -226,6 +264,7 @@ class Distiller:
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients([self.images, self.labels, self.syn_lr])
         if self.method.accept_update(loss.detach()):
             lr_before = self.syn_lr.detach().clone()
             for opt in self.optimizers.values():
@@ -249,34 +288,38 @@ class Distiller:
         protocol = get_protocol(self.method.protocol, epochs=cfg.eval_epochs, dsa_strategy=cfg.dsa_strategy, **batch)
         labels, lr = self.labels.detach(), self.syn_lr.item()
         batched = self.device.type == "cuda"
-        seeds = [cfg.seed + run for run in range(cfg.eval_runs)]
-        groups = [seeds] if batched else [[seed] for seed in seeds]
+        seeds = distributed.shard([cfg.seed + run for run in range(cfg.eval_runs)])  # ranks share the seeds
+        groups = [seeds] if batched and seeds else [[seed] for seed in seeds]
         jobs = [(set_name, images, model) for set_name, images in self.sets().items()
                 for model in cfg.eval_models.split(",")]
         total, done = len(jobs) * len(seeds), 0
         results: dict[str, list[float]] = {}
         for set_name, images, model in jobs:
             key = f"{set_name}/{model}" if set_name else model
+            mine: list[float] = []
             for group in groups:
                 if progress is not None:
                     progress(done, total, key)
-                results.setdefault(key, []).extend(
-                    train_and_test_seeds(model, spec.channels, spec.num_classes, spec.size, (images, labels),
-                                         data.val, lr, protocol, group, batched=batched))
+                mine.extend(train_and_test_seeds(model, spec.channels, spec.num_classes, spec.size, (images, labels),
+                                                 data.val, lr, protocol, group, batched=batched))
                 done += len(group)
+            results[key] = distributed.gather_shards(mine)
         if progress is not None:
             progress(done, total, "")
         return results
 
     def _save_sets(self, suffix: str = "") -> None:
+        if not distributed.is_main():
+            return
         for set_name, images in self.sets().items():
             save_synset(self.run_dir / ("synset" + (f"_{set_name}" if set_name else "") + suffix),
                         self.synset(images, set_name))
 
     def save(self) -> None:
         """The sets, their grid, then the checkpoint (a checkpoint never runs ahead of the set)."""
-        self._save_sets()
-        self.save_grid(self.run_dir / "grid.png")
+        if distributed.is_main():
+            self._save_sets()
+            self.save_grid(self.run_dir / "grid.png")
         self.checkpoint()
 
     def save_grid(self, path: Path) -> None:
@@ -292,7 +335,9 @@ class Distiller:
 
     def save_history(self, log: MetricsLog) -> None:
         """Keep the grid of this evaluation as ``grids/grid_<iteration>.png``, redraw ``progress.gif`` from every
-        kept grid, and log the grid to wandb (when on)."""
+        kept grid, and log the grid to wandb (when on); rank 0 only."""
+        if not distributed.is_main():
+            return
         path = self.run_dir / "grids" / f"grid_{self.iteration:06d}.png"
         path.parent.mkdir(exist_ok=True)
         self.save_grid(path)
@@ -300,22 +345,30 @@ class Distiller:
         log.image("grid", path, self.iteration)
 
     def checkpoint(self) -> None:
-        save_checkpoint(self.run_dir, self.state_tensors(),
-                        {"iteration": self.iteration, "evaluated": self.evaluated, "best": self.best,
-                         "config": to_dict(self.config)})
+        if distributed.is_main():
+            save_checkpoint(self.run_dir, self.state_tensors(),
+                            {"iteration": self.iteration, "evaluated": self.evaluated, "best": self.best,
+                             "config": to_dict(self.config)})
         self.checkpointed = self.iteration
 
     def _open_run_dir(self) -> MetricsLog:
         """Check the run folder (held by this process) against the config, load its checkpoint when resuming,
         and return its metrics log."""
-        found, changes, log = open_run(self.run_dir, self.config.resume, to_dict(self.config))
-        # config.json names the store the run matches, also when it was found rather than given
-        atomic_write_json(self.run_dir / "config.json", {**to_dict(self.config), "buffer": str(self.ctx.store.root)})
+        if distributed.is_main():
+            found, changes, log = open_run(self.run_dir, self.config.resume, to_dict(self.config))
+            # config.json names the store the run matches, also when it was found rather than given
+            atomic_write_json(self.run_dir / "config.json",
+                              {**to_dict(self.config), "buffer": str(self.ctx.store.root)})
+        distributed.barrier()  # the other ranks read the checkpoint that rank 0 has checked
+        if not distributed.is_main():
+            found, log = load_checkpoint(self.run_dir) if self.config.resume else None, _NoLog()
+            changes = {} if found is None else config_changes(found[1]["config"], to_dict(self.config))
         if found is not None:
             self.load_state(*found)
             if EVAL_KEYS & changes.keys():
                 self.best = {}  # accuracies under other evaluation settings do not compare
-            print(f"resumed {self.run_dir} at iteration {self.iteration}")
+            if distributed.is_main():
+                print(f"resumed {self.run_dir} at iteration {self.iteration}")
         return log
 
     def _nonfinite(self) -> list[str]:
@@ -369,7 +422,8 @@ class Distiller:
                 self.best[name] = mean
                 improved = improved or rank == 0
         log.write({"iteration": self.iteration, **record})
-        tqdm.write(" ".join(f"{k}={v:.4f}" for k, v in record.items()) + f" (iteration {self.iteration})")
+        if distributed.is_main():
+            tqdm.write(" ".join(f"{k}={v:.4f}" for k, v in record.items()) + f" (iteration {self.iteration})")
         if improved:
             self._save_sets("_best")
         first = next(iter(record))
@@ -384,7 +438,7 @@ class Distiller:
     def _loop(self, log: MetricsLog) -> None:
         cfg = self.config
         bar = self._bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=f"{cfg.method} ipc{cfg.ipc}",
-                               unit="it")
+                               unit="it", disable=not distributed.is_main())
         try:  # a divergence error prints below a closed bar, not inside it
             if self.evaluated < self.iteration and self._is_eval_point(self.iteration):
                 self._evaluate(log)  # resumed from a checkpoint whose evaluation had not finished
@@ -420,7 +474,8 @@ class Distiller:
     def run(self) -> SynSet:
         """Run (or resume) the loop to ``iterations``, as the only writer of the run folder; returns the final
         set. An interrupt (SIGINT, SIGTERM under ``dd.cli.run_cli``) first saves the last finished iteration."""
-        with hold(self.run_dir, f"run folder {self.run_dir}"):
+        owner = hold(self.run_dir, f"run folder {self.run_dir}") if distributed.is_main() else contextlib.nullcontext()
+        with owner:
             log = self._open_run_dir()
             try:
                 self._loop(log)

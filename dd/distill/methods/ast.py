@@ -94,11 +94,10 @@ class MomentumStudent(Student):
         """(w0, b = 0), so that the first step's buffer is its gradient."""
         return (w0, torch.zeros_like(w0))
 
-    def step(self, state: tuple[torch.Tensor, ...], images: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor,
-             index: torch.Tensor, seed: int, create_graph: bool = True) -> tuple[torch.Tensor, ...]:
-        """One heavy-ball step."""
+    def update(self, state: tuple[torch.Tensor, ...], grad: torch.Tensor, lr: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One heavy-ball step with minibatch gradient ``grad``."""
         w, b = state
-        b = self.momentum * b + self.gradient(w, images, labels, index, seed, create_graph)
+        b = self.momentum * b + grad
         return (w - lr * b, b)
 
 
