@@ -119,7 +119,7 @@ def peak_saved_tensors(unroll, steps):
     Held.live = Held.peak = 0
     with torch.autograd.graph.saved_tensors_hooks(Held, lambda held: held.tensor):
         (w,) = unroll(student, w0, x, labels, lr, plan, [steps])
-        kept = [t for value in vars(w.grad_fn).values()
+        kept = [t for value in getattr(w.grad_fn, "__dict__", {}).values()
                 for t in (value.values() if isinstance(value, dict) else [value]) for t in
                 (t if isinstance(t, tuple) else (t,)) if isinstance(t, torch.Tensor) and t.numel() == w0.numel()]
         normalized_distance(w, w0, target).backward()
