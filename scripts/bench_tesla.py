@@ -129,6 +129,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed iterations per configuration (median)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=str(ROOT / "docs"), help="folder of benchmarks-tesla.md and .json")
+    parser.add_argument("--note", default="", help="appended to the machine line (e.g. 'core shared with other jobs')")
     parser.add_argument("--worker", nargs=3, metavar=("UNROLL", "SYN_STEPS", "EVERY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -143,7 +144,8 @@ def main() -> None:
     error = gradient_error(args.buffer_dir, error_steps, draws, resolve_device(args.device))
     cost = unroll_cost(cost_steps, repeats, args.device)
     command = "python scripts/bench_tesla.py " + " ".join(sys.argv[1:])
-    write(Path(args.out), command, describe_machine(), error, cost)
+    machine = describe_machine() + (f"; {args.note}" if args.note else "")
+    write(Path(args.out), command, machine, error, cost)
 
 
 if __name__ == "__main__":
