@@ -31,7 +31,7 @@ DISTILL = "Distillation presets"
 BUFFER = "Buffer presets"
 KRR = "KRR-ST presets"
 EVAL = "Evaluation presets"
-FOLDERS = {DISTILL: ("mtt", "ftd", "datm", "ast"), BUFFER: ("buffer",), KRR: ("krr_st",), EVAL: ("eval",)}
+FOLDERS = {DISTILL: ("mtt", "ftd", "datm", "ast", "tesla"), BUFFER: ("buffer",), KRR: ("krr_st",), EVAL: ("eval",)}
 
 DISTILL_COLUMNS = ("method", "dataset", "model", "ipc", "syn_steps", "expert_epochs", "max_start_epoch", "lr_img",
                    "lr_lr", "lr_teacher", "batch_syn", "iterations")
@@ -211,7 +211,7 @@ def test_preset_equals_its_row(section, row):
 
 def test_distill_rows_name_the_methods_protocols():
     protocols = {row["method"]: row["protocol"] for row in TABLES[DISTILL]}
-    assert protocols == {"mtt": "mtt", "ftd": "mtt", "datm": "datm", "ast": "ast"}
+    assert protocols == {"mtt": "mtt", "ftd": "mtt", "datm": "datm", "ast": "ast", "tesla": "mtt"}
 
 
 # The comparison can fail: copies of presets with one value changed are caught.

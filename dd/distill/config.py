@@ -46,6 +46,7 @@ class DistillConfig:
     soft_label_init: str = opt("correct_mean", "initial soft labels: the mean logits of the experts that classify the "
                                "image correctly, or the raw logits of the first expert (final epoch), as DATM.py "
                                "does for pix_init real (DATM)", choices=("correct_mean", "first_expert"))
+    label_temperature: float = opt(1.0, "soft labels are softmax(expert logits / T) for this T (TESLA)")
     lr_y: float = opt(2.0, "learning rate of the soft labels (SGD, momentum 0.9; DATM)")
     threshold: float | None = opt(None, "skip the outer update when the matching loss exceeds this (DATM)")
     current_max_start_epoch: int | None = opt(None, "initial upper bound of the start-epoch window, growing "
@@ -60,8 +61,10 @@ class DistillConfig:
     dsa_strategy: str = opt("color_crop_cutout_flip_scale_rotate", "DSA ops in the inner loop and evaluation")
     unroll: str = opt("full", "how the inner loop is differentiated: full keeps every step's graph (memory grows "
                       "with syn_steps); checkpointed gives the same gradient keeping one step's graph at a time "
-                      "and replaying the steps backwards (one more forward and backward per step)",
-                      choices=("full", "checkpointed"))
+                      "and replaying the steps backwards (one more forward and backward per step); tesla "
+                      "keeps one step's graph and no per-step state, approximating the gradient to first order "
+                      "(each inner gradient sees its step's parameters as constants; TESLA)",
+                      choices=("full", "checkpointed", "tesla"))
     unroll_snapshot_every: int = opt(1, "checkpointed unroll: keep the student's state after every k-th inner step "
                                      "only and replay the steps in between during the backward pass (about "
                                      "syn_steps/k + k states; k near sqrt(syn_steps) holds the fewest)")

@@ -12,7 +12,9 @@ approximation: each replayed step keeps the second-order terms through its inner
 
 from __future__ import annotations
 
+import copy
 import functools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -267,3 +269,86 @@ def make_unroll(name: str, snapshot_every: int = 1, chunk: int | None = None) ->
     if chunk is not None:
         raise DDError(f"--unroll-chunk only applies to --unroll checkpointed, not '{name}'")
     return UNROLLS[name]
+
+
+# -- the TESLA unroll ----------------------------------------------------------------------------------
+def first_order(student: Student) -> Student:
+    """A copy of ``student`` whose inner gradient g_i = grad_w loss(f(DSA(x_B); w_i), y_B) treats w_i as a
+    constant: g_i depends on the images, labels and lr only through step i's own minibatch, so no gradient
+    flows back through the earlier steps that produced w_i (TESLA's approximation, Cui et al. 2023, section 4).
+    The optimiser's own update (w - lr * g, a momentum buffer) stays differentiable."""
+    approx = copy.copy(student)
+    exact = student.gradient
+
+    def gradient(w: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, seed: int,
+                 create_graph: bool = True, chunk: int | None = None) -> torch.Tensor:
+        return exact(w.detach().requires_grad_(True), images, labels, index, seed, create_graph, chunk)
+
+    approx.gradient = gradient
+    return approx
+
+
+class _TeslaUnroll(torch.autograd.Function):
+    """Plain-SGD students (state (w,)). Under the first-order approximation d w_{i+1} / d w_i = I, so the adjoint
+    of the state after step i is the sum of the captured adjoints at steps >= i, known before any step is
+    replayed. Forward: the steps without a graph, keeping only the current state. Backward: the steps again
+    from w0 in order, each rebuilt with its graph, contributing the vector-Jacobian product of its update
+    -lr * g_i(x_B, y_B) with that adjoint; the graph is freed before the next step."""
+
+    @staticmethod
+    def forward(ctx, student: Student, plan: InnerPlan, capture: Sequence[int], w0: torch.Tensor,
+                images: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ctx.save_for_backward(w0, images, labels, lr)
+        data = (images.detach(), labels.detach(), lr.detach())
+        state, captured = (w0.detach(),), []
+        for step in range(1, len(plan.seeds) + 1):
+            state = _replay(student, state, *data, plan, step)
+            if step in capture:
+                captured.append(state[0])
+        ctx.student, ctx.plan = student, plan
+        ctx.capture = [step for step in sorted(set(capture)) if step <= len(plan.seeds)]
+        return tuple(captured)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grad_captured: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        student, plan = first_order(ctx.student), ctx.plan
+        w0, *data = [x.detach() for x in ctx.saved_tensors]
+        needs = ctx.needs_input_grad[4:]  # images, labels, lr
+        inputs = [x.requires_grad_(True) if need else x for x, need in zip(data, needs, strict=True)]
+        wanted = [x for x in inputs if x.requires_grad]
+        totals = [torch.zeros_like(x) for x in wanted]
+        adjoints, suffix = {}, torch.zeros_like(w0)  # adjoint of the state after step s <= capture c
+        for step, grad in reversed(list(zip(ctx.capture, grad_captured, strict=True))):
+            suffix = suffix + grad
+            adjoints[step] = suffix
+        w = w0
+        with frozen_running_stats(student.model):  # replays leave BatchNorm statistics as the forward left them
+            for step in range(1, ctx.capture[-1] + 1):
+                adjoint = adjoints[next(c for c in ctx.capture if c >= step)]
+                with torch.enable_grad():
+                    (after,) = student.step((w,), *inputs, plan.indices[step - 1], plan.seeds[step - 1])
+                    grads = torch.autograd.grad(after, wanted, adjoint, allow_unused=True)
+                for total, g in zip(totals, grads, strict=True):
+                    if g is not None:
+                        total.add_(g)
+                w = after.detach()
+        out = iter(totals)
+        return (None, None, None, None, *(next(out) if need else None for need in needs))
+
+
+def tesla_unroll(student: Student, w0: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
+                 lr: torch.Tensor, plan: InnerPlan, capture: Sequence[int]) -> list[torch.Tensor]:
+    """``full_unroll``'s values with TESLA's first-order gradient (Cui et al. 2023): dL/dx =
+    sum_i (dL/dw_{i+1})^T d(-lr * g_i)/dx with w_i held constant in g_i, exact for one step. A plain-SGD
+    student holds w0, the current state and one step's graph, whatever ``syn_steps``: each step runs once in
+    the forward pass and once (with its graph) in the backward pass. A student with more state (AST's
+    momentum) has adjoints that change along the steps, so its approximate gradient is walked backwards
+    from snapshots like ``checkpointed_unroll`` (about 2 sqrt(N) states, still one step's graph at a time)."""
+    if len(student.init_state(w0)) > 1:
+        every = max(1, math.isqrt(len(plan.seeds)))
+        return checkpointed_unroll(first_order(student), w0, images, labels, lr, plan, capture, every)
+    return list(_TeslaUnroll.apply(student, plan, capture, w0, images, labels, lr))
+
+
+UNROLLS["tesla"] = tesla_unroll

@@ -1,0 +1,57 @@
+"""TESLA: Scaling Up Dataset Distillation to ImageNet-1K with Constant Memory
+(Cui, Wang, Si, Hsieh; ICML 2023, arXiv 2211.10586).
+
+TESLA is MTT (same experts, matching loss and outer optimisers) with two changes:
+
+1. soft label assignment: the synthetic images are labelled by an expert, not learned; a label is
+   softmax(f(x; w*) / T) with w* the expert parameters at the farthest target epoch the matching uses,
+   epoch max_start_epoch - 1 + expert_epochs (the authors' code labels with the target expert w*_{t+M}
+   and a plain softmax, T = 1; ``label_temperature`` sets T). They are stored as logits z / T, which the
+   soft cross-entropy of the inner loop and of every evaluation protocol turns into softmax(z / T);
+2. the constant-memory gradient (``--unroll tesla``, ``dd.distill.unroll.tesla_unroll``): the inner
+   gradient of step i sees the student's parameters as a constant, so each step's contribution to the
+   image gradient needs that step's graph only; the presets select it.
+
+Unlike the authors' code: the labels are assigned once, to the initial images, and stay fixed (their
+code relabels every iteration with that iteration's target expert, on its ImageNet path only: the other
+path concatenates an empty list), so the saved set holds the labels it was distilled with.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dd.distill.context import Context
+from dd.distill.methods.base import Method, register_method
+from dd.distill.methods.datm import complete_experts, logits_of
+from dd.errors import DDError
+from dd.functional import load_flat_
+from dd.models import create_model
+
+
+def label_epoch(max_start_epoch: int, expert_epochs: int) -> int:
+    """The expert epoch whose network labels the images: the last target t + M, t < max_start_epoch."""
+    return max_start_epoch - 1 + expert_epochs
+
+
+def expert_soft_labels(ctx: Context, images: torch.Tensor) -> torch.Tensor:
+    """Logits [N, K] / T of ``images`` [N, C, H, W] under the first complete expert at ``label_epoch``."""
+    cfg, spec = ctx.config, ctx.data.spec
+    epoch = label_epoch(cfg.max_start_epoch, cfg.expert_epochs)
+    net = create_model(cfg.model, spec.channels, spec.num_classes, spec.size, seed=cfg.seed).to(ctx.device).eval()
+    load_flat_(net, ctx.store.read_expert(complete_experts(ctx)[0])[epoch].to(ctx.device))
+    return logits_of(net, images) / cfg.label_temperature
+
+
+@register_method("tesla")
+class TESLA(Method):
+    """MTT with fixed soft labels assigned by an expert."""
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        if not ctx.config.label_temperature > 0:
+            raise DDError(f"--label-temperature must be positive, got {ctx.config.label_temperature}")
+
+    def init_labels(self, images: torch.Tensor) -> torch.Tensor:
+        """Soft labels [N, K] (logits / T) from the expert at the last target epoch; not learned."""
+        return expert_soft_labels(self.ctx, images)
