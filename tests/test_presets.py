@@ -15,8 +15,12 @@ import pytest
 from dd.buffer.config import BufferConfig
 from dd.buffer.config import validate as validate_buffer
 from dd.config import load_yaml, make_config
+from dd.distill.condense import validate as validate_condense
 from dd.distill.config import DistillConfig
+from dd.distill.dm import DMConfig
 from dd.distill.engine import validate as validate_distill
+from dd.distill.gradmatch import GradMatchConfig, loops
+from dd.distill.gradmatch import validate as validate_gradmatch
 from dd.distill.krr_st import KRRConfig
 from dd.distill.krr_st import validate as validate_krr
 from dd.distill.methods import get_method
@@ -30,18 +34,23 @@ NO_PAPER = "tuned here, no paper setting"
 DISTILL = "Distillation presets"
 BUFFER = "Buffer presets"
 KRR = "KRR-ST presets"
+CONDENSE = "DC, DSA and DM presets"
 EVAL = "Evaluation presets"
-FOLDERS = {DISTILL: ("mtt", "ftd", "datm", "ast", "tesla"), BUFFER: ("buffer",), KRR: ("krr_st",), EVAL: ("eval",)}
+FOLDERS = {DISTILL: ("mtt", "ftd", "datm", "ast", "tesla"), BUFFER: ("buffer",), KRR: ("krr_st",),
+           CONDENSE: ("dc", "dsa", "dm"), EVAL: ("eval",)}
 
 DISTILL_COLUMNS = ("method", "dataset", "model", "ipc", "syn_steps", "expert_epochs", "max_start_epoch", "lr_img",
                    "lr_lr", "lr_teacher", "batch_syn", "iterations")
 BUFFER_COLUMNS = ("dataset", "model", "zca", "optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs",
                   "num_experts")
 KRR_COLUMNS = ("method", "dataset", "model", "num_images", "iterations", "batch_real", "lr")
+CONDENSE_COLUMNS = ("method", "dataset", "model", "ipc", "iterations", "lr_img", "batch_real", "pix_init")
 EVAL_COLUMNS = ("protocol", "models", "runs")
 # Keys that set how a run is logged or evaluated along the way, not the paper setting.
 RUN_KEYS = {DISTILL: {"buffer_config", "eval_every", "eval_runs", "eval_epochs", "eval_batch_size"},
-            BUFFER: {"test_every"}, KRR: {"buffer_dir", "checkpoint_every", "log_every"}, EVAL: set()}
+            BUFFER: {"test_every"}, KRR: {"buffer_dir", "checkpoint_every", "log_every"},
+            CONDENSE: {"eval_every", "eval_runs", "eval_epochs", "eval_batch_size", "checkpoint_every", "log_every"},
+            EVAL: set()}
 
 
 # -- reading the table ---------------------------------------------------------------------------------
@@ -161,6 +170,23 @@ def krr_mismatches(row: dict[str, str], root: Path) -> list[str]:
     return compare(row, config, values, KRR_COLUMNS, KRR)
 
 
+def condense_mismatches(row: dict[str, str], root: Path) -> list[str]:
+    """As the others, and the loop counts (outer/inner) that a dc or dsa preset runs with (– for dm)."""
+    path = root / "experiments" / row["preset"]
+    values = load_yaml(path)
+    if values.get("method") == "dm":
+        config, counts = make_config(DMConfig, values, str(path)), "–"
+        validate_condense(config)
+    else:
+        config = make_config(GradMatchConfig, values, str(path))
+        validate_gradmatch(config)
+        counts = "/".join(map(str, loops(config)))
+    errors = compare(row, config, values, CONDENSE_COLUMNS, CONDENSE)
+    if row["loops"] != counts:
+        errors.append(f"loops: row says {row['loops']}, the preset runs {counts}")
+    return errors
+
+
 def eval_mismatches(row: dict[str, str], root: Path) -> list[str]:
     """As the others, and the preset names a protocol and restates none of its values."""
     path = root / "experiments" / row["preset"]
@@ -176,7 +202,8 @@ def eval_mismatches(row: dict[str, str], root: Path) -> list[str]:
     return errors
 
 
-CHECKS = {DISTILL: distill_mismatches, BUFFER: buffer_mismatches, KRR: krr_mismatches, EVAL: eval_mismatches}
+CHECKS = {DISTILL: distill_mismatches, BUFFER: buffer_mismatches, KRR: krr_mismatches,
+          CONDENSE: condense_mismatches, EVAL: eval_mismatches}
 
 
 def coverage(rows: list[dict[str, str]], root: Path, folders: tuple[str, ...]) -> tuple[set[str], set[str]]:
@@ -255,6 +282,14 @@ def test_a_wrong_buffer_or_a_short_buffer_is_caught(tmp_path):
                                                                         "exceed the 40 expert epochs"]
     edit(root, "ftd/cifar10_ipc50.yaml", "buffer/cifar10_gsam_alpha1.yaml", "buffer/cifar10.yaml")
     assert distill_mismatches(row, root)[0].startswith("buffer: row says buffer/cifar10_gsam_alpha1.yaml")
+
+
+def test_a_changed_dc_dsa_dm_value_or_loop_count_is_caught(tmp_path):
+    row = row_of(CONDENSE, "dsa/cifar10_ipc10.yaml")
+    root = copy_presets(tmp_path, "dsa/cifar10_ipc10.yaml")
+    assert condense_mismatches(row, root) == []
+    edit(root, "dsa/cifar10_ipc10.yaml", "lr_img: 0.1", "lr_img: 0.1\nouter_loop: 5")
+    assert [e.split(":")[0] for e in condense_mismatches(row, root)] == ["outer_loop", "loops"]
 
 
 def test_an_eval_preset_restating_its_protocol_is_caught(tmp_path):

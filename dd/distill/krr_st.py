@@ -22,8 +22,6 @@ The result is a transfer set (``dd.distill.synset``, ``kind: transfer``, labels 
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,20 +29,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from dd.augment import crop_flip
 from dd.buffer.ssl import Teacher, find_teacher
-from dd.cli import Interrupted, check_flags, resume_command, uninterruptible
+from dd.cli import check_flags
 from dd.config import build_parser, opt, parse_config, to_dict
 from dd.data import list_datasets
 from dd.device import make_generator, resolve_device
-from dd.distill.checkpoint import open_run, save_checkpoint
+from dd.distill.checkpoint import save_checkpoint
+from dd.distill.runloop import RunLoop
 from dd.distill.synset import SynSet, save_synset
 from dd.errors import DDError
 from dd.io import pack_state, unpack_state
-from dd.lock import hold
-from dd.metrics import MetricsLog, check_wandb
+from dd.metrics import check_wandb
 from dd.models import create_model, list_models
 from dd.realdata import PreparedData, prepare_data
 from dd.viz import save_grid
@@ -194,13 +191,17 @@ def run_dir_of(config: KRRConfig) -> Path:
     return Path(config.run_dir or f"runs/krr_st-{config.dataset}-n{config.num_images}")
 
 
-class KRRDistiller:
-    """One KRR-ST run: state, loop, checkpoints and outputs."""
+class KRRDistiller(RunLoop):
+    """One KRR-ST run: its state, outer step, checkpoints and outputs over the shared run loop."""
+
+    name = "krr_st"
+    divergence_fix = "--lr is likely too high"
 
     def __init__(self, config: KRRConfig, argv: Sequence[str] | None = None) -> None:
         """``argv``: the command-line arguments of the run, for the resume command that an interrupt prints."""
         validate(config)
-        self.config, self.argv, self.device = config, argv, resolve_device(config.device)
+        super().__init__(config, run_dir_of(config), argv)
+        self.device = resolve_device(config.device)
         self.teacher: Teacher = find_teacher(config.teacher, config.buffer_dir, config.dataset)
         self.teacher.encoder.to(self.device)
         trained_on = self.teacher.manifest["dataset"]["name"]
@@ -212,7 +213,6 @@ class KRRDistiller:
         n_real = self.data.train_images.shape[0]
         if config.num_images > n_real:
             raise DDError(f"--num-images {config.num_images} exceeds the {n_real} training images of {config.dataset}")
-        self.run_dir = run_dir_of(config)
         self.generator = make_generator(config.seed)
         pick = torch.randperm(n_real, generator=self.generator)[: config.num_images].to(self.device)
         self.images = self.data.train_images[pick].clone().requires_grad_(True)
@@ -229,7 +229,6 @@ class KRRDistiller:
                                    weight_decay=config.online_weight_decay)
 
         self.pool = ModelPool(build, config.num_models, config.online_iterations, make_optimizer, self.generator)
-        self.iteration = self.checkpointed = 0
 
     def lr_at(self, iteration: int) -> float:
         """Linear decay from lr to lr x lr_end_factor over the iterations (torch's LinearLR)."""
@@ -269,18 +268,17 @@ class KRRDistiller:
                             "config": to_dict(cfg), "preprocess_meta": meta},
                       preprocess=dict(tensors))
 
-    def save(self) -> None:
-        """The set, its grid and a checkpoint (set first: a checkpoint never runs ahead of the set)."""
-        save_synset(self.run_dir / "synset", self.synset())
+    def save_set(self, suffix: str = "") -> None:
+        save_synset(self.run_dir / f"synset{suffix}", self.synset())
         pixels = self.data.preprocessor.invert(self.images.detach().cpu())
         save_grid(self.run_dir / "grid.png", pixels, nrow=min(10, pixels.shape[0]))
+
+    def checkpoint(self) -> None:
         tensors, pool = self.pool.state()
         opt_tensors, optimizer = pack_state(self.optimizer.state_dict(), "outer")
         tensors.update(opt_tensors, images=self.images.detach(), targets=self.targets.detach(),
                        generator=self.generator.get_state())
-        save_checkpoint(self.run_dir, tensors, {"iteration": self.iteration, "pool": pool, "optimizer": optimizer,
-                                                "config": to_dict(self.config)})
-        self.checkpointed = self.iteration
+        save_checkpoint(self.run_dir, tensors, {**self.run_state(), "pool": pool, "optimizer": optimizer})
 
     def load(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
         with torch.no_grad():
@@ -289,59 +287,15 @@ class KRRDistiller:
         self.optimizer.load_state_dict(unpack_state(state["optimizer"], tensors, self.device))
         self.pool.load(tensors, state["pool"], self.device)
         self.generator.set_state(tensors["generator"])
-        self.iteration = self.checkpointed = int(state["iteration"])
 
-    def run(self) -> SynSet:
-        """Run (or resume) to ``iterations``, as the only writer of the run folder; returns the final set. An
-        interrupt (SIGINT, SIGTERM under ``dd.cli.run_cli``) first saves the last finished iteration."""
-        cfg = self.config
-        with hold(self.run_dir, f"run folder {self.run_dir}"):
-            found, _, log = open_run(self.run_dir, cfg.resume, to_dict(cfg))
-            if found is not None:
-                self.load(*found)
-                print(f"resumed {self.run_dir} at iteration {self.iteration}")
-            else:
-                self.pool.warm_up(self.images.detach(), self.targets.detach())
-            try:
-                self._loop(log)
-            except KeyboardInterrupt as e:
-                with uninterruptible():
-                    finite = all(t.isfinite().all() for t in (self.images, self.targets))
-                    if isinstance(e, Interrupted) and self.iteration > self.checkpointed and finite:
-                        self.save()
-                saved = (f"the set and checkpoint of iteration {self.checkpointed} are in {self.run_dir}"
-                         if self.checkpointed else "no iteration had finished")
-                raise Interrupted.of(e, f"{saved}; resume with: {resume_command('dd.distill', self.argv)}") from None
-            finally:
-                log.close()
-        return self.synset()
+    def learned(self) -> dict[str, torch.Tensor]:
+        return {"images": self.images, "targets": self.targets}
 
-    def _loop(self, log: MetricsLog) -> None:
-        cfg = self.config
-        bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=f"krr_st n{cfg.num_images}", unit="it")
-        loss_sum, count, tic = torch.zeros((), device=self.device), 0, time.perf_counter()
-        try:
-            while self.iteration < cfg.iterations:
-                with uninterruptible():  # an interrupt waits for the iteration and its log line: no half state
-                    loss_sum += self.step()
-                    self.iteration += 1
-                    count += 1
-                    bar.update(1)
-                    last = self.iteration == cfg.iterations
-                    if self.iteration % cfg.log_every == 0 or last:
-                        loss = (loss_sum / count).item()
-                        if not math.isfinite(loss) or not torch.isfinite(self.images).all():
-                            raise DDError(f"KRR-ST diverged at iteration {self.iteration} (loss {loss}); the last good "
-                                          f"set is in {self.run_dir / 'synset'}; lower --lr and rerun with --resume")
-                        log.write({"iteration": self.iteration, "loss": loss, "lr": self.lr_at(self.iteration - 1),
-                                   "seconds_per_iteration": (time.perf_counter() - tic) / count})
-                        bar.set_postfix(loss=f"{loss:.4f}")
-                        loss_sum.zero_()
-                        count, tic = 0, time.perf_counter()
-                if last or self.iteration % cfg.checkpoint_every == 0:
-                    self.save()
-        finally:
-            bar.close()
+    def log_fields(self) -> dict[str, float]:
+        return {"lr": self.lr_at(self.iteration - 1)}
+
+    def start(self) -> None:
+        self.pool.warm_up(self.images.detach(), self.targets.detach())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
