@@ -73,6 +73,9 @@ def measure(args: argparse.Namespace) -> dict:
     store = TrajectoryStore.open(args.store)
     pool, cache = make_pool(store, device, args)
     generator = make_generator(1)
+    if args.warm:  # the steady state of a long run: every file read (and, in the new pool, checksummed) once
+        for index in store.completed():
+            pool.get(index)[0]
     times = []
     for _ in range(args.iterations):
         tic = time.perf_counter()
@@ -82,7 +85,8 @@ def measure(args: argparse.Namespace) -> dict:
         float((target - start).norm())  # the iteration uses both rows on the device: wait for them
         times.append(time.perf_counter() - tic)
     half = times[len(times) // 2:]
-    row = {"code": args.label, "cache": cache, "experts": len(store.completed()), "iterations": args.iterations,
+    row = {"code": args.label, "cache": cache, "warm": args.warm, "experts": len(store.completed()),
+           "iterations": args.iterations,
            "s_per_it": round(sum(times) / len(times), 4), "s_per_it_second_half": round(sum(half) / len(half), 4),
            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     if device.type == "cuda":
@@ -95,7 +99,7 @@ def child(code: Path, label: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--measure", "--label", label, "--store", args.store,
            "--iterations", str(args.iterations), "--max-start", str(args.max_start), "--expert-epochs",
            str(args.expert_epochs), "--cache-mb", str(args.cache_mb), "--max-cached", str(args.max_cached),
-           "--device", args.device]
+           "--device", args.device, *(["--warm"] if args.warm else [])]
     env = {**os.environ, "PYTHONPATH": str(code)}
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -108,8 +112,10 @@ def report(rows: list[dict], args: argparse.Namespace, command: str) -> str:
              f"Command: `{command}`", "",
              f"{rows[0]['experts']} CIFAR-10-shaped experts (ConvNet, 3x32x32, 10 classes, "
              f"{args.epochs_label} rows each); per iteration one expert drawn, rows t and t+{args.expert_epochs} "
-             f"read (t < {args.max_start}). `s_per_it_second_half`: the last half of the iterations, after most "
-             "files were first touched (checksummed once, in the new pool). Peak RSS: ru_maxrss of the process.", "",
+             f"read (t < {args.max_start}). `warm`: every expert read once before the timed iterations (the steady "
+             "state of a long run; the new pool checksums each file then, once); else the timed iterations include "
+             "each file's first read. `s_per_it_second_half`: the last half of the iterations. Peak RSS: ru_maxrss "
+             "of the process (it counts the touched pages of the mapped files, which the kernel may reclaim).", "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
@@ -125,6 +131,7 @@ def main() -> None:
     parser.add_argument("--max-start", type=int, default=20, help="start epochs drawn below this (MTT CIFAR-10)")
     parser.add_argument("--expert-epochs", type=int, default=2, help="M (MTT CIFAR-10)")
     parser.add_argument("--cache-mb", type=float, default=1024.0, help="this checkout's pool: cache in MiB")
+    parser.add_argument("--warm", action="store_true", help="read every expert once before timing")
     parser.add_argument("--max-cached", type=int, default=64, help="an older pool: experts cached")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--before", help="a checkout whose dd gives the 'before' row")
