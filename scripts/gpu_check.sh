@@ -55,7 +55,7 @@ iterations=$([ $quick = 1 ] && echo 1 || echo 5)
 for method in mtt ftd datm ast; do
   $PY -m dd.distill --method "$method" "${data[@]}" --buffer-dir "$work/buffers" --ipc 1 --iterations "$iterations" \
     --syn-steps 2 --expert-epochs 1 --min-start-epoch 0 --max-start-epoch 1 --eval-every 0 --eval-epochs 1 \
-    --val-fraction 0.2 --run-dir "$work/runs/$method"
+    --lr-lr 0 --val-fraction 0.2 --run-dir "$work/runs/$method"  # lr-lr 0: random data must not drive the lr below 0
   notes+=(--note "method_$method=ran $iterations iterations")
 done
 
