@@ -35,6 +35,7 @@ from dd.training import (
     classification_loss,
     eval_generator,
     iterate_batches,
+    mixed_precision,
     protocol_augment,
     train_model,
 )
@@ -79,7 +80,9 @@ def _train_stacked(models: list[nn.Module], train: tuple[torch.Tensor, torch.Ten
                 xs.append(x)
                 ys.append(y)
             optimizer.zero_grad(set_to_none=True)
-            losses(stacked, torch.stack(xs), torch.stack(ys)).sum().backward()  # seed s's loss: its slice only
+            with mixed_precision(images.device, protocol.amp):
+                loss = losses(stacked, torch.stack(xs), torch.stack(ys)).sum()
+            loss.backward()  # seed s's loss: its slice only
             optimizer.step()
 
     def after_epoch(epoch: int) -> None:

@@ -34,6 +34,9 @@ MTT_SOURCE = ("MTT utils.py:352-389 evaluate_synset (reference notes mtt_datm.md
               "epoch Epoch//2+1, DSA on every training batch, batch_train 256, test after the last epoch")
 
 
+AMP_MODES = ("none", "bf16")  # bf16: forward and backward under bfloat16 autocast, fp32 weights and optimiser
+
+
 @dataclass(frozen=True)
 class Protocol:
     """One evaluation protocol; the defaults are ``mtt`` (the reference ``evaluate_synset``).
@@ -60,12 +63,15 @@ class Protocol:
     batch_size: int = 256
     dsa_strategy: str = DEFAULT_STRATEGY
     max_over_test_every: int = 0
+    amp: str = "none"
     source: str = MTT_SOURCE
 
     def __post_init__(self) -> None:
         for field in ("epochs", "batch_size"):
             if getattr(self, field) <= 0:
                 raise DDError(f"protocol {self.name}: {field} must be positive, got {getattr(self, field)}")
+        if self.amp not in AMP_MODES:
+            raise DDError(f"protocol {self.name}: amp must be one of {', '.join(AMP_MODES)}, got '{self.amp}'")
         for field in ("extra_epochs", "max_over_test_every"):
             if getattr(self, field) < 0:
                 raise DDError(f"protocol {self.name}: {field} must be >= 0, got {getattr(self, field)}")
@@ -98,7 +104,8 @@ class Protocol:
                 "reset_at_decay": self.reset_at_decay, "momentum": self.momentum,
                 "momentum_after_decay": self.momentum_after, "weight_decay": self.weight_decay,
                 "batch_size": self.batch_size, "augment": self.dsa_strategy or "none",
-                "soft_label_loss": SOFT_LABEL_LOSS, "max_over_test_every": self.max_over_test_every}
+                "soft_label_loss": SOFT_LABEL_LOSS, "max_over_test_every": self.max_over_test_every,
+                **({"amp": self.amp} if self.amp != "none" else {})}  # fp32 records keep their identity
 
 
 PROTOCOLS: dict[str, Protocol] = {}

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from dd.device import retain_freed_memory
+
 EpochFn = Callable[[int, torch.optim.SGD], None]
 """``run_epoch(epoch, optimizer)``: one epoch of training (0-based ``epoch``) with this epoch's optimiser."""
 
@@ -57,6 +59,7 @@ def sgd_epochs(params: Iterable[torch.Tensor], schedule: SGDSchedule, run_epoch:
                after_epoch: Callable[[int], None] | None = None) -> None:
     """Run ``schedule.epochs`` epochs of ``run_epoch(epoch, optimizer)`` over ``params``, with the SGD
     (lr, momentum, weight decay) of each epoch; ``after_epoch(epoch)`` follows each (snapshots, tests)."""
+    retain_freed_memory()  # the same large blocks every batch: reuse them, do not page-fault them in again
     params = list(params)
     optimizer: torch.optim.SGD | None = None
     for epoch in range(schedule.epochs):

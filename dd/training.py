@@ -10,7 +10,7 @@ soft logits [N, K] (soft cross-entropy against their softmax, as DATM).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -75,6 +75,12 @@ def augmented_batch(
     return (augment(x_clean, generator) if augment is not None else x_clean), y, x_clean
 
 
+def mixed_precision(device: torch.device, amp: str) -> AbstractContextManager:
+    """bfloat16 autocast on ``device`` for ``amp`` "bf16" (matmuls and convolutions in bf16; the weights, their
+    gradients and the optimiser stay fp32, the master copy), a no-op for "none"."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if amp == "bf16" else nullcontext()
+
+
 def train_epoch(
     model: nn.Module,
     images: torch.Tensor,
@@ -84,11 +90,12 @@ def train_epoch(
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None,
     generator: torch.Generator,
     step: StepFn | None = None,
+    amp: str = "none",
 ) -> None:
     """One pass over (images, labels). ``step(model, x_aug, y, x_clean)`` replaces the default
     forward/backward/step (recipes with several passes per batch or a term on the un-augmented batch);
     ``x_aug`` is the batch augmented by ``augment(x, generator)`` (a ``DSA``, or e.g. ``crop_flip``; ``x_clean``
-    itself when ``augment`` is None)."""
+    itself when ``augment`` is None). ``amp`` "bf16" runs the default step's forward under ``mixed_precision``."""
     model.train()
     for idx in iterate_batches(images.shape[0], batch_size, generator, images.device):
         x, y, x_clean = augmented_batch(images, labels, idx, augment, generator)
@@ -96,7 +103,9 @@ def train_epoch(
             step(model, x, y, x_clean)
             continue
         optimizer.zero_grad(set_to_none=True)
-        classification_loss(model(x), y).backward()
+        with mixed_precision(images.device, amp):
+            loss = classification_loss(model(x), y)
+        loss.backward()
         optimizer.step()
 
 
@@ -120,15 +129,16 @@ def fit(
     generator: torch.Generator,
     step: Callable[[torch.optim.Optimizer, int], StepFn] | None = None,
     after_epoch: Callable[[int], None] | None = None,
+    amp: str = "none",
 ) -> None:
     """Train ``model`` in place on ``train`` (images, labels): ``schedule.epochs`` calls of ``train_epoch``
     under the schedule's SGD (``dd.schedule.sgd_epochs``). ``step(optimizer, epoch)`` gives the epoch's
-    ``train_epoch`` step (default: one classification step); ``after_epoch(epoch)`` follows each epoch."""
+    ``train_epoch`` step (default: one classification step, under ``amp``); ``after_epoch(epoch)`` follows each."""
     images, labels = train
 
     def run_epoch(epoch: int, optimizer: torch.optim.SGD) -> None:
         train_epoch(model, images, labels, optimizer, batch_size, augment, generator,
-                    None if step is None else step(optimizer, epoch))
+                    None if step is None else step(optimizer, epoch), amp)
 
     sgd_epochs(model.parameters(), schedule, run_epoch, after_epoch)
 
@@ -196,7 +206,7 @@ def train_model(
             tests.record(model)
 
     fit(model, train, protocol.schedule(lr), protocol.batch_size, protocol_augment(protocol), eval_generator(seed),
-        after_epoch=after_epoch)
+        after_epoch=after_epoch, amp=protocol.amp)
     return model
 
 

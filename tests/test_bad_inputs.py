@@ -170,7 +170,7 @@ CASES = {
     "wrong flag type": (distill_main, lambda i: ["--iterations", "many"], ["'iterations' must be an int", "'many'"]),
     "wrong YAML type": (eval_main, lambda i: ["--config", i.file("p.yaml", "runs: [1, 2]\n")],
                         ["'runs' must be an int"]),
-    "unknown --unroll": (distill_main, lambda i: ["--unroll", "tesla"], ["--unroll: invalid choice: 'tesla'"]),
+    "unknown --unroll": (distill_main, lambda i: ["--unroll", "nope"], ["--unroll: invalid choice: 'nope'"]),
     "unknown --labels": (eval_main, lambda i: ["--synset", str(i.synset), "--labels", "fuzzy"],
                          ["unknown --labels setting 'fuzzy'", "choose from auto, hard, soft"]),
     "unknown --augment": (eval_main, lambda i: ["--synset", str(i.synset), "--augment", "mixup"],

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as load_safetensors_bytes
+from safetensors import safe_open
 from safetensors.torch import save as save_safetensors_bytes
 
 from dd.errors import DDError
@@ -46,6 +46,7 @@ PREPROCESS = "preprocess.safetensors"
 IDENTITY_KEYS = ("dataset", "model", "param_spec", "recipe", "num_epochs")
 _EXPERT_RECORD = re.compile(r"expert_(\d+)\.json")
 _REGENERATE = "rerun python -m dd.buffer with the same flags to regenerate it"
+_HASH_CHUNK = 8 << 20  # bytes read at a time when checksumming an expert file
 
 
 def _canonical(value: Any) -> Any:
@@ -121,6 +122,21 @@ def _diff(old: Any, new: Any) -> str:
         return ", ".join(f"{k}: {old.get(k, '<unset>')} stored vs {new.get(k, '<unset>')} requested"
                          for k in keys[:3])
     return f"{old} stored vs {new} requested"
+
+
+class ExpertFile:
+    """One expert's trajectory file, memory-mapped: ``rows(a, b)`` reads rows a..b-1 and nothing else."""
+
+    def __init__(self, path: Path, handle: Any, rows: Any) -> None:
+        self.path, self._handle, self._rows = path, handle, rows  # the handle keeps the mapping open
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start``..``stop - 1`` [stop - start, P] float32 on the CPU (a fresh tensor, not the mapping)."""
+        try:
+            return self._rows[start:stop].clone()  # the slice is a view of the mapping
+        except Exception as e:  # the file changed or shrank under the mapping
+            raise DDError(f"expert file {self.path} could not be read ({type(e).__name__}); it is corrupted or "
+                          f"truncated: delete it and {_REGENERATE}") from None
 
 
 class TrajectoryStore:
@@ -264,30 +280,50 @@ class TrajectoryStore:
             raise DDError(f"expert record {path} is malformed; delete it and {_REGENERATE}")
         return record
 
-    def read_expert(self, index: int, verify: bool = True) -> torch.Tensor:
-        """Trajectory [E+1, P] float32 (CPU) of expert ``index``; with ``verify`` its SHA-256 is checked
-        against the record. A missing, truncated or corrupted file raises DDError naming it."""
+    def verify_expert(self, index: int) -> None:
+        """Check expert ``index``'s file against the SHA-256 of its record, reading it in chunks (memory stays
+        flat); DDError naming the file when it is missing, truncated or corrupted."""
         record = self.record(index)
         path = self.tensor_path(index)
         if not path.is_file():
             raise DDError(f"expert file {path} is missing; {_REGENERATE}")
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(_HASH_CHUNK):
+                digest.update(chunk)
+        if digest.hexdigest() != record["sha256"]:
+            raise DDError(f"expert file {path} is corrupted or truncated (checksum mismatch); "
+                          f"delete it and {_REGENERATE}")
+
+    def open_expert(self, index: int, verify: bool = True) -> ExpertFile:
+        """Expert ``index``'s trajectory memory-mapped (``ExpertFile``), its layout checked against the header;
+        with ``verify`` its checksum first (``verify_expert``). Errors name the file, as ``read_expert``."""
+        record = self.record(index)
+        if verify:
+            self.verify_expert(index)
+        path = self.tensor_path(index)
+        if not path.is_file():
+            raise DDError(f"expert file {path} is missing; {_REGENERATE}")
         fix = f"delete it and {_REGENERATE}"
-        data = path.read_bytes()
-        if verify and hashlib.sha256(data).hexdigest() != record["sha256"]:
-            raise DDError(f"expert file {path} is corrupted or truncated (checksum mismatch); {fix}")
         try:
-            tensors = load_safetensors_bytes(data)
+            handle = safe_open(str(path), framework="pt")
+            rows = handle.get_slice("trajectory") if "trajectory" in handle.keys() else None
         except Exception as e:  # safetensors raises several types for a damaged file
             raise DDError(f"expert file {path} is corrupted or truncated ({type(e).__name__}); {fix}") from None
-        trajectory = tensors.get("trajectory")
-        if trajectory is not None and list(trajectory.shape) == record.get("shape") != list(self.shape):
+        shape = None if rows is None else list(rows.get_shape())
+        if shape is not None and shape == record.get("shape") != list(self.shape):
             raise DDError(f"buffer manifest {self.root / MANIFEST} describes experts of shape {list(self.shape)} "
-                          f"([epochs+1, params]) but expert {index} and its record hold {list(trajectory.shape)}: "
+                          f"([epochs+1, params]) but expert {index} and its record hold {shape}: "
                           f"the manifest is not this buffer's; restore its own manifest.json or {_REGENERATE}")
-        if trajectory is None or tuple(trajectory.shape) != self.shape or trajectory.dtype != torch.float32:
-            got = "no trajectory" if trajectory is None else f"{trajectory.dtype} {list(trajectory.shape)}"
+        if rows is None or tuple(shape) != self.shape or rows.get_dtype() != "F32":
+            got = "no trajectory" if rows is None else f"{rows.get_dtype()} {shape}"
             raise DDError(f"expert file {path} holds {got}, expected float32 {list(self.shape)}; {fix}")
-        return trajectory
+        return ExpertFile(path, handle, rows)
+
+    def read_expert(self, index: int, verify: bool = True) -> torch.Tensor:
+        """Trajectory [E+1, P] float32 (CPU) of expert ``index``; with ``verify`` its SHA-256 is checked
+        against the record. A missing, truncated or corrupted file raises DDError naming it."""
+        return self.open_expert(index, verify).rows(0, self.num_epochs + 1)
 
     def records(self) -> list[dict]:
         """Records of the complete experts, by index."""

@@ -25,8 +25,8 @@ CHECKPOINT = "checkpoint.safetensors"
 # changes the synthetic set, so a run resumed with another value would be a mix of two runs.
 RUN_CONTROL = frozenset({
     "iterations", "log_every", "checkpoint_every", "eval_every", "eval_models", "eval_runs", "eval_epochs",
-    "eval_batch_size", "run_dir", "resume", "device", "wandb", "data_path", "download", "max_cached_experts",
-    "unroll", "unroll_snapshot_every", "unroll_chunk",
+    "eval_batch_size", "run_dir", "resume", "device", "wandb", "data_path", "download", "expert_cache_mb",
+    "max_cached_experts", "unroll", "unroll_snapshot_every", "unroll_chunk",
 })
 EVAL_KEYS = frozenset({"eval_models", "eval_runs", "eval_epochs", "eval_batch_size"})
 

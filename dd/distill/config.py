@@ -59,12 +59,15 @@ class DistillConfig:
                            choices=("none", "agg", "adaptive"))
     weight_perturb: bool = opt(False, "relative Gaussian perturbation of the start conv weights (AST)")
     dsa_strategy: str = opt("color_crop_cutout_flip_scale_rotate", "DSA ops in the inner loop and evaluation")
-    unroll: str = opt("full", "how the inner loop is differentiated: full keeps every step's graph (memory grows "
+    unroll: str = opt("auto", "how the inner loop is differentiated: full keeps every step's graph (memory grows "
                       "with syn_steps); checkpointed gives the same gradient keeping one step's graph at a time "
                       "and replaying the steps backwards (one more forward and backward per step); tesla "
                       "keeps one step's graph and no per-step state, approximating the gradient to first order "
-                      "(each inner gradient sees its step's parameters as constants; TESLA)",
-                      choices=("full", "checkpointed", "tesla"))
+                      "(each inner gradient sees its step's parameters as constants; TESLA); auto is the method's "
+                      "own unroll where it has one (tesla) and otherwise picks checkpointed when the full "
+                      "unroll's estimated peak would not fit the device's free memory (dd.distill.memory), says "
+                      "which and why, and records the pick in the run's config",
+                      choices=("auto", "full", "checkpointed", "tesla"))
     unroll_snapshot_every: int = opt(1, "checkpointed unroll: keep the student's state after every k-th inner step "
                                      "only and replay the steps in between during the backward pass (about "
                                      "syn_steps/k + k states; k near sqrt(syn_steps) holds the fewest)")
@@ -72,7 +75,8 @@ class DistillConfig:
                                    "images at a time (exact: the inner loss is a mean over the minibatch), for "
                                    "minibatches whose one graph does not fit; costs one more graph-free gradient per "
                                    "step; not for BatchNorm students (default: the whole minibatch at once)")
-    max_cached_experts: int = opt(64, "experts kept in memory at once (the rest are re-read from disk)")
+    expert_cache_mb: float = opt(1024.0, "MiB of expert rows kept in host memory (pinned on CUDA); the rest are read "
+                                 "again from the memory-mapped expert files, which are checksummed once per run")
     val_fraction: float = opt(0.1, "fraction of every class of the training split held out as the validation "
                               "split, which the in-run evaluations and synset_best read (the test split never)")
     val_seed: int = opt(0, "seed of the validation split's draw")

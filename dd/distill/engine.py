@@ -33,6 +33,7 @@ from dd.distill.checkpoint import EVAL_KEYS, config_changes, load_checkpoint, op
 from dd.distill.config import DistillConfig
 from dd.distill.context import Context
 from dd.distill.experts import ExpertPool, find_store
+from dd.distill.memory import resolve_unroll
 from dd.distill.methods import Method, get_method
 from dd.distill.synset import SynSet, save_synset
 from dd.distill.unroll import make_plan, make_unroll
@@ -56,9 +57,9 @@ def validate(config: DistillConfig) -> None:
         if name not in list_models():
             raise DDError(f"unknown model '{name}'; see dd.models.list_models() for the choices")
     check_flags(config, positive=("ipc", "iterations", "syn_steps", "expert_epochs", "eval_runs", "eval_epochs",
-                                  "eval_batch_size", "log_every", "checkpoint_every", "max_cached_experts",
-                                  "batch_syn", "image_size", "lr_img", "lr_teacher", "threshold"),
-                nonnegative=("lr_lr", "lr_y", "eval_every", "lr_step_limit"))
+                                  "eval_batch_size", "log_every", "checkpoint_every", "batch_syn",
+                                  "image_size", "lr_img", "lr_teacher", "threshold"),
+                nonnegative=("lr_lr", "lr_y", "eval_every", "expert_cache_mb", "lr_step_limit"))
     check_wandb(config.wandb)
     if Path(default_run_dir(config)).is_file():
         raise DDError(f"--run-dir {default_run_dir(config)} is a file; pass a folder")
@@ -67,7 +68,8 @@ def validate(config: DistillConfig) -> None:
                       f"{config.max_start_epoch}")
     if config.lr_step_limit >= 1:
         raise DDError(f"--lr-step-limit must be below 1 (a fraction of the lr), got {config.lr_step_limit:g}")
-    make_unroll(config.unroll, config.unroll_snapshot_every, config.unroll_chunk)  # raises on a bad unroll or stride
+    make_unroll("checkpointed" if config.unroll == "auto" else config.unroll, config.unroll_snapshot_every,
+                config.unroll_chunk)  # raises on a bad unroll, stride or chunk
 
 
 def default_run_dir(config: DistillConfig) -> Path:
@@ -173,9 +175,10 @@ class Distiller:
         check_eval_models(config, spec)
         model = create_model(config.model, spec.channels, spec.num_classes, spec.size, seed=config.seed)
         model = model.to(self.device).train()
+        self.config = config = resolve_unroll(config, model, spec, self.device, get_method(config.method).unroll)
         self.ctx = Context(config, data, store, model, self.device)
         self.method: Method = get_method(config.method)(self.ctx)
-        self.experts = ExpertPool(store, self.device, config.max_cached_experts)
+        self.experts = ExpertPool(store, self.device, config.expert_cache_mb, config.expert_epochs + 1)
         self.student = self.method.make_student(model, DSA(config.dsa_strategy))
         self.unroll = make_unroll(config.unroll, config.unroll_snapshot_every, config.unroll_chunk)
         self.run_dir = default_run_dir(config)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from dd.buffer.store import TrajectoryStore
+from dd.buffer.store import ExpertFile, TrajectoryStore
 from dd.errors import DDError
 
 
@@ -35,29 +35,95 @@ def find_store(buffer: str | None, buffer_dir: str, dataset: str, model: str,
 
 
 class ExpertPool:
-    """Uniform sampling of complete experts, with the most recently used ones cached on the device."""
+    """Uniform sampling of complete experts, read by rows.
 
-    def __init__(self, store: TrajectoryStore, device: torch.device, max_cached: int = 64) -> None:
+    Each expert file is checksummed once per pool (the first time it is drawn) and then memory-mapped; an
+    iteration reads only the rows it asks for (``ExpertRows``): asking for epoch t reads rows t..t+M
+    (M = ``window - 1``; MTT, FTD and DATM need t and t+M, AST t..t+M). Rows are kept in a host
+    cache bounded in bytes (least recently used first out), pinned when the device is CUDA so that their
+    copies to the device do not block."""
+
+    def __init__(self, store: TrajectoryStore, device: torch.device, cache_mb: float = 1024.0,
+                 window: int = 1) -> None:
         self.store = store
-        self.device = device
+        self.device = torch.device(device)
         self.indices = store.completed()
         if not self.indices:
             raise DDError(f"the buffer at {store.root} holds no finished expert; run python -m dd.buffer first")
-        self.max_cached = max(1, max_cached)
-        self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self.cache_bytes = max(0, int(cache_mb * 2**20))
+        self.window = max(1, window)
+        self._pin = self.device.type == "cuda"
+        self._files: dict[int, ExpertFile] = {}
+        self._cache: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
+        self._cached_bytes = 0
 
-    def get(self, index: int) -> torch.Tensor:
-        """Trajectory [E+1, P] of expert ``index`` on the device."""
-        if index in self._cache:
-            self._cache.move_to_end(index)
-            return self._cache[index]
-        trajectory = self.store.read_expert(index).to(self.device)
-        self._cache[index] = trajectory
-        if len(self._cache) > self.max_cached:
-            self._cache.popitem(last=False)
-        return trajectory
+    def file(self, index: int) -> ExpertFile:
+        """Expert ``index``'s mapped file, checksummed on first use."""
+        if index not in self._files:
+            self._files[index] = self.store.open_expert(index, verify=True)
+        return self._files[index]
 
-    def sample(self, generator: torch.Generator) -> tuple[int, torch.Tensor]:
-        """A uniformly drawn expert: (index, trajectory)."""
+    def host_rows(self, index: int, start: int, stop: int) -> list[torch.Tensor]:
+        """Rows ``start``..``stop - 1`` [P] of expert ``index`` on the host (pinned on CUDA), from the cache or,
+        for those not cached, from the mapped file."""
+        rows = []
+        for e in range(start, stop):
+            key = (index, e)
+            row = self._cache.get(key)
+            if row is None:
+                row = self.file(index).rows(e, e + 1)[0]
+                row = row.pin_memory() if self._pin else row
+                self._put(key, row)
+            else:
+                self._cache.move_to_end(key)
+            rows.append(row)
+        return rows
+
+    def _put(self, key: tuple[int, int], row: torch.Tensor) -> None:
+        size = row.numel() * row.element_size()
+        if size > self.cache_bytes:
+            return
+        self._cache[key] = row
+        self._cached_bytes += size
+        while self._cached_bytes > self.cache_bytes:
+            _, old = self._cache.popitem(last=False)
+            self._cached_bytes -= old.numel() * old.element_size()
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of rows held in the host cache (at most ``cache_mb`` MiB)."""
+        return self._cached_bytes
+
+    def get(self, index: int) -> ExpertRows:
+        """Expert ``index``'s trajectory as ``ExpertRows`` (rows read when indexed)."""
+        return ExpertRows(self, index)
+
+    def sample(self, generator: torch.Generator) -> tuple[int, ExpertRows]:
+        """A uniformly drawn expert: (index, its rows)."""
         index = self.indices[int(torch.randint(len(self.indices), (1,), generator=generator))]
         return index, self.get(index)
+
+
+class ExpertRows:
+    """One drawn expert's trajectory, indexed like the tensor [E+1, P]: ``rows[e]`` is row e on the device.
+    Indexing epoch e brings rows e..e+M (the pool's window) to the device at once, so ``rows[t]`` then
+    ``rows[t + M]`` issues all of the window's non-blocking copies before the unroll needs the last."""
+
+    def __init__(self, pool: ExpertPool, index: int) -> None:
+        self.pool, self.index = pool, index
+        self.shape = torch.Size(pool.store.shape)
+        self._on_device: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, epoch: int) -> torch.Tensor:
+        epoch = int(epoch)
+        if not 0 <= epoch < self.shape[0]:
+            raise IndexError(f"epoch {epoch} outside the trajectory's {self.shape[0]} rows")
+        if epoch not in self._on_device:
+            stop = min(self.shape[0], epoch + self.pool.window)
+            rows = self.pool.host_rows(self.index, epoch, stop)
+            for e, row in zip(range(epoch, stop), rows, strict=True):
+                self._on_device.setdefault(e, row.to(self.pool.device, non_blocking=True))
+        return self._on_device[epoch]

@@ -51,6 +51,7 @@ from dd.augment import DSA
 from dd.cli import run_cli
 from dd.config import build_parser, opt, parse_config, parse_list, peek_option, to_dict
 from dd.data import DatasetSpec, Preprocessor, list_datasets
+from dd.device import use_deterministic
 from dd.distill.synset import SynSet, load_synset
 from dd.errors import DDError
 from dd.eval import pools, transfer
@@ -107,6 +108,11 @@ class EvalConfig:
     seed: int = opt(0, "first seed; run r uses seed + r")
     batch_seeds: str = opt("auto", "train the seeds of a set and architecture together with torch.func.vmap: on, off, "
                            "or auto (on for CUDA; on a CPU batching is no faster)", choices=("auto", "on", "off"))
+    amp: str = opt("none", "mixed precision of the training: bf16 runs forward and backward under bfloat16 autocast "
+                   "with fp32 master weights (recorded in the protocol, so bf16 and fp32 results never share a cell)",
+                   choices=("none", "bf16"))
+    deterministic: bool = opt(False, "deterministic kernels and cuDNN settings (dd.device.use_deterministic): what "
+                              "makes CUDA runs and their resumes bitwise repeatable; slower")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
 
 
@@ -176,6 +182,8 @@ def protocol_overrides(config: EvalConfig) -> dict[str, Any]:
     found = {name: getattr(config, name) for name in names if getattr(config, name) is not None}
     if config.dsa_strategy != "protocol":  # a str, not nullable: the config parser reads "none" as None
         found["dsa_strategy"] = config.dsa_strategy
+    if config.amp != "none":
+        found["amp"] = config.amp
     return found
 
 
@@ -411,6 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config, _ = parse_config(EvalConfig, argv, build_parser(EvalConfig, "python -m dd.eval", __doc__,
                                                             "experiments/eval/digits.yaml"))
     baselines = validate(config)
+    use_deterministic(config.deterministic)
     device = distributed.setup(config.device)
     sets, data, dataset = load_inputs(config, device)
     ipcs = {path: check_set(path, synset, data.spec, config.image_size is not None) for path, synset in sets.items()}

@@ -47,6 +47,7 @@ class Method:
 
     name = "base"
     protocol = "mtt"  # the evaluation protocol (dd.protocols) this method's sets are scored under
+    unroll: str | None = None  # the unroll that --unroll auto gives this method (None: the one that fits memory)
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx

@@ -45,7 +45,9 @@ def expert_soft_labels(ctx: Context, images: torch.Tensor) -> torch.Tensor:
 
 @register_method("tesla")
 class TESLA(Method):
-    """MTT with fixed soft labels assigned by an expert."""
+    """MTT with fixed soft labels assigned by an expert, and TESLA's first-order unroll under --unroll auto."""
+
+    unroll = "tesla"
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)

@@ -1,0 +1,74 @@
+"""``unroll: auto``: the activation count, the estimate's formula, the pick and its record in the run's config."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from dd.data import get_spec
+from dd.distill import memory
+from dd.distill.config import DistillConfig
+from dd.distill.memory import activation_floats, full_unroll_bytes, pick_unroll, resolve_unroll
+from dd.models import create_model
+
+
+def test_activation_floats_counts_every_leaf_output():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    model.train()
+    # conv 2x4x4 = 32, relu 32, flatten 32, linear 3
+    assert activation_floats(model, (1, 4, 4)) == 32 + 32 + 32 + 3
+    assert model.training
+
+
+def test_full_unroll_estimate_formula():
+    a, p, b, n, images, floats = 1000, 500, 8, 5, 20, 48
+    expected = 4 * (n * (memory.FULL_ACTIVATION_FACTOR * b * a + memory.FULL_PARAM_FACTOR * p) + 3 * images * floats)
+    assert full_unroll_bytes(a, p, b, n, images, floats) == int(expected)
+    assert full_unroll_bytes(a, p, b, 2 * n, images, floats) > full_unroll_bytes(a, p, b, n, images, floats)
+
+
+def test_estimate_is_near_the_measured_resident_set():
+    """Within 25 % of the CPU measurements the factors were calibrated on (docs/benchmarks.md, bench_memory)."""
+    model = create_model("ConvNet", 3, 10, (32, 32), seed=0)
+    a, p = activation_floats(model, (3, 32, 32)), sum(q.numel() for q in model.parameters())
+    per_step_mib = {10: 29.1, 40: 113.5}  # measured: 2-step minus 1-step peak, minibatch of 10 and 40 images
+    for batch, measured in per_step_mib.items():
+        step = (full_unroll_bytes(a, p, batch, 2, 0, 0) - full_unroll_bytes(a, p, batch, 1, 0, 0)) / 2**20
+        assert abs(step - measured) / measured < 0.25
+
+
+@pytest.mark.parametrize(("estimate", "free", "picked"), [(79, 100, "full"), (80, 100, "full"),
+                                                          (81, 100, "checkpointed")])
+def test_auto_picks_checkpointed_beyond_the_headroom(estimate, free, picked):
+    name, why = pick_unroll(estimate * 2**30, free * 2**30)
+    assert name == picked and "GiB" in why and ("does not fit" in why) == (picked == "checkpointed")
+
+
+def test_resolve_replaces_auto_only(monkeypatch, capsys):
+    spec = get_spec("digits")
+    model = create_model("ConvNet", spec.channels, spec.num_classes, spec.size, seed=0)
+    cpu = torch.device("cpu")
+    explicit = DistillConfig(unroll="full")
+    assert resolve_unroll(explicit, model, spec, cpu) is explicit
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 2**40)
+    roomy = resolve_unroll(DistillConfig(unroll="auto", unroll_snapshot_every=4), model, spec, cpu)
+    assert (roomy.unroll, roomy.unroll_snapshot_every) == ("full", 1)  # the stride only applies to checkpointed
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 2**20)
+    tight = resolve_unroll(DistillConfig(unroll="auto", unroll_snapshot_every=4), model, spec, cpu)
+    assert (tight.unroll, tight.unroll_snapshot_every) == ("checkpointed", 4)
+    out = capsys.readouterr().out
+    assert "unroll auto: full" in out and "unroll auto: checkpointed" in out
+
+
+def test_the_run_records_the_picked_unroll(tmp_path, digits_buffer, monkeypatch):
+    from dd.distill.__main__ import main as distill_main
+
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 2**20)  # nothing fits: auto must checkpoint
+    run = tmp_path / "run"
+    assert distill_main(["--buffer-dir", str(digits_buffer), "--iterations", "1", "--syn-steps", "2",
+                         "--expert-epochs", "1", "--max-start-epoch", "2", "--eval-every", "0", "--eval-epochs", "1",
+                         "--device", "cpu", "--run-dir", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["unroll"] == "checkpointed"
