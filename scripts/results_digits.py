@@ -60,8 +60,12 @@ def methods_with_presets(ipc: int) -> list[str]:
     return [m for m in (*TRAJECTORY, *OWN_BUDGET) if Path(f"experiments/{m}/digits_ipc{ipc}.yaml").is_file()]
 
 
+def run_name(method: str, ipc: int, variant: str) -> str:
+    return f"{method}-ipc{ipc}" + ("" if variant == "preset" else "-" + variant.replace(" ", "-"))
+
+
 def distill(method: str, ipc: int, variant: str, flags: list[str], work: Path, iterations: int) -> Path:
-    run_dir = work / (f"{method}-ipc{ipc}" + ("" if variant == "preset" else "-" + variant.replace(" ", "-")))
+    run_dir = work / run_name(method, ipc, variant)
     budget = [] if method in OWN_BUDGET else ["--iterations", str(iterations)]
     sh("dd.distill", "--config", f"experiments/{method}/digits_ipc{ipc}.yaml", *budget, "--run-dir", str(run_dir),
        "--eval-every", "0", "--resume", *flags)
@@ -77,6 +81,8 @@ def main() -> None:
     parser.add_argument("--methods", default="", help="comma-separated methods (default: every one with a preset)")
     parser.add_argument("--cross-arch-ipcs", default="1,10",
                         help="IPCs whose best set is also evaluated on the other architectures (empty for none)")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated run names not to distill or report (e.g. dc-ipc10,datm-ipc10-hard-labels)")
     parser.add_argument("--sets-only", action="store_true",
                         help="distill and evaluate the methods' sets only (no baselines, cross-architecture rows or "
                              "report): for several instances on one --work at once, each with its own --methods")
@@ -94,8 +100,12 @@ def main() -> None:
     chosen: dict[tuple[str, int], tuple[str, Path]] = {}  # (method, ipc) -> (row, synset) picked on validation
     for ipc in ipcs:
         for method in [m for m in methods_with_presets(ipc) if not args.methods or m in args.methods.split(",")]:
+            if run_name(method, ipc, "preset") in args.skip.split(","):
+                continue
             candidates: list[tuple[str, Path, float]] = []
             for variant, flags in {"preset": [], **VARIANTS.get(method, {})}.items():
+                if run_name(method, ipc, variant) in args.skip.split(","):
+                    continue
                 run_dir = distill(method, ipc, variant, flags, work, args.iterations)
                 if variant == "preset":
                     speed[(method, ipc)] = seconds_per_iteration(run_dir)
@@ -149,7 +159,8 @@ def write_report(runs: list[dict], speed: dict[tuple[str, int], float | None], o
     machine = describe_machine()
     command = (f"python scripts/results_digits.py --iterations {args.iterations} --seeds {args.seeds} --epochs "
                f"{args.epochs} --ipcs {args.ipcs} --cross-arch-ipcs '{args.cross_arch_ipcs}'"
-               + (f" --methods {args.methods}" if args.methods else ""))
+               + (f" --methods {args.methods}" if args.methods else "")
+               + (f" --skip {args.skip}" if args.skip else ""))
     lines = ["# dd on digits: every method at IPC 1 and 10", "",
              f"Produced by `{command}` on {machine}. Accuracy in % (mean ± std over {args.seeds} seeds), ConvNet "
              f"distilled and evaluated, protocol mtt (dd/protocols.py: the reference evaluate_synset, SGD momentum "
