@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--cross-arch-ipcs", default="1,10",
                         help="IPCs whose best set is also evaluated on the other architectures (empty for none)")
     parser.add_argument("--skip", default="",
-                        help="comma-separated run names not to distill or report (e.g. dc-ipc10,datm-ipc10-hard-labels)")
+                        help="comma-separated run names not to distill or report (e.g. dc-ipc10)")
     parser.add_argument("--sets-only", action="store_true",
                         help="distill and evaluate the methods' sets only (no baselines, cross-architecture rows or "
                              "report): for several instances on one --work at once, each with its own --methods")
