@@ -121,7 +121,7 @@ def test_damaged_resume_state_is_one_line(finished_run, digits_buffer, capsys):
 def test_failing_end_of_run_evaluation_keeps_the_set_and_checkpoint(digits_buffer, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
 
-    def broken(self):
+    def broken(self, *_args, **_kwargs):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
     monkeypatch.setattr(engine.Distiller, "evaluate", broken)
