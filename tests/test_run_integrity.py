@@ -19,7 +19,7 @@ from dd.buffer.store import TrajectoryStore
 from dd.cli import run_cli
 from dd.distill import engine
 from dd.distill.__main__ import main as distill_main
-from dd.distill.checkpoint import load_checkpoint
+from dd.distill.checkpoint import check_resume, load_checkpoint
 from dd.errors import DDError
 from dd.lock import Lock, hold
 from tests.procs import ENV, python_m, run_ok
@@ -334,3 +334,18 @@ def test_bad_value_is_refused_at_start_up(case, tmp_path, request, capsys, monke
     for word in words:
         assert word in line, f"{word!r} not in {line!r}"
     assert not (tmp_path / "run").exists() and not (tmp_path / "buffers").exists(), "refused before any work"
+
+
+def test_settings_newer_than_the_checkpoint_pass_only_at_their_default(tmp_path):
+    """A checkpoint written before a setting existed resumes when the setting is at its default (logged as a
+    change), and is refused at any other value or when the defaults are not known."""
+    stored = {"ipc": 1, "iterations": 2}
+    requested = {"ipc": 1, "iterations": 2, "lr_step_limit": 0.1}
+    defaults = {"ipc": 1, "iterations": 5000, "lr_step_limit": 0.1}
+    assert check_resume(tmp_path, stored, requested, defaults) == {"lr_step_limit": (None, 0.1)}
+    with pytest.raises(DDError, match=r"--lr-step-limit none \(checkpoint\) vs 0.2 \(now\)"):
+        check_resume(tmp_path, stored, {**requested, "lr_step_limit": 0.2}, defaults)
+    with pytest.raises(DDError, match="--lr-step-limit"):
+        check_resume(tmp_path, stored, requested)
+    with pytest.raises(DDError, match="--ipc 1 \\(checkpoint\\) vs 2"):  # a key the checkpoint has never passes
+        check_resume(tmp_path, stored, {**requested, "ipc": 2}, {**defaults, "ipc": 2})

@@ -62,10 +62,15 @@ def config_changes(stored: dict[str, Any], requested: dict[str, Any]) -> dict[st
             if stored.get(k) != requested.get(k)}
 
 
-def check_resume(run_dir: Path, stored: dict[str, Any], requested: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """The run-control changes of a resume; DDError naming each other key that differs, with both values."""
+def check_resume(run_dir: Path, stored: dict[str, Any], requested: dict[str, Any],
+                 defaults: dict[str, Any] | None = None) -> dict[str, tuple[Any, Any]]:
+    """The run-control changes of a resume; DDError naming each other key that differs, with both values. A key
+    the checkpoint lacks (a setting newer than the run) passes when it is requested at its value in ``defaults``:
+    the run is continued as if it had had that setting's default from the start."""
     changes = config_changes(stored, requested)
-    mixed = {k: v for k, v in changes.items() if k not in RUN_CONTROL}
+    defaults = defaults or {}
+    newer = {k for k, (_, new) in changes.items() if k not in stored and k in defaults and new == defaults[k]}
+    mixed = {k: v for k, v in changes.items() if k not in RUN_CONTROL and k not in newer}
     if "method" in mixed:  # the other keys of another method's config follow from it
         mixed = {"method": mixed["method"]}
     if mixed:
@@ -75,18 +80,19 @@ def check_resume(run_dir: Path, stored: dict[str, Any], requested: dict[str, Any
     return {k: v for k, v in changes.items() if k != "resume"}
 
 
-def open_run(run_dir: Path, resume: bool, config: dict[str, Any]
+def open_run(run_dir: Path, resume: bool, config: dict[str, Any], defaults: dict[str, Any] | None = None
              ) -> tuple[tuple[dict[str, torch.Tensor], dict[str, Any]] | None, dict[str, tuple[Any, Any]], MetricsLog]:
     """Check ``run_dir`` (held by this process, see ``dd.lock``) against ``config``, open its ``metrics.jsonl``
     and only then write its ``config.json``. Returns (its last checkpoint or None, the run-control changes of a
     resume, also logged, and the log). Refuses a folder with a checkpoint unless ``resume``, a checkpoint of
-    another run (``check_resume``), and one past the requested iterations."""
+    another run (``check_resume``, with the config class's ``defaults`` for settings newer than the checkpoint),
+    and one past the requested iterations."""
     found = load_checkpoint(run_dir)
     if found is not None and not resume:
         raise DDError(f"{run_dir} already holds a run; pass --resume to continue it (with the same flags) or "
                       "choose another --run-dir")
     iteration = found[1]["iteration"] if found is not None else 0
-    changes = check_resume(run_dir, found[1]["config"], config) if found is not None else {}
+    changes = check_resume(run_dir, found[1]["config"], config, defaults) if found is not None else {}
     if iteration > config["iterations"]:
         raise DDError(f"{run_dir} holds iteration {iteration}, past --iterations {config['iterations']}; "
                       f"pass --iterations {iteration} or more")

@@ -358,7 +358,8 @@ class Distiller:
         """Check the run folder (held by this process) against the config, load its checkpoint when resuming,
         and return its metrics log."""
         if distributed.is_main():
-            found, changes, log = open_run(self.run_dir, self.config.resume, to_dict(self.config))
+            found, changes, log = open_run(self.run_dir, self.config.resume, to_dict(self.config),
+                                           to_dict(type(self.config)()))
             # config.json names the store the run matches, also when it was found rather than given
             atomic_write_json(self.run_dir / "config.json",
                               {**to_dict(self.config), "buffer": str(self.ctx.store.root)})

@@ -90,7 +90,8 @@ class RunLoop:
         """Run (or resume) to ``iterations`` as the only writer of the run folder. An interrupt (SIGINT, SIGTERM
         under ``dd.cli.run_cli``) first saves the last finished iteration."""
         with hold(self.run_dir, f"run folder {self.run_dir}"):
-            found, changes, log = open_run(self.run_dir, self.config.resume, to_dict(self.config))
+            found, changes, log = open_run(self.run_dir, self.config.resume, to_dict(self.config),
+                                           to_dict(type(self.config)()))
             if found is not None:
                 tensors, state = found
                 self.load(tensors, state)
