@@ -140,8 +140,8 @@ def common_side(paths: list[Path]) -> int | None:
         try:
             with Image.open(path) as im:
                 sizes.add(im.size)
-        except (OSError, ValueError):
-            return None  # decoding names the unreadable file
+        except (OSError, ValueError, Image.DecompressionBombError):
+            return None  # decoding names the unreadable or oversized file
         if len(sizes) > 1:
             return None
     (width, height), = sizes
