@@ -388,6 +388,8 @@ class Distiller:
         cfg = self.config
         cause = (f"--lr-lr {cfg.lr_lr:g} is likely too high" if bad == ["learned lr"]
                  else f"--lr-img {cfg.lr_img:g} is likely too high")
+        if "learned lr" in bad and cfg.lr_step_limit == 0:
+            cause += f" (or --lr-lr {cfg.lr_lr:g}: --lr-step-limit 0 turned off the guard that bounds each lr step)"
         kept = (f"the last good set and checkpoint (iteration {self.checkpointed}) are in {self.run_dir}; "
                 if self.checkpointed else "no checkpoint yet; ") + "rerun with a lower value and a new --run-dir"
         what = " and ".join(bad) if bad else f"loss ({loss})"
