@@ -356,7 +356,9 @@ def write_report(rows: list[dict], out: Path, command: str, machine: str, settin
              "Distillation: batch_syn = all images, DSA on, random start and target parameters.", "",
              "## Targets", "", *targets(rows), "", "## Figures", "", *tables(rows)]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmarks.md").write_text("\n".join(lines))
+    from _sections import write_section
+
+    write_section(out / "benchmarks.md", "bench", "\n".join(lines))  # the other scripts' sections stay
     (out / "benchmarks.json").write_text(json.dumps({"machine": machine, "command": command, "rows": rows},
                                                     indent=2) + "\n")
 

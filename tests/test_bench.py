@@ -37,7 +37,9 @@ def test_report_tables_and_targets(tmp_path):
     assert [r["speedup"] for r in rows if r["name"] == "eval_speedup"] == pytest.approx([4.5])
     settings = bench.Settings((10, 80), repeats=3, ipc=10, cifar_ipc=10, expert_images=64, eval_epochs=1,
                               device="cpu", clock="cpu")
+    (tmp_path / "benchmarks.md").write_text("<!-- by_hand -->\nwritten by hand\n<!-- /by_hand -->\n")
     bench.write_report(rows, tmp_path, "python scripts/bench.py", "a machine", settings)
+    bench.write_report(rows, tmp_path, "python scripts/bench.py", "a machine", settings)  # replaces its own section
     assert json.loads((tmp_path / "benchmarks.json").read_text()) == {
         "machine": "a machine", "command": "python scripts/bench.py", "rows": rows}
     text = (tmp_path / "benchmarks.md").read_text()
@@ -49,6 +51,7 @@ def test_report_tables_and_targets(tmp_path):
     assert "IPC 10: 5 evaluation seeds batched are 4.50x as fast as sequential" in text
     assert "| full | 1 | 80 | digits | 10 | 8 | 800 |" in text and "### plain_step" in text
     assert "Seconds (CPU time of the process) are medians of 3 runs" in text
+    assert text.count("# Benchmarks") == 1 and "written by hand" in text, "other sections of the page stay"
 
 
 @pytest.mark.slow
