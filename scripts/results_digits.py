@@ -81,6 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=300, help="distillation iterations of the trajectory methods")
     parser.add_argument("--seeds", type=int, default=5, help="evaluation seeds per row")
+    parser.add_argument("--full-seeds", type=int, default=2, help="evaluation seeds of the full-data row")
     parser.add_argument("--epochs", type=int, default=200, help="evaluation epochs (protocol mtt runs epochs + 1)")
     parser.add_argument("--ipcs", default="1,10", help="comma-separated IPCs to run")
     parser.add_argument("--methods", default="", help="comma-separated methods (default: every one with a preset)")
@@ -141,7 +142,8 @@ def main() -> None:
     if args.sets_only:
         return
     full = work / "full"
-    sh("dd.eval", "--dataset", "digits", "--baseline", "full", "--out", str(full), "--protocol", "mtt", *common)
+    sh("dd.eval", "--dataset", "digits", "--baseline", "full", "--out", str(full), "--protocol", "mtt", *common,
+       "--runs", str(args.full_seeds))
     runs += read_runs(full, row="full data", ipc_row=None, split="test")
 
     for ipc in [int(k) for k in args.cross_arch_ipcs.split(",") if k and int(k) in ipcs]:
@@ -166,12 +168,14 @@ def select(runs: list[dict], **want: object) -> list[dict]:
 def write_report(runs: list[dict], speed: dict[tuple[str, int], float | None], out: Path, args: argparse.Namespace,
                  ipcs: list[int]) -> None:
     machine = describe_machine()
-    command = (f"python scripts/results_digits.py --iterations {args.iterations} --seeds {args.seeds} --epochs "
+    command = (f"python scripts/results_digits.py --iterations {args.iterations} --seeds {args.seeds} "
+               f"--full-seeds {args.full_seeds} --epochs "
                f"{args.epochs} --ipcs {args.ipcs} --cross-arch-ipcs '{args.cross_arch_ipcs}'"
                + (f" --methods {args.methods}" if args.methods else "")
                + (f" --skip {args.skip}" if args.skip else ""))
     lines = ["# dd on digits: every method at IPC 1 and 10", "",
-             f"Produced by `{command}` on {machine}. Accuracy in % (mean ± std over {args.seeds} seeds), ConvNet "
+             f"Produced by `{command}` on {machine}. Accuracy in % (mean ± std over {args.seeds} seeds; full data: "
+             f"{args.full_seeds}), ConvNet "
              f"distilled and evaluated, protocol mtt (dd/protocols.py: the reference evaluate_synset, SGD momentum "
              f"0.9, wd 5e-4, {args.epochs}+1 epochs, lr x0.1 after epoch {args.epochs // 2 + 1} with a fresh "
              "optimiser, DSA, batch 256) with each set's learned lr (random real, full data, dc, dsa, dm: lr 0.01). "
