@@ -107,6 +107,8 @@ def test_a_table_cell_never_mixes_sets_even_from_hand_written_records():
 
     table = markdown_table([run("aa" * 32, 0, 0.5), run("bb" * 32, 0, 0.7), run("aa" * 32, 1, 0.6, lr=0.02)])
     assert len(cells(table)) == 3 and all(c.endswith("(1)") for c in cells(table))
+    assert "Test accuracy in %" in table
+    assert "Validation accuracy in %" in markdown_table([{**run("aa" * 32, 0, 0.5), "split": "val"}])
 
 
 def error_line(argv, capsys) -> str:

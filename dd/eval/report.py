@@ -134,7 +134,8 @@ def markdown_table(runs: list[dict[str, Any]]) -> str:
     for source in sources:
         row = [format_cell(cells[(source, m)]) if cells.get((source, m)) else "–" for m in models]
         lines.append(f"| {names[source]} | " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n\nTest accuracy in %, mean ± std over seeds (number of seeds in brackets).\n"
+    split = {"val": "Validation"}.get(runs[0].get("split") if runs else None, "Test")  # a context has one split
+    return "\n".join(lines) + f"\n\n{split} accuracy in %, mean ± std over seeds (number of seeds in brackets).\n"
 
 
 def sets_legend(runs: list[dict[str, Any]]) -> str:
