@@ -138,7 +138,7 @@ def test_make_unroll_rejects_bad_settings():
         make_unroll("checkpointed", 1, 0)
     with pytest.raises(DDError, match="--unroll-chunk only applies to --unroll checkpointed"):
         make_unroll("full", 1, 2)
-    assert DistillConfig.__dataclass_fields__["unroll"].metadata["choices"] == tuple(UNROLLS)
+    assert DistillConfig.__dataclass_fields__["unroll"].metadata["choices"] == ("auto", *UNROLLS)
 
 
 def test_split_minibatches_are_refused_where_they_would_change_the_gradient(monkeypatch):

@@ -147,7 +147,7 @@ def test_describe_tells_every_protocol_and_every_setting_apart():
     changed = {"name": "other", "epochs": 300, "extra_epochs": 0, "decay_after": 3, "decay_offset": 0,
                "decay_factor": 0.5,
                "reset_at_decay": False, "momentum": 0.5, "momentum_after_decay": 0.8, "weight_decay": 1e-3,
-               "batch_size": 128, "dsa_strategy": "none", "max_over_test_every": 20}
+               "batch_size": 128, "dsa_strategy": "none", "max_over_test_every": 20, "amp": "bf16"}
     assert set(changed) == {f.name for f in dataclasses.fields(Protocol)} - {"source"}  # every result-changing field
     for field, value in changed.items():
         assert dataclasses.replace(base, **{field: value}).describe(0.01) != base.describe(0.01), field
@@ -187,4 +187,4 @@ def test_batched_seeds_follow_the_sequential_runs_under_ast(digits, monkeypatch)
 def test_each_method_names_the_protocol_its_sets_expect():
     from dd.distill.methods import METHODS
     assert {name: cls.protocol for name, cls in METHODS.items()} == {"mtt": "mtt", "ftd": "mtt", "datm": "datm",
-                                                                     "ast": "ast"}
+                                                                     "ast": "ast", "tesla": "mtt"}
