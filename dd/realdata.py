@@ -100,12 +100,13 @@ def prepare_data(
     image_size: int | None = None,
     val_fraction: float = 0.0,
     val_seed: int = 0,
+    channels: int | None = None,
 ) -> PreparedData:
     """Load ``dataset`` and map it to the model's input space. ``preprocess`` is a kind to fit on the
     train set (``standard`` or ``zca``) or an already fitted ``Preprocessor`` (reused, never refitted).
     ``val_fraction`` of every class of the training split (drawn from ``val_seed``) becomes the
-    validation split."""
-    raw = load_dataset(dataset, data_path=data_path, download=download, image_size=image_size)
+    validation split. ``channels`` converts the images to grey (1) or colour (3) (``load_dataset``)."""
+    raw = load_dataset(dataset, data_path=data_path, download=download, image_size=image_size, channels=channels)
     if isinstance(preprocess, str):
         preprocess = Preprocessor.fit(preprocess, raw.spec, raw.train_images)
     names = folder_class_names(dataset, data_path)

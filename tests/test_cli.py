@@ -122,7 +122,7 @@ def test_an_image_size_other_than_the_experts_says_so(digits_buffer, tmp_path, c
                                           *TINY_DISTILL, "--image-size", "16"])
     store = next((digits_buffer / "digits" / "ConvNet").iterdir())
     assert err == (f"error: --image-size 16 gives 1x16x16 images, but the experts in {store} were trained on 1x8x8; "
-                   "pass --image-size 8")
+                   "pass --image-size 8 (the experts' data) or use the dataset and folder they were trained on")
 
 
 def grey_tree(root: Path, train: dict[str, int], side: int = 12) -> Path:
@@ -169,3 +169,30 @@ def test_own_grey_folder_flows_through_every_stage_without_size_or_path_flags(tm
     assert {r["source"] for r in records} == {"distilled", "random"}
     assert all(r["data"]["shape"] == [1, 12, 12] and r["data"]["test"] == 6 for r in records)
     capsys.readouterr()
+
+
+def test_channels_chosen_at_the_buffer_is_named_by_distill_and_taken_from_the_set_by_eval(tmp_path, capsys,
+                                                                                         monkeypatch):
+    """Experts of a grey folder loaded as colour (--channels 3): dd.distill without the flag names it; dd.eval
+    takes it from the set."""
+    monkeypatch.chdir(ROOT)
+    tree = grey_tree(tmp_path / "data", {"one": 6, "two": 6})
+    buffers = tmp_path / "buffers"
+    assert buffer_main(["--config", "experiments/buffer/folder.yaml", "--data-path", str(tree), "--buffer-dir",
+                        str(buffers), "--num-experts", "1", "--epochs", "2", "--channels", "3", "--device",
+                        "cpu"]) == 0
+    assert "--channels 3" in capsys.readouterr().out.split("next: distil a set from them: ", 1)[1].splitlines()[0]
+    store = next((buffers / "imagefolder" / "ConvNet").iterdir())
+    run_dir = tmp_path / "run"
+    argv = ["--config", "experiments/mtt/folder_ipc1.yaml", "--data-path", str(tree), "--buffer", str(store),
+            "--run-dir", str(run_dir), "--iterations", "1", "--syn-steps", "2", "--max-start-epoch", "1",
+            "--expert-epochs", "1",
+            "--eval-every", "0", "--eval-epochs", "1", "--device", "cpu"]
+    err = one_line(capsys, distill_main, argv)
+    assert err == (f"error: the default --image-size (12) gives 1x12x12 images, but the experts in {store} were "
+                   "trained on 3x12x12; pass --channels 3 (the experts' data) or use the dataset and folder they "
+                   "were trained on")
+    assert distill_main([*argv, "--channels", "3"]) == 0
+    assert eval_main(["--synset", str(run_dir / "synset"), "--runs", "1", "--epochs", "1", "--device", "cpu"]) == 0
+    records = json.loads((run_dir / "eval" / "results.json").read_text())["runs"]
+    assert records and all(r["data"]["shape"] == [3, 12, 12] for r in records)

@@ -368,3 +368,24 @@ def test_a_grey_imagefolder_loads_with_one_channel(tmp_path):
     assert grey.train_images[0, 0, 0, 0].item() == pytest.approx(40 / 255)
     _write(tmp_path / "train" / "a" / "y.png", (255, 0, 0))
     assert load_dataset("imagefolder", data_path=str(tmp_path), image_size=4).spec.channels == 3
+
+
+def test_channels_converts_grey_to_colour_and_colour_to_luma(tmp_path):
+    """--channels 3 repeats a grey value in every channel; --channels 1 keeps the BT.601 luma of a colour pixel;
+    the spec's mean/std are those of the converted train images; other counts are refused."""
+    for split in ("train", "val"):
+        for cls, level in (("a", 40), ("b", 200)):
+            _write(tmp_path / split / cls / "x.png", (level, level, level), mode="L")
+    colour = load_dataset("imagefolder", data_path=str(tmp_path), image_size=4, channels=3)
+    assert colour.spec.channels == 3 and colour.train_images.shape == (2, 3, 4, 4)
+    assert torch.equal(colour.train_images[:, 0], colour.train_images[:, 2])
+    assert colour.spec.mean == pytest.approx((120 / 255,) * 3) and colour.spec.std == pytest.approx((80 / 255,) * 3)
+    _write(tmp_path / "train" / "a" / "y.png", (255, 0, 0))
+    luma = load_dataset("imagefolder", data_path=str(tmp_path), image_size=4, channels=1)
+    assert luma.spec.channels == 1 and luma.test_images.shape == (2, 1, 4, 4)
+    assert luma.train_images[1, 0, 0, 0].item() == pytest.approx(0.299)  # 'y.png' (pure red) sorts after 'x.png'
+    assert luma.spec.mean[0] == pytest.approx(luma.train_images.double().mean().item())
+    digits = load_dataset("digits", channels=3)
+    assert digits.spec.channels == 3 and digits.spec.mean[0] == pytest.approx(digits.spec.mean[2])
+    with pytest.raises(DDError, match="^--channels must be 1 .grey. or 3 .colour., got 2$"):
+        load_dataset("digits", channels=2)

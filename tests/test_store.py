@@ -125,7 +125,8 @@ def test_recipe_tag_is_stable_distinct_and_safe():
 
 def test_check_window(store):
     store.check_window(1, 2)
-    with pytest.raises(DDError, match="stores 3 epochs but max_start_epoch 2 \\+ expert_epochs 2 needs 4"):
+    with pytest.raises(DDError, match="stores 3 epochs but --max-start-epoch 2 \\+ --expert-epochs 2 needs 4; lower "
+                       "them or train longer experts \\(dd.buffer --epochs\\)$"):
         store.check_window(2, 2)
 
 

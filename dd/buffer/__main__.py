@@ -39,7 +39,7 @@ def train_main(argv: Sequence[str] | None) -> int:
     validate(config)
     device = distributed.setup(config.device)
     data = prepare_data(config.dataset, device, config.data_path, config.download,
-                        "zca" if config.zca else "standard", config.image_size)
+                        "zca" if config.zca else "standard", config.image_size, channels=config.channels)
     spec = data.spec
     recipe = config.recipe()
     store = TrajectoryStore.create(store_root(config.buffer_dir, spec.name, config.model, recipe.to_dict()),
@@ -104,7 +104,8 @@ def train_main(argv: Sequence[str] | None) -> int:
 def next_steps(config: BufferConfig, root: Path) -> str:
     """The stage's last lines: where the experts are and the commands that distil from them and report on them."""
     data = [*(["--data-path", config.data_path] if config.dataset != "digits" else []),
-            *(["--image-size", str(config.image_size)] if config.image_size else [])]
+            *(["--image-size", str(config.image_size)] if config.image_size else []),
+            *(["--channels", str(config.channels)] if config.channels else [])]
     distill = shlex.join(["python", "-m", "dd.distill", "--dataset", config.dataset, "--model", config.model,
                           "--buffer", str(root), *data])
     return (f"experts: {root}\nnext: distil a set from them: {distill}\n"

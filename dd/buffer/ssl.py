@@ -109,7 +109,7 @@ def train_teacher(config) -> int:
         print(f"teacher: {root} is already trained")
         return 0
     device = resolve_device(config.device)
-    raw = load_dataset(config.dataset, config.data_path, config.download, config.image_size)
+    raw = load_dataset(config.dataset, config.data_path, config.download, config.image_size, config.channels)
     spec, pixels = raw.spec, raw.train_images.to(device)
     preprocess = Preprocessor.fit("standard", spec, raw.train_images)
     model = create_model(config.model, spec.channels, spec.num_classes, spec.size, seed=config.seed).to(device)

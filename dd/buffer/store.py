@@ -219,9 +219,9 @@ class TrajectoryStore:
         """DDError unless ``max_start_epoch + expert_epochs <= E`` (the rule of the original code)."""
         need = max_start_epoch + expert_epochs
         if need > self.num_epochs:
-            raise DDError(f"the buffer at {self.root} stores {self.num_epochs} epochs but max_start_epoch "
-                          f"{max_start_epoch} + expert_epochs {expert_epochs} needs {need}; "
-                          "lower them or train longer experts")
+            raise DDError(f"the buffer at {self.root} stores {self.num_epochs} epochs but --max-start-epoch "
+                          f"{max_start_epoch} + --expert-epochs {expert_epochs} needs {need}; lower them or train "
+                          "longer experts (dd.buffer --epochs)")
 
     # -- experts ---------------------------------------------------------------------------------
 

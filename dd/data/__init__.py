@@ -8,6 +8,7 @@ standard normalisation or ZCA. Importing this package registers every dataset lo
 from dd.data import digits, torchvision_sets, folder, imagenet_subsets  # noqa: F401  # isort: skip
 from dd.data.preprocess import KINDS, Preprocessor
 from dd.data.registry import (
+    CHANNELS,
     DatasetSpec,
     RealData,
     class_indices,
@@ -18,6 +19,7 @@ from dd.data.registry import (
 )
 
 __all__ = [
+    "CHANNELS",
     "KINDS",
     "DatasetSpec",
     "Preprocessor",

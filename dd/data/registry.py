@@ -72,20 +72,49 @@ def get_spec(name: str) -> DatasetSpec:
 
 
 def load_dataset(name: str, data_path: str | None = None, download: bool = False,
-                 image_size: int | None = None) -> RealData:
+                 image_size: int | None = None, channels: int | None = None) -> RealData:
     """Load train and test splits of ``name`` as CPU tensors of [0, 1] pixels.
 
     ``data_path`` is the folder for torchvision and folder datasets (default ``data``); ``download`` lets
     torchvision fetch a missing set. ``image_size`` resizes to a square side (bilinear, antialiased);
-    folder datasets decode at that size directly.
+    folder datasets decode at that size directly. ``channels`` (1 or 3) converts the images to grey or
+    colour when the dataset's own differ (``convert_channels``).
     """
     spec = get_spec(name)
     if image_size is not None and image_size <= 0:
         raise DDError(f"--image-size must be positive, got {image_size}")
+    if channels not in (None, *CHANNELS):
+        raise DDError(f"--channels must be 1 (grey) or 3 (colour), got {channels}")
     data = _REGISTRY[name][1](spec, data_path, download, image_size)
     if image_size is not None and data.spec.size != (image_size, image_size):
         data = resize(data, image_size)
+    if channels is not None and data.spec.channels != channels:
+        data = convert_channels(data, channels)
     return data
+
+
+CHANNELS = (1, 3)
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights of R, G, B in the grey value
+
+
+def convert_channels(data: RealData, channels: int) -> RealData:
+    """``data`` as grey (3 -> 1: the BT.601 luma of each pixel) or colour (1 -> 3: the grey value in every
+    channel), with the channel mean/std of the converted train images in the spec."""
+    have = data.spec.channels
+    if (have, channels) not in ((3, 1), (1, 3)):
+        raise DDError(f"{data.spec.name} has {have}-channel images; --channels converts between 1 and 3 only")
+
+    def go(x: torch.Tensor) -> torch.Tensor:
+        if channels == 1:
+            return (x * torch.tensor(LUMA, dtype=x.dtype).view(1, 3, 1, 1)).sum(1, keepdim=True).clamp_(0.0, 1.0)
+        return x.expand(-1, 3, -1, -1).contiguous()
+
+    train = go(data.train_images)
+    per_channel = train.transpose(0, 1).flatten(1).to(torch.float64)
+    mean = tuple(per_channel.mean(1).tolist())
+    std = tuple(max(v, 1e-6) for v in per_channel.std(1, unbiased=False).tolist())
+    return RealData(replace(data.spec, channels=channels, mean=mean, std=std), train, data.train_labels,
+                    go(data.test_images), data.test_labels)
 
 
 def resize(data: RealData, image_size: int) -> RealData:

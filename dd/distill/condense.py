@@ -50,6 +50,8 @@ class CondenseConfig:
     data_path: str = opt("data", "folder holding the dataset")
     download: bool = opt(False, "download the dataset through torchvision if it is missing")
     image_size: int | None = opt(None, "side length for imagefolder datasets")
+    channels: int | None = opt(None, "1 (grey) or 3 (colour): convert the images to that many channels (default: "
+                               "the dataset's own; imagefolder: 1 when every image is grey, else 3)")
     model: str = opt("ConvNet", "architecture of the freshly initialised matching networks")
     ipc: int = opt(1, "synthetic images per class")
     iterations: int = opt(1000, "outer iterations (a fresh network each)")
@@ -126,7 +128,7 @@ class Condenser(RunLoop):
         self.name = f"{config.method} ipc{config.ipc}"
         self.device = resolve_device(config.device)
         self.data = prepare_data(config.dataset, self.device, config.data_path, config.download, "standard",
-                                 config.image_size, config.val_fraction, config.val_seed)
+                                 config.image_size, config.val_fraction, config.val_seed, config.channels)
         spec = self.data.spec
         check_eval_models(config, spec)
         self.pools = [idx.to(self.device) for idx in class_indices(self.data.train_labels.cpu(), spec.num_classes)]

@@ -96,16 +96,18 @@ def store_choice(config: DistillConfig) -> str:
 
 
 def check_image_shape(store: TrajectoryStore, spec, image_size: int | None) -> None:
-    """The images must have the shape the experts were trained on; the error names the ``--image-size`` to pass."""
+    """The images must have the shape the experts were trained on; the error names the ``--image-size`` and
+    ``--channels`` to pass."""
     stored = store.header["dataset"]
     want, got = (stored["channels"], *stored["size"]), (spec.channels, *spec.size)
     if want == got:
         return
     given = f"--image-size {image_size}" if image_size else f"the default --image-size ({spec.size[0]})"
-    fix = (f"pass --image-size {want[-1]}" if want[0] == got[0]
-           else "load the data as the experts did (same dataset and folder)")
+    flags = [*([f"--channels {want[0]}"] if want[0] != got[0] else []),
+             *([f"--image-size {want[-1]}"] if want[1:] != got[1:] else [])]
     raise DDError(f"{given} gives {got[0]}x{got[1]}x{got[2]} images, but the experts in {store.root} were trained "
-                  f"on {want[0]}x{want[1]}x{want[2]}; {fix}")
+                  f"on {want[0]}x{want[1]}x{want[2]}; pass {' '.join(flags)} (the experts' data) or use the "
+                  "dataset and folder they were trained on")
 
 
 def check_split(config: DistillConfig, model: torch.nn.Module, num_images: int) -> None:
@@ -169,7 +171,7 @@ class Distiller:
         preprocess = (Preprocessor.from_state(*stored) if stored is not None
                       else store.header["recipe"].get("preprocess", "standard"))
         data = prepare_data(config.dataset, self.device, config.data_path, config.download, preprocess,
-                            config.image_size, config.val_fraction, config.val_seed)
+                            config.image_size, config.val_fraction, config.val_seed, config.channels)
         spec = data.spec
         check_image_shape(store, spec, config.image_size)
         check_eval_models(config, spec)

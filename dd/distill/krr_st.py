@@ -54,6 +54,8 @@ class KRRConfig:
     data_path: str = opt("data", "folder holding the dataset")
     download: bool = opt(False, "download the dataset through torchvision if it is missing")
     image_size: int | None = opt(None, "side length for imagefolder datasets")
+    channels: int | None = opt(None, "1 (grey) or 3 (colour): convert the images to that many channels (default: "
+                               "the dataset's own; imagefolder: 1 when every image is grey, else 3)")
     teacher: str | None = opt(None, "teacher folder from dd.buffer --teacher barlow_twins (default: the only "
                                     "one under <buffer-dir>/<dataset>/)")
     buffer_dir: str = opt("buffers", "root of the buffers and teachers")
@@ -209,7 +211,7 @@ class KRRDistiller(RunLoop):
             raise DDError(f"the teacher at {self.teacher.root} was trained on {trained_on}, not {config.dataset}; "
                           "pass a teacher of the source dataset")
         self.data: PreparedData = prepare_data(config.dataset, self.device, config.data_path, config.download,
-                                               "standard", config.image_size)
+                                               "standard", config.image_size, channels=config.channels)
         n_real = self.data.train_images.shape[0]
         if config.num_images > n_real:
             raise DDError(f"--num-images {config.num_images} exceeds the {n_real} training images of {config.dataset}")

@@ -50,7 +50,7 @@ from dd import distributed
 from dd.augment import DSA
 from dd.cli import run_cli
 from dd.config import build_parser, opt, parse_config, parse_list, peek_option, to_dict
-from dd.data import DatasetSpec, Preprocessor, list_datasets
+from dd.data import CHANNELS, DatasetSpec, Preprocessor, list_datasets
 from dd.device import use_deterministic
 from dd.distill.synset import SynSet, load_synset
 from dd.errors import DDError
@@ -79,6 +79,8 @@ class EvalConfig:
     download: bool = opt(False, "download the dataset through torchvision if it is missing")
     image_size: int | None = opt(None, "side length of the images (default: the set's, else the dataset's own; "
                                        "imagefolder: the images' side when they share one, else 32)")
+    channels: int | None = opt(None, "1 (grey) or 3 (colour): convert the images to that many channels (default: "
+                               "the set's, else the dataset's own; imagefolder: 1 when every image is grey, else 3)")
     split: str = opt("test", "split to report accuracy on: test (the final report) or val (for choices: tuning, "
                      "selection)", choices=SPLITS)
     val_fraction: float | None = opt(None, "fraction of every class held out of the training split as validation "
@@ -230,8 +232,10 @@ def check_set(path: str, synset: SynSet, spec: DatasetSpec, image_size_given: bo
     its metadata says. Returns its ipc."""
     shape, want = tuple(synset.images.shape[1:]), (spec.channels, *spec.size)
     if shape != want:
-        hint = (f"pass --image-size {shape[-1]}" if shape[0] == spec.channels and not image_size_given
-                else "evaluate it on the dataset it was distilled on")
+        flags = [*([f"--channels {shape[0]}"] if shape[0] != want[0] else []),
+                 *([f"--image-size {shape[-1]}"] if shape[1:] != want[1:] else [])]
+        fixable = shape[0] in CHANNELS and (shape[1:] == want[1:] or not image_size_given)
+        hint = f"pass {' '.join(flags)}" if fixable else "evaluate it on the dataset it was distilled on"
         raise DDError(f"the set at {path} holds {shape} images but {spec.name} gives {want}; {hint}")
     k, n = spec.num_classes, synset.images.shape[0]
     if synset.soft and synset.labels.shape[1] != k:
@@ -283,7 +287,9 @@ def load_inputs(config: EvalConfig, device: torch.device) -> tuple[dict[str, Syn
     image_size = config.image_size or set_default(sets, "image_size", "--image-size")
     val_fraction = first_of(config.val_fraction, set_default(sets, "val_fraction", "--val-fraction"), 0.1)
     val_seed = first_of(config.val_seed, set_default(sets, "val_seed", "--val-seed"), 0)
-    data = prepare_data(dataset, device, data_path, config.download, preprocess, image_size, val_fraction, val_seed)
+    channels = config.channels or set_default(sets, "channels", "--channels")
+    data = prepare_data(dataset, device, data_path, config.download, preprocess, image_size, val_fraction, val_seed,
+                        channels)
     return sets, data, dataset
 
 

@@ -63,6 +63,8 @@ class TransferConfig:
     data_path: str = opt("data", "folder holding the datasets")
     download: bool = opt(False, "download the datasets through torchvision if they are missing")
     image_size: int | None = opt(None, "side length for imagefolder datasets")
+    channels: int | None = opt(None, "1 (grey) or 3 (colour): convert the images to that many channels (default: "
+                               "the dataset's own; imagefolder: 1 when every image is grey, else 3)")
     models: str | None = opt(None, "comma-separated architectures (default: the set's pool model)")
     protocols: str = opt("linear,finetune", "comma-separated transfer protocols: linear, finetune")
     baseline: str = opt("random,none", "comma-separated baselines beside the set: random, none")
@@ -212,7 +214,8 @@ def source_sets(cfg: TransferConfig, synset: SynSet | None, baselines: list[str]
         n = cfg.num_images or (synset.images.shape[0] if synset is not None else None)
         if n is None:
             raise DDError("the random baseline needs --num-images (or a --synset to take it from)")
-        data = prepare_data(source, device, cfg.data_path, cfg.download, "standard", cfg.image_size)
+        data = prepare_data(source, device, cfg.data_path, cfg.download, "standard", cfg.image_size,
+                            channels=cfg.channels)
 
         def random_set(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
             pick = torch.randperm(data.train_images.shape[0], generator=make_generator(seed))[:n]
@@ -258,7 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name not in list_models():
             raise DDError(f"unknown model '{name}'; see dd.models.list_models() for the choices")
     sets = source_sets(cfg, synset, baselines, source, device)
-    targets = {name: prepare_data(name, device, cfg.data_path, cfg.download, "standard", cfg.image_size)
+    targets = {name: prepare_data(name, device, cfg.data_path, cfg.download, "standard", cfg.image_size,
+                                 channels=cfg.channels)
                for name in parse_list(cfg.target, list_datasets(), "--target")}
     num_images = cfg.num_images or (synset.images.shape[0] if synset is not None else None)
     source_shape = tuple(synset.images.shape[1:]) if synset is not None else None
