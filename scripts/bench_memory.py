@@ -13,7 +13,9 @@ the two measurements; the checkpointed one's grows by the kept states only (N pa
 momentum). A shape whose minibatch exceeds ``--max-batch``, or whose 2-step full unroll would exceed ``--max-gb`` by
 the estimate of ``dd.distill.memory``, is measured at a smaller minibatch and the per-step graph scaled linearly in
 the minibatch (marked ``scaled from b``; linear: 29.1 MiB at 10 CIFAR images, 113.5 at 40). The last columns
-give ``dd.distill.memory``'s estimate and what ``unroll: auto`` picks with 24 GiB free.
+give ``dd.distill.memory``'s estimate, what ``unroll: auto`` picks with 24 GiB free (checkpointed with an
+``--unroll-chunk`` c when one step of the whole minibatch would not fit either) and the checkpointed peak at that
+chunk (the per-step graph scaled to c images).
 """
 
 from __future__ import annotations
@@ -63,13 +65,30 @@ def shape_key(row: dict) -> tuple:
     return row["model"], tuple(row["shape"]), row["classes"], row["images"], row["batch"], row["soft"]
 
 
-def estimate(row: dict, batch: int, steps: int) -> int:
-    from dd.distill.memory import activation_floats, full_unroll_bytes
+def _sizes(row: dict) -> tuple[int, int]:
+    """(activation floats of one image, parameters) of the row's model."""
+    from dd.distill.memory import activation_floats
     from dd.models import create_model
 
     model = create_model(row["model"], row["shape"][0], row["classes"], tuple(row["shape"][1:]), seed=0)
-    return full_unroll_bytes(activation_floats(model, row["shape"]), sum(p.numel() for p in model.parameters()),
-                             batch, steps, row["images"], math.prod(row["shape"]))
+    return activation_floats(model, row["shape"]), sum(p.numel() for p in model.parameters())
+
+
+def estimate(row: dict, batch: int, steps: int) -> int:
+    from dd.distill.memory import full_unroll_bytes
+
+    return full_unroll_bytes(*_sizes(row), batch, steps, row["images"], math.prod(row["shape"]))
+
+
+def auto_pick(row: dict, free: int = 24 * GIB) -> tuple[str, int | None]:
+    """(the unroll ``auto`` picks for the row with ``free`` bytes, its ``--unroll-chunk`` or None)."""
+    from dd.distill.memory import checkpointed_chunk, pick_unroll
+
+    name, _ = pick_unroll(estimate(row, row["batch"], row["syn_steps"]), free)
+    if name == "full":
+        return name, None
+    return name, checkpointed_chunk(*_sizes(row), row["batch"], row["syn_steps"], 1, row["images"],
+                                    math.prod(row["shape"]), free)
 
 
 def worker(row: dict, batch: int, device_name: str) -> dict:
@@ -132,23 +151,20 @@ def extrapolate(row: dict, batch: int, got: dict) -> dict:
     step = max(0.0, got["full2_mb"] - got["full1_mb"])  # one more inner step's graph, at the measured minibatch
     fixed = got["full1_mb"] - step  # the part that does not grow with the steps (set, its gradient, parameters)
     n = row["syn_steps"]
-    state_mb = _params(row) * 4 / 2**20 * (2 if row["momentum"] else 1)
+    state_mb = _sizes(row)[1] * 4 / 2**20 * (2 if row["momentum"] else 1)
     full_at_n = fixed + n * step * scale
     ckpt_at_n = fixed + (got["ckpt2_mb"] - fixed) * scale + (n - 2) * state_mb
     est = estimate(row, row["batch"], n)
+    auto, chunk = auto_pick(row)
+    graph_images = min(chunk or row["batch"], row["batch"])
+    ckpt_auto = fixed + (got["ckpt2_mb"] - fixed) * graph_images / batch + (n - 2) * state_mb
     return {"preset": row["preset"], "images": row["images"], "batch": row["batch"], "syn_steps": n,
             "measured_at": "real batch" if scale == 1 else f"scaled from {batch}",
             "full_1step_mb": got["full1_mb"], "full_2step_mb": got["full2_mb"], "ckpt_2step_mb": got["ckpt2_mb"],
             "full_at_N_gib": round(full_at_n / 1024, 2), "ckpt_at_N_gib": round(ckpt_at_n / 1024, 2),
-            "estimate_full_gib": round(est / GIB, 2), "auto_24gib": "full" if est <= 0.8 * 24 * GIB else "checkpointed",
+            "estimate_full_gib": round(est / GIB, 2), "auto_24gib": auto + (f", chunk {chunk}" if chunk else ""),
+            "auto_at_N_gib": round((full_at_n if auto == "full" else ckpt_auto) / 1024, 2),
             "preset_unroll": row["unroll"], "s_full_2step": got["s_full2"], "s_ckpt_2step": got["s_ckpt2"]}
-
-
-def _params(row: dict) -> int:
-    from dd.models import create_model
-
-    model = create_model(row["model"], row["shape"][0], row["classes"], tuple(row["shape"][1:]), seed=0)
-    return sum(p.numel() for p in model.parameters())
 
 
 def report(rows: list[dict], command: str, machine: str) -> str:

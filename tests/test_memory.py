@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 from torch import nn
 
-from dd.data import get_spec
+from dd.data import DatasetSpec, get_spec
 from dd.distill import memory
 from dd.distill.config import DistillConfig
-from dd.distill.memory import activation_floats, full_unroll_bytes, pick_unroll, resolve_unroll
+from dd.distill.memory import activation_floats, checkpointed_chunk, full_unroll_bytes, pick_unroll, resolve_unroll
 from dd.models import create_model
 
 
@@ -63,6 +64,41 @@ def test_resolve_replaces_auto_only(monkeypatch, capsys):
     assert "unroll auto: full" in out and "unroll auto: checkpointed" in out
 
 
+def test_checkpointed_chunk_is_the_most_images_whose_step_fits():
+    """By hand: budget = 0.8 * free - 4 * (states * P + 3 * images * floats), graph = budget - 4 * P, chunk =
+    graph // (4 * 1.4 * A); None when the whole minibatch fits."""
+    a, p, steps, stride, images, floats = 1000, 500, 9, 3, 20, 48
+    states = 3 + 3  # ceil(9 / 3) + 3
+    free = 10**6
+    graph = memory.HEADROOM * free - 4 * (states * p + 3 * images * floats) - 4 * p
+    whole = int(graph // (4 * memory.FULL_ACTIVATION_FACTOR * a))
+    assert checkpointed_chunk(a, p, whole, steps, stride, images, floats, free) is None
+    assert checkpointed_chunk(a, p, whole + 1, steps, stride, images, floats, free) == whole
+    assert checkpointed_chunk(a, p, 50, steps, stride, images, floats, 1000) == 1  # nothing fits: one image a time
+
+
+def test_a_step_too_big_for_the_device_gets_a_chunk_that_fits(monkeypatch, capsys):
+    """Tiny ImageNet IPC 10 (2000 images in one minibatch, ConvNetD4) on 24 GiB: one step needs about 47 GiB, so
+    auto checkpoints in chunks; an explicit chunk is kept; a BatchNorm student gets no chunk, only the advice."""
+    spec = DatasetSpec("tiny", 3, (64, 64), 200, (0.5,) * 3, (0.25,) * 3)
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 24 * 2**30)
+    cpu = torch.device("cpu")
+    model = create_model("ConvNetD4", 3, 200, (64, 64), seed=0)
+    config = DistillConfig(unroll="auto", dataset="tiny", model="ConvNetD4", ipc=10, syn_steps=20)
+    picked = resolve_unroll(config, model, spec, cpu)
+    assert picked.unroll == "checkpointed" and 1 < picked.unroll_chunk < 2000
+    a, p = activation_floats(model, (3, 64, 64)), sum(q.numel() for q in model.parameters())
+    fits = (a, p, picked.unroll_chunk, 20, 1, 2000, 3 * 64 * 64, 24 * 2**30)
+    assert checkpointed_chunk(*fits) is None and checkpointed_chunk(*fits[:2], 2000, *fits[3:]) is not None
+    assert f"--unroll-chunk {picked.unroll_chunk}" in capsys.readouterr().out
+    explicit = resolve_unroll(dataclasses.replace(config, unroll="checkpointed"), model, spec, cpu)
+    assert explicit.unroll_chunk == picked.unroll_chunk  # a given checkpointed unroll is chunked alike
+    assert resolve_unroll(dataclasses.replace(config, unroll_chunk=100), model, spec, cpu).unroll_chunk == 100
+    bn = create_model("ConvNetD4BN", 3, 200, (64, 64), seed=0)
+    assert resolve_unroll(dataclasses.replace(config, model="ConvNetD4BN"), bn, spec, cpu).unroll_chunk is None
+    assert "BatchNorm rules out --unroll-chunk: lower --batch-syn" in capsys.readouterr().out
+
+
 def test_the_run_records_the_picked_unroll(tmp_path, digits_buffer, monkeypatch):
     from dd.distill.__main__ import main as distill_main
 
@@ -71,4 +107,5 @@ def test_the_run_records_the_picked_unroll(tmp_path, digits_buffer, monkeypatch)
     assert distill_main(["--buffer-dir", str(digits_buffer), "--iterations", "1", "--syn-steps", "2",
                          "--expert-epochs", "1", "--max-start-epoch", "2", "--eval-every", "0", "--eval-epochs", "1",
                          "--device", "cpu", "--run-dir", str(run)]) == 0
-    assert json.loads((run / "config.json").read_text())["unroll"] == "checkpointed"
+    recorded = json.loads((run / "config.json").read_text())
+    assert recorded["unroll"] == "checkpointed" and recorded["unroll_chunk"] == 1  # 1 MiB: one image at a time

@@ -76,7 +76,9 @@ class DistillConfig:
     unroll_chunk: int | None = opt(None, "checkpointed unroll: build each inner step's graph at most k synthetic "
                                    "images at a time (exact: the inner loss is a mean over the minibatch), for "
                                    "minibatches whose one graph does not fit; costs one more graph-free gradient per "
-                                   "step; not for BatchNorm students (default: the whole minibatch at once)")
+                                   "step; not for BatchNorm students (default: the whole minibatch at once, unless "
+                                   "one step of it would not fit the device: then the most images whose graph does, "
+                                   "printed and recorded)")
     expert_cache_mb: float = opt(1024.0, "MiB of expert rows kept in host memory (pinned on CUDA); the rest are read "
                                  "again from the memory-mapped expert files, which are checksummed once per run")
     val_fraction: float = opt(0.1, "fraction of every class of the training split held out as the validation "

@@ -9,6 +9,10 @@ tensors of its double-backward graph, plus a few parameter-sized vectors. So its
 with A the float32 activations of one image through the model (every leaf module's output, counted on one image)
 and P the parameters. The factors are calibrated against ``scripts/bench_memory.py`` (CPU resident set of one
 iteration per preset, docs/benchmarks.md): A, not the FLOPs, is what the graph holds.
+
+The checkpointed unroll keeps one step's graph at a time plus about syn_steps/k + k parameter vectors (k the
+snapshot stride); when even one step's graph would not fit, ``auto`` also splits each minibatch into chunks
+(``--unroll-chunk``, exact) of the most images whose graph does.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from torch import nn
 
 from dd.data import DatasetSpec
 from dd.distill.config import DistillConfig
+from dd.distributed import world_size
 
 # Calibrated on the CPU resident set (scripts/bench_memory.py worker, ConvNet at 3x32x32 with minibatches 10 and 40:
 # 29.1 and 113.5 MiB per inner step, i.e. 2.81 MiB per image = 1.32 x its 2.13 MiB of activations, plus about one
@@ -65,6 +70,21 @@ def full_unroll_bytes(activations: int, params: int, batch: int, syn_steps: int,
     return int(4 * (syn_steps * per_step + 3 * num_images * image_floats))
 
 
+def checkpointed_chunk(activations: int, params: int, batch: int, syn_steps: int, snapshot_every: int,
+                       num_images: int, image_floats: int, free: int) -> int | None:
+    """The chunk (synthetic images per graph) the checkpointed unroll needs to fit ``HEADROOM`` of ``free`` bytes:
+    None when one step's graph of the whole ``batch`` fits beside the kept states (about ``syn_steps /
+    snapshot_every + snapshot_every`` parameter vectors) and the synthetic set, else the most images whose graph
+    does (at least 1)."""
+    states = math.ceil(syn_steps / snapshot_every) + snapshot_every
+    budget = HEADROOM * free - 4 * (states * params + 3 * num_images * image_floats)
+    per_image = 4 * FULL_ACTIVATION_FACTOR * activations
+    graph = budget - 4 * FULL_PARAM_FACTOR * params
+    if batch * per_image <= graph:
+        return None
+    return max(1, int(graph // per_image))
+
+
 def free_bytes(device: torch.device) -> int:
     """Memory the run may still take: free CUDA memory (``torch.cuda.mem_get_info``) or the CPU's available RAM
     (MemAvailable of /proc/meminfo; total RAM where that file is absent)."""
@@ -95,20 +115,38 @@ def _gib(n: float) -> str:
 def resolve_unroll(config: DistillConfig, model: nn.Module, spec: DatasetSpec, device: torch.device,
                    preferred: str | None = None) -> DistillConfig:
     """``config`` with ``unroll: auto`` replaced by the method's ``preferred`` unroll when it has one, else by
-    ``pick_unroll``'s choice for its synthetic set (ipc images per class of ``spec``, minibatch ``batch_syn``,
-    ``syn_steps`` steps of ``model``) on ``device``, printed with the reason; the snapshot stride becomes 1 when the
-    full unroll is picked. Other values pass unchanged."""
-    if config.unroll != "auto":
+    ``pick_unroll``'s choice for its synthetic set (ipc images per class of ``spec``, minibatch ``batch_syn``
+    shared by the processes, ``syn_steps`` steps of ``model``) on ``device``, printed with the reason; the snapshot
+    stride becomes 1 when the full unroll is picked. A checkpointed unroll (picked or given) without
+    ``--unroll-chunk`` gets ``checkpointed_chunk``'s chunk when one step of the whole minibatch would not fit
+    (not for BatchNorm students, whose statistics span the minibatch), also printed. Other values pass unchanged."""
+    if config.unroll not in ("auto", "checkpointed"):
         return config
-    if preferred is not None:
+    if config.unroll == "auto" and preferred is not None:
         print(f"unroll auto: {preferred} (the {config.method} method's own)", flush=True)
         return dataclasses.replace(config, unroll=preferred)
     shape = (spec.channels, *spec.size)
     num_images = config.ipc * spec.num_classes
-    estimate = full_unroll_bytes(activation_floats(model, shape), sum(p.numel() for p in model.parameters()),
-                                 min(config.batch_syn or num_images, num_images), config.syn_steps, num_images,
-                                 math.prod(shape))
-    name, why = pick_unroll(estimate, free_bytes(device))
-    print(f"unroll auto: {name} ({why})", flush=True)
-    return dataclasses.replace(config, unroll=name,
+    batch = math.ceil(min(config.batch_syn or num_images, num_images) / world_size())
+    activations, params = activation_floats(model, shape), sum(p.numel() for p in model.parameters())
+    free = free_bytes(device)
+    name, why = config.unroll, ""
+    if name == "auto":
+        name, why = pick_unroll(full_unroll_bytes(activations, params, batch, config.syn_steps, num_images,
+                                                  math.prod(shape)), free)
+    chunk = config.unroll_chunk
+    if name == "checkpointed" and chunk is None:
+        need = checkpointed_chunk(activations, params, batch, config.syn_steps, config.unroll_snapshot_every,
+                                  num_images, math.prod(shape), free)
+        batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        step = f"one step of {batch} images does not fit {HEADROOM:.0%} of the {_gib(free)} GiB free"
+        if need is not None and not batchnorm:
+            chunk = need
+            why += ("; " if why else "") + f"{step}: --unroll-chunk {chunk}"
+        elif need is not None:
+            why += ("; " if why else "") + (f"{step}, and {config.model}'s BatchNorm rules out --unroll-chunk: lower "
+                                            "--batch-syn")
+    if why:
+        print(f"unroll {config.unroll}: {name} ({why})", flush=True)
+    return dataclasses.replace(config, unroll=name, unroll_chunk=chunk,
                                unroll_snapshot_every=config.unroll_snapshot_every if name != "full" else 1)
