@@ -78,6 +78,14 @@ def test_one_step_moves_images_and_target_representations(digits_teacher, tmp_pa
     assert not torch.equal(distiller.targets.detach(), targets) and not torch.equal(distiller.images.detach(), images)
 
 
+def test_raw_targets_are_the_encoder_output_and_recorded(digits_teacher, tmp_path):
+    config = KRRConfig(buffer_dir=str(digits_teacher), model="ConvNetW32", num_images=12, batch_real=64,
+                       num_models=2, online_iterations=3, device="cpu", run_dir=str(tmp_path), targets="raw")
+    distiller = KRRDistiller(config)
+    torch.testing.assert_close(distiller.targets.detach(), distiller.teacher.encoder.embed(distiller.images.detach()))
+    assert distiller.synset().meta["targets"] == "raw"
+
+
 def test_distill_resumes_and_eval_transfer_runs_every_source(digits_teacher, tmp_path, monkeypatch):
     common = [*TINY, "--buffer-dir", str(digits_teacher)]
     assert distill_main([*common, "--iterations", "4", "--run-dir", str(tmp_path / "straight")]) == 0
@@ -114,6 +122,7 @@ def test_distill_resumes_and_eval_transfer_runs_every_source(digits_teacher, tmp
         assert r["dataset"] == "digits-5to9" and r["model"] == "ConvNetW32" and r["seed"] == 0
         assert 0 <= r["accuracy"] <= 1 and (r["recipe"]["pretrain"] is None) == (r["source"] == "none")
         assert r["num_images"] == (None if r["source"] == "none" else 12)
+        assert r.get("targets") == ("standardized" if r["source"] == "random" else None)  # as the set's targets
     assert "| digits-5to9 | linear | ConvNetW32 |" in (out / "results.md").read_text()
 
 

@@ -65,6 +65,9 @@ def test_representations_are_standardised_on_the_source_train_set(digits_teacher
     raw = teacher.encoder.embed(data.train_images[:64])
     assert torch.allclose(teacher.represent(data.train_images[:64]), (raw - teacher.mean) / teacher.std)
     assert raw.mean(0).abs().max() > 0.1
+    assert torch.equal(teacher.represent(data.train_images[:64], targets="raw"), raw)  # the KRR-ST code's targets
+    with pytest.raises(DDError, match="^--targets must be one of standardized, raw, got 'z'$"):
+        teacher.represent(data.train_images[:2], targets="z")
 
 
 def test_killed_teacher_resumes_to_the_same_encoder(tmp_path, monkeypatch, digits_teacher):

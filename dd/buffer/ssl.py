@@ -44,6 +44,7 @@ from dd.training import iterate_batches
 FORMAT_VERSION = 2
 REPR_MEAN, REPR_STD = "representation.mean", "representation.std"  # over the source training images
 TEACHERS = ("none", "barlow_twins")
+TARGETS = ("standardized", "raw")  # how KRR-ST's targets are read off the teacher (Teacher.represent)
 MANIFEST, ENCODER, CHECKPOINT = "manifest.json", "encoder.safetensors", "checkpoint.safetensors"
 
 
@@ -192,10 +193,15 @@ class Teacher:
         return int(self.manifest["output_dim"])
 
     @torch.no_grad()
-    def represent(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-        """Representations [N, D] of model-space images ``x`` [N, C, H, W], standardised per dimension with the
-        statistics of the source training images (the targets KRR-ST distils and pre-training regresses)."""
+    def represent(self, x: torch.Tensor, batch_size: int = 1024, targets: str = "standardized") -> torch.Tensor:
+        """Representations [N, D] of model-space images ``x`` [N, C, H, W]: the encoder's output as it is
+        (``targets="raw"``, as the KRR-ST code) or standardised per dimension with the statistics of the source
+        training images (``"standardized"``); the targets KRR-ST distils and pre-training regresses."""
+        if targets not in TARGETS:
+            raise DDError(f"--targets must be one of {', '.join(TARGETS)}, got {targets!r}")
         reps = torch.cat([self.encoder.embed(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+        if targets == "raw":
+            return reps
         return (reps - self.mean.to(reps.device)) / self.std.to(reps.device)
 
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dd.augment import crop_flip
-from dd.buffer.ssl import Teacher, find_teacher
+from dd.buffer.ssl import TARGETS, Teacher, find_teacher
 from dd.cli import check_flags
 from dd.config import build_parser, opt, parse_config, to_dict
 from dd.data import list_datasets
@@ -59,6 +59,8 @@ class KRRConfig:
     teacher: str | None = opt(None, "teacher folder from dd.buffer --teacher barlow_twins (default: the only "
                                     "one under <buffer-dir>/<dataset>/)")
     buffer_dir: str = opt("buffers", "root of the buffers and teachers")
+    targets: str = opt("standardized", "the teacher's representations as targets: standardized per dimension "
+                       "(statistics of the source training images) or raw (the KRR-ST code)", choices=TARGETS)
     model: str = opt("ConvNetBN", "architecture of the pool's feature extractors (reference: ConvNet with BN)")
     num_images: int = opt(1000, "synthetic images n (reference: 1000 for CIFAR100, 2000 for Tiny ImageNet)")
     iterations: int = opt(160000, "outer iterations")
@@ -218,7 +220,7 @@ class KRRDistiller(RunLoop):
         self.generator = make_generator(config.seed)
         pick = torch.randperm(n_real, generator=self.generator)[: config.num_images].to(self.device)
         self.images = self.data.train_images[pick].clone().requires_grad_(True)
-        self.targets = self.teacher.represent(self.images.detach()).clone().requires_grad_(True)
+        self.targets = self.teacher.represent(self.images.detach(), targets=config.targets).clone().requires_grad_(True)
         self.optimizer = torch.optim.AdamW([self.images, self.targets], lr=config.lr, weight_decay=config.weight_decay)
         spec = self.data.spec
 
@@ -246,7 +248,7 @@ class KRRDistiller(RunLoop):
         idx = torch.randperm(real.shape[0], generator=self.generator)[: cfg.batch_real].to(self.device)
         x_t = crop_flip(real[idx], self.generator) if cfg.augment else real[idx]
         with torch.no_grad():
-            y_t = self.teacher.represent(x_t)
+            y_t = self.teacher.represent(x_t, targets=cfg.targets)
             phi_t = with_bias(h.embed(x_t))
         prediction = krr_predict(with_bias(h.embed(self.images)), phi_t, self.targets, cfg.ridge)
         loss = F.mse_loss(prediction, y_t)
@@ -266,7 +268,8 @@ class KRRDistiller(RunLoop):
                       meta={"kind": "transfer", "method": "krr_st", "dataset": cfg.dataset,
                             "num_images": cfg.num_images, "model": cfg.model, "teacher": str(self.teacher.root),
                             "teacher_model": self.teacher.manifest["model"]["name"],
-                            "target_dim": self.teacher.output_dim, "iteration": self.iteration,
+                            "target_dim": self.teacher.output_dim, "targets": cfg.targets,
+                            "iteration": self.iteration,
                             "config": to_dict(cfg), "preprocess_meta": meta},
                       preprocess=dict(tensors))
 

@@ -34,7 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dd.augment import crop_flip
-from dd.buffer.ssl import Teacher, find_teacher
+from dd.buffer.ssl import TARGETS, Teacher, find_teacher
 from dd.config import build_parser, opt, parse_config, parse_list, to_dict
 from dd.data import list_datasets
 from dd.device import make_generator, resolve_device
@@ -60,6 +60,8 @@ class TransferConfig:
     teacher: str | None = opt(None, "teacher giving the random baseline's targets (default: the set's)")
     buffer_dir: str = opt("buffers", "root of the buffers and teachers (to find a teacher)")
     num_images: int | None = opt(None, "images of the random baseline (default: the set's)")
+    targets: str | None = opt(None, "the random baseline's teacher targets: standardized or raw (default: the "
+                              "set's, else standardized)", choices=TARGETS)
     data_path: str = opt("data", "folder holding the datasets")
     download: bool = opt(False, "download the datasets through torchvision if they are missing")
     image_size: int | None = opt(None, "side length for imagefolder datasets")
@@ -220,12 +222,18 @@ def source_sets(cfg: TransferConfig, synset: SynSet | None, baselines: list[str]
         def random_set(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
             pick = torch.randperm(data.train_images.shape[0], generator=make_generator(seed))[:n]
             images = data.train_images[pick.to(device)]
-            return images, teacher.represent(images)
+            return images, teacher.represent(images, targets=random_targets(cfg, synset))
 
         sets["random"] = random_set
     if "none" in baselines:
         sets["none"] = None
     return sets
+
+
+def random_targets(cfg: TransferConfig, synset: SynSet | None) -> str:
+    """How the random baseline reads its targets off the teacher: --targets, else as the set's were, else
+    standardized."""
+    return cfg.targets or (synset.meta.get("targets") if synset is not None else None) or "standardized"
 
 
 def source_identities(cfg: TransferConfig, synset: SynSet | None, sets: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -236,7 +244,8 @@ def source_identities(cfg: TransferConfig, synset: SynSet | None, sets: dict[str
         found[name] = {"set": {"sha256": synset.checksum, "path": str(cfg.synset), "iteration":
                                synset.meta.get("iteration"), "verified": synset.verified}}
     if "random" in sets:
-        found["random"] = {"teacher": cfg.teacher or (synset.meta.get("teacher") if synset is not None else None)}
+        found["random"] = {"teacher": cfg.teacher or (synset.meta.get("teacher") if synset is not None else None),
+                           "targets": random_targets(cfg, synset)}
     return found
 
 
