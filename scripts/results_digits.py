@@ -32,6 +32,7 @@ OWN_BUDGET = ("dc", "dsa", "dm")  # no experts, and iterations that mean somethi
 # method -> {variant name: extra dd.distill flags}; the preset itself is the variant "preset"
 VARIANTS: dict[str, dict[str, list[str]]] = {
     "datm": {"hard labels": ["--no-soft-labels"]},
+    "tesla": {"exact gradient": ["--unroll", "full"]},  # its labels with the exact gradient: what TESLA's unroll costs
 }
 # method -> {name: extra dd.eval flags}: other evaluation settings of a method's sets, also chosen on validation.
 # AST's learned lr is the step of an inner loop with momentum 0.9 (about 0.002 on digits, a fifth of MTT's), so

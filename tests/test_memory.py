@@ -66,12 +66,12 @@ def test_resolve_replaces_auto_only(monkeypatch, capsys):
 
 def test_checkpointed_chunk_is_the_most_images_whose_step_fits():
     """By hand: budget = 0.8 * free - 4 * (states * P + 3 * images * floats), graph = budget - 4 * P, chunk =
-    graph // (4 * 1.4 * A); None when the whole minibatch fits."""
+    graph // (4 * 2.5 * A); None when the whole minibatch fits."""
     a, p, steps, stride, images, floats = 1000, 500, 9, 3, 20, 48
     states = 3 + 3  # ceil(9 / 3) + 3
     free = 10**6
     graph = memory.HEADROOM * free - 4 * (states * p + 3 * images * floats) - 4 * p
-    whole = int(graph // (4 * memory.FULL_ACTIVATION_FACTOR * a))
+    whole = int(graph // (4 * memory.CKPT_ACTIVATION_FACTOR * a))
     assert checkpointed_chunk(a, p, whole, steps, stride, images, floats, free) is None
     assert checkpointed_chunk(a, p, whole + 1, steps, stride, images, floats, free) == whole
     assert checkpointed_chunk(a, p, 50, steps, stride, images, floats, 1000) == 1  # nothing fits: one image a time

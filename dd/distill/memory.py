@@ -33,6 +33,10 @@ from dd.distributed import world_size
 # parameter vector; digits' ConvNet at minibatch 50: 1.38 x).
 FULL_ACTIVATION_FACTOR = 1.4  # floats kept per activation float and inner step
 FULL_PARAM_FACTOR = 1.0  # parameter-sized vectors kept per inner step
+# The checkpointed backward of one step holds that step's graph and its vector-Jacobian product's at once: on the
+# CPU resident set (bench_memory, checkpointed unroll of 2 steps at 16 images over the fixed part) 18-24 MB per
+# Tiny ImageNet image through ConvNetD4 = 2.0-2.6 x its 9.05 MB of activations (CIFAR's ConvNet: 1.6 x).
+CKPT_ACTIVATION_FACTOR = 2.5  # floats held per activation float of the minibatch, in one checkpointed step
 HEADROOM = 0.8  # the estimate must fit in this fraction of the free memory (the fixed part, fragmentation)
 
 
@@ -78,7 +82,7 @@ def checkpointed_chunk(activations: int, params: int, batch: int, syn_steps: int
     does (at least 1)."""
     states = math.ceil(syn_steps / snapshot_every) + snapshot_every
     budget = HEADROOM * free - 4 * (states * params + 3 * num_images * image_floats)
-    per_image = 4 * FULL_ACTIVATION_FACTOR * activations
+    per_image = 4 * CKPT_ACTIVATION_FACTOR * activations
     graph = budget - 4 * FULL_PARAM_FACTOR * params
     if batch * per_image <= graph:
         return None
