@@ -85,7 +85,8 @@ class DistillConfig:
                               "split, which the in-run evaluations and synset_best read (the test split never)")
     val_seed: int = opt(0, "seed of the validation split's draw")
     eval_every: int = opt(500, "evaluate every k iterations (0: only at the end)")
-    eval_models: str = opt("ConvNet", "comma-separated architectures for the evaluations during the run")
+    eval_models: str | None = opt(None, "comma-separated architectures for the evaluations during the run (default: "
+                                  "the student's --model, as the MTT code)")
     eval_runs: int = opt(1, "networks trained per architecture at each evaluation")
     eval_epochs: int = opt(1000, "epochs of each evaluation network")
     eval_batch_size: int | None = opt(None, "batch size of each evaluation network (default: the protocol's)")

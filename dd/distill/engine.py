@@ -14,6 +14,7 @@ rank 0 alone writes the run folder; the state does not depend on K, so a run res
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -53,7 +54,7 @@ def validate(config: DistillConfig) -> None:
     if config.dataset not in list_datasets():
         raise DDError(f"unknown dataset '{config.dataset}'; choose from {', '.join(list_datasets())}")
     get_method(config.method)
-    for name in [config.model, *config.eval_models.split(",")]:
+    for name in [config.model, *(config.eval_models or config.model).split(",")]:
         if name not in list_models():
             raise DDError(f"unknown model '{name}'; see dd.models.list_models() for the choices")
     check_flags(config, positive=("ipc", "iterations", "syn_steps", "expert_epochs", "eval_runs", "eval_epochs",
@@ -159,6 +160,7 @@ class Distiller:
 
     def __init__(self, config: DistillConfig, argv: Sequence[str] | None = None) -> None:
         """``argv``: the command-line arguments of the run, for the resume command that an interrupt prints."""
+        config = dataclasses.replace(config, eval_models=config.eval_models or config.model)
         validate(config)
         self.config, self.argv = config, argv
         self.device = distributed.setup(config.device)
