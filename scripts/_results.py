@@ -8,9 +8,14 @@ import sys
 
 
 def sh(*args: str) -> None:
-    """Run one dd stage (``python -m <args>``) as a subprocess, failing loudly."""
+    """Run one dd stage (``python -m <args>``) as a subprocess; when it fails (its own ``error:`` line above),
+    stop with one line naming the stage and exit status 2. Finished stages are kept: rerunning resumes."""
     print("+", " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", *args], check=True)
+    code = subprocess.run([sys.executable, "-m", *args]).returncode
+    if code:
+        print(f"error: {args[0]} exited with status {code} (its message is above); fix it and rerun: finished "
+              "stages are kept", file=sys.stderr)
+        sys.exit(2)
 
 
 def cell(runs: list[dict]) -> str:
