@@ -10,7 +10,7 @@ from dd.buffer.experts import STEPS, ExpertRecipe
 from dd.buffer.store import recipe_tag
 from dd.cli import check_flags
 from dd.config import opt
-from dd.data import list_datasets
+from dd.data import CHANNELS_HELP, list_datasets
 from dd.errors import DDError
 from dd.functional import param_spec
 from dd.models import create_model, list_models
@@ -23,8 +23,7 @@ class BufferConfig:
     download: bool = opt(False, "download the dataset through torchvision if it is missing")
     image_size: int | None = opt(None, "side length of the images (default: the dataset's own; imagefolder: the "
                                        "images' side when they share one, else 32)")
-    channels: int | None = opt(None, "1 (grey) or 3 (colour): convert the images to that many channels (default: "
-                               "the dataset's own; imagefolder: 1 when every image is grey, else 3)")
+    channels: int | None = opt(None, CHANNELS_HELP)
     zca: bool = opt(False, "ZCA-whiten the images (kornia, eps 0.1, fitted once on the train set)")
     model: str = opt("ConvNet", "expert architecture (see dd.models.list_models())")
     num_experts: int = opt(100, "number of experts to train")

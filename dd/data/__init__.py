@@ -9,6 +9,7 @@ from dd.data import digits, torchvision_sets, folder, imagenet_subsets  # noqa: 
 from dd.data.preprocess import KINDS, Preprocessor
 from dd.data.registry import (
     CHANNELS,
+    CHANNELS_HELP,
     DatasetSpec,
     RealData,
     class_indices,
@@ -20,6 +21,7 @@ from dd.data.registry import (
 
 __all__ = [
     "CHANNELS",
+    "CHANNELS_HELP",
     "KINDS",
     "DatasetSpec",
     "Preprocessor",

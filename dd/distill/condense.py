@@ -25,7 +25,7 @@ from torch.func import vmap
 from dd.augment import DEFAULT_STRATEGY, DSA
 from dd.cli import check_flags
 from dd.config import build_parser, opt, parse_config, to_dict
-from dd.data import class_indices, list_datasets
+from dd.data import CHANNELS_HELP, class_indices, list_datasets
 from dd.device import make_generator, resolve_device
 from dd.distill.checkpoint import save_checkpoint
 from dd.distill.engine import check_eval_models
@@ -50,8 +50,7 @@ class CondenseConfig:
     data_path: str = opt("data", "folder holding the dataset")
     download: bool = opt(False, "download the dataset through torchvision if it is missing")
     image_size: int | None = opt(None, "side length for imagefolder datasets")
-    channels: int | None = opt(None, "1 (grey) or 3 (colour): convert the images to that many channels (default: "
-                               "the dataset's own; imagefolder: 1 when every image is grey, else 3)")
+    channels: int | None = opt(None, CHANNELS_HELP)
     model: str = opt("ConvNet", "architecture of the freshly initialised matching networks")
     ipc: int = opt(1, "synthetic images per class")
     iterations: int = opt(1000, "outer iterations (a fresh network each)")

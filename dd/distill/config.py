@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dd.config import opt
+from dd.data import CHANNELS_HELP
 
 
 @dataclass
@@ -20,8 +21,7 @@ class DistillConfig:
     download: bool = opt(False, "download the dataset through torchvision if it is missing")
     image_size: int | None = opt(None, "side length of the images, as the experts were trained (default: the "
                                        "dataset's own; imagefolder: the images' side when they share one, else 32)")
-    channels: int | None = opt(None, "1 (grey) or 3 (colour): convert the images to that many channels (default: "
-                               "the dataset's own; imagefolder: 1 when every image is grey, else 3)")
+    channels: int | None = opt(None, CHANNELS_HELP)
     model: str = opt("ConvNet", "student architecture; must match the experts'")
     buffer: str | None = opt(None, "trajectory store folder (default: the only one under "
                                    "<buffer-dir>/<dataset>/<model>/)")

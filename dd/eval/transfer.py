@@ -36,7 +36,7 @@ from tqdm import tqdm
 from dd.augment import crop_flip
 from dd.buffer.ssl import TARGETS, Teacher, find_teacher
 from dd.config import build_parser, opt, parse_config, parse_list, to_dict
-from dd.data import list_datasets
+from dd.data import CHANNELS_HELP, list_datasets
 from dd.device import make_generator, resolve_device
 from dd.distill.synset import SynSet, load_synset
 from dd.errors import DDError
@@ -65,8 +65,7 @@ class TransferConfig:
     data_path: str = opt("data", "folder holding the datasets")
     download: bool = opt(False, "download the datasets through torchvision if they are missing")
     image_size: int | None = opt(None, "side length for imagefolder datasets")
-    channels: int | None = opt(None, "1 (grey) or 3 (colour): convert the images to that many channels (default: "
-                               "the dataset's own; imagefolder: 1 when every image is grey, else 3)")
+    channels: int | None = opt(None, CHANNELS_HELP)
     models: str | None = opt(None, "comma-separated architectures (default: the set's pool model)")
     protocols: str = opt("linear,finetune", "comma-separated transfer protocols: linear, finetune")
     baseline: str = opt("random,none", "comma-separated baselines beside the set: random, none")
