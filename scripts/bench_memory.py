@@ -53,6 +53,8 @@ def presets(only: str | None) -> list[dict]:
             values = yaml.safe_load(path.read_text())
             config = make_config(DistillConfig, values, str(path))
             spec = get_spec(config.dataset)
+            if not spec.num_classes:  # a data-defined set (imagefolder): no shape before its folder is read
+                continue
             images = config.ipc * spec.num_classes
             rows.append({"preset": f"{method}/{path.stem}", "dataset": config.dataset, "model": config.model,
                          "shape": [spec.channels, *spec.size], "classes": spec.num_classes, "images": images,
