@@ -55,6 +55,19 @@ def test_bad_input_is_one_line(tmp_path, args, message):
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_no_help_says_default_none():
+    """A flag whose default is 'not set' says what that means (the set's, the dataset's own, none...)."""
+    from dd.config import build_parser
+    from dd.distill.dm import DMConfig
+    from dd.distill.gradmatch import GradMatchConfig
+    from dd.distill.krr_st import KRRConfig
+    from dd.eval.transfer import TransferConfig
+
+    for cls in (BufferConfig, DistillConfig, GradMatchConfig, DMConfig, KRRConfig, EvalConfig, TransferConfig):
+        text = build_parser(cls, "prog", "doc").format_help()
+        assert "(default: None)" not in text.replace("\n", " ").replace("  ", " "), cls.__name__
+
+
 @pytest.mark.parametrize("stage, flag", [("dd.eval", "--protocol"), ("dd.report", "--out")])
 def test_help_shows(stage, flag):
     result = run(stage, "--help")

@@ -10,7 +10,7 @@ from dd.buffer.experts import STEPS, ExpertRecipe
 from dd.buffer.store import recipe_tag
 from dd.cli import check_flags
 from dd.config import opt
-from dd.data import CHANNELS_HELP, list_datasets
+from dd.data import CHANNELS_HELP, IMAGE_SIZE_HELP, list_datasets
 from dd.errors import DDError
 from dd.functional import param_spec
 from dd.models import create_model, list_models
@@ -21,8 +21,7 @@ class BufferConfig:
     dataset: str = opt("digits", "dataset name (see dd.data.list_datasets())")
     data_path: str = opt("data", "folder holding the dataset (torchvision layout or an ImageFolder tree)")
     download: bool = opt(False, "download the dataset through torchvision if it is missing")
-    image_size: int | None = opt(None, "side length of the images (default: the dataset's own; imagefolder: the "
-                                       "images' side when they share one, else 32)")
+    image_size: int | None = opt(None, IMAGE_SIZE_HELP)
     channels: int | None = opt(None, CHANNELS_HELP)
     zca: bool = opt(False, "ZCA-whiten the images (kornia, eps 0.1, fitted once on the train set)")
     model: str = opt("ConvNet", "expert architecture (see dd.models.list_models())")
@@ -38,7 +37,7 @@ class BufferConfig:
     alpha: float = opt(0.3, "GSAM weight of the surrogate-gap term; 0 = SAM (gsam only)")
     adaptive: bool = opt(True, "GSAM: ASAM-style perturbation scaled by |w| (gsam only)")
     lr_decay_epoch: int | None = opt(None, "multiply the lr by --lr-decay-factor once, after this 0-based "
-                                           "epoch (AST: epochs//2+1); none = constant lr")
+                                           "epoch (AST: epochs//2+1) (default: none, a constant lr)")
     lr_decay_factor: float = opt(0.6, "lr factor of the one decay (AST: 0.6)")
     loss_warmup: bool = opt(False, "AST clipping-loss warm-up: CE x 0.5, 0.55, ..., 0.95 in epochs 0-9")
     gp_lambda: float = opt(0.0, "AST gradient penalty weight on the clean batch (AST: 2; 0 = off)")

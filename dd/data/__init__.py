@@ -10,6 +10,7 @@ from dd.data.preprocess import KINDS, Preprocessor
 from dd.data.registry import (
     CHANNELS,
     CHANNELS_HELP,
+    IMAGE_SIZE_HELP,
     DatasetSpec,
     RealData,
     class_indices,
@@ -22,6 +23,7 @@ from dd.data.registry import (
 __all__ = [
     "CHANNELS",
     "CHANNELS_HELP",
+    "IMAGE_SIZE_HELP",
     "KINDS",
     "DatasetSpec",
     "Preprocessor",

@@ -94,6 +94,8 @@ def load_dataset(name: str, data_path: str | None = None, download: bool = False
 
 
 CHANNELS = (1, 3)
+IMAGE_SIZE_HELP = ("side length of the images (default: the dataset's own; imagefolder: the images' side when they "
+                   "share one, else 32)")
 CHANNELS_HELP = ("1 (grey) or 3 (colour): convert the images to that many channels (default: the dataset's own; "
                  "imagefolder: 1 when every image is grey, else 3)")
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights of R, G, B in the grey value

@@ -25,7 +25,7 @@ from torch.func import vmap
 from dd.augment import DEFAULT_STRATEGY, DSA
 from dd.cli import check_flags
 from dd.config import build_parser, opt, parse_config, to_dict
-from dd.data import CHANNELS_HELP, class_indices, list_datasets
+from dd.data import CHANNELS_HELP, IMAGE_SIZE_HELP, class_indices, list_datasets
 from dd.device import make_generator, resolve_device
 from dd.distill.checkpoint import save_checkpoint
 from dd.distill.engine import check_eval_models
@@ -49,7 +49,7 @@ class CondenseConfig:
     dataset: str = opt("digits", "dataset name (see dd.data.list_datasets())")
     data_path: str = opt("data", "folder holding the dataset")
     download: bool = opt(False, "download the dataset through torchvision if it is missing")
-    image_size: int | None = opt(None, "side length for imagefolder datasets")
+    image_size: int | None = opt(None, IMAGE_SIZE_HELP)
     channels: int | None = opt(None, CHANNELS_HELP)
     model: str = opt("ConvNet", "architecture of the freshly initialised matching networks")
     ipc: int = opt(1, "synthetic images per class")

@@ -26,7 +26,8 @@ class DistillConfig:
     buffer: str | None = opt(None, "trajectory store folder (default: the only one under "
                                    "<buffer-dir>/<dataset>/<model>/)")
     buffer_config: str | None = opt(None, "buffer preset whose experts to match (e.g. experiments/buffer/"
-                                    "digits_gsam.yaml): picks its store when several recipes exist")
+                                    "digits_gsam.yaml): picks its store when several recipes exist (default: "
+                                    "none; --buffer or the only store)")
     buffer_dir: str = opt("buffers", "root of the trajectory stores")
     ipc: int = opt(1, "synthetic images per class")
     iterations: int = opt(5000, "outer iterations")
@@ -50,9 +51,11 @@ class DistillConfig:
                                "does for pix_init real (DATM)", choices=("correct_mean", "first_expert"))
     label_temperature: float = opt(1.0, "soft labels are softmax(expert logits / T) for this T (TESLA)")
     lr_y: float = opt(2.0, "learning rate of the soft labels (SGD, momentum 0.9; DATM)")
-    threshold: float | None = opt(None, "skip the outer update when the matching loss exceeds this (DATM)")
+    threshold: float | None = opt(None, "skip the outer update when the matching loss exceeds this (DATM) (default: "
+                                  "none, never skip)")
     current_max_start_epoch: int | None = opt(None, "initial upper bound of the start-epoch window, growing "
-                                              "linearly to max_start_epoch (DATM sequential generation)")
+                                              "linearly to max_start_epoch (DATM sequential generation) (default: "
+                                              "none, the whole window from the start)")
     expansion_end: int = opt(3000, "iterations over which the window's upper bound grows (DATM)")
     ema_decay: float = opt(0.999, "decay of the exponential moving average of the images (FTD)")
     inner_momentum: float = opt(0.9, "heavy-ball momentum of the student's inner SGD (AST)")

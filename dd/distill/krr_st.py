@@ -34,7 +34,7 @@ from dd.augment import crop_flip
 from dd.buffer.ssl import TARGETS, Teacher, find_teacher
 from dd.cli import check_flags
 from dd.config import build_parser, opt, parse_config, to_dict
-from dd.data import CHANNELS_HELP, list_datasets
+from dd.data import CHANNELS_HELP, IMAGE_SIZE_HELP, list_datasets
 from dd.device import make_generator, resolve_device
 from dd.distill.checkpoint import save_checkpoint
 from dd.distill.runloop import RunLoop
@@ -53,7 +53,7 @@ class KRRConfig:
     dataset: str = opt("digits-0to4", "source dataset (unlabelled use of its training images)")
     data_path: str = opt("data", "folder holding the dataset")
     download: bool = opt(False, "download the dataset through torchvision if it is missing")
-    image_size: int | None = opt(None, "side length for imagefolder datasets")
+    image_size: int | None = opt(None, IMAGE_SIZE_HELP)
     channels: int | None = opt(None, CHANNELS_HELP)
     teacher: str | None = opt(None, "teacher folder from dd.buffer --teacher barlow_twins (default: the only "
                                     "one under <buffer-dir>/<dataset>/)")

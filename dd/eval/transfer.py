@@ -36,7 +36,7 @@ from tqdm import tqdm
 from dd.augment import crop_flip
 from dd.buffer.ssl import TARGETS, Teacher, find_teacher
 from dd.config import build_parser, opt, parse_config, parse_list, to_dict
-from dd.data import CHANNELS_HELP, list_datasets
+from dd.data import CHANNELS_HELP, IMAGE_SIZE_HELP, list_datasets
 from dd.device import make_generator, resolve_device
 from dd.distill.synset import SynSet, load_synset
 from dd.errors import DDError
@@ -53,7 +53,8 @@ PROTOCOLS = ("linear", "finetune")
 @dataclass
 class TransferConfig:
     protocol: str = opt("transfer", "evaluation protocol; transfer takes the flags below", choices=("transfer",))
-    synset: str | None = opt(None, "transfer set from dd.distill --method krr_st (omit to run baselines only)")
+    synset: str | None = opt(None, "transfer set from dd.distill --method krr_st (default: none, the baselines "
+                             "only)")
     verify: bool = opt(True, "refuse a set without a recorded checksum (--no-verify accepts a hand-made set)")
     source: str | None = opt(None, "source dataset (default: the set's)")
     target: str = opt("digits-5to9", "comma-separated target datasets")
@@ -64,7 +65,7 @@ class TransferConfig:
                               "set's, else standardized)", choices=TARGETS)
     data_path: str = opt("data", "folder holding the datasets")
     download: bool = opt(False, "download the datasets through torchvision if they are missing")
-    image_size: int | None = opt(None, "side length for imagefolder datasets")
+    image_size: int | None = opt(None, IMAGE_SIZE_HELP)
     channels: int | None = opt(None, CHANNELS_HELP)
     models: str | None = opt(None, "comma-separated architectures (default: the set's pool model)")
     protocols: str = opt("linear,finetune", "comma-separated transfer protocols: linear, finetune")
