@@ -90,13 +90,18 @@ def functional_forward(model: nn.Module, flat: torch.Tensor, x: torch.Tensor) ->
     return functional_call(model, {**params, **dict(model.named_buffers())}, (x,))
 
 
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` holds a BatchNorm layer (whose statistics span the minibatch)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def stack_functional_forward(model: nn.Module, flats: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Logits [S, B, K] of S parameter vectors ``flats`` [S, P], each on its own batch ``x`` [S, B, C, H, W].
 
     Batched with ``torch.func.vmap``. BatchNorm in train mode updates shared running statistics, which
     cannot be batched: it raises DDError, and callers loop over ``functional_forward`` instead.
     """
-    if model.training and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    if model.training and has_batchnorm(model):
         raise DDError("stack_functional_forward cannot batch BatchNorm in train mode; "
                       "call model.eval() or loop over functional_forward")
     return vmap(lambda f, xb: functional_forward(model, f, xb))(flats, x)

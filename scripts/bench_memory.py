@@ -143,7 +143,10 @@ def run_worker(row: dict, args: argparse.Namespace) -> tuple[int, dict]:
     while batch > 1 and estimate(row, batch, 2) > args.max_gb * GIB:
         batch = max(1, batch // 2)
     cmd = [sys.executable, __file__, "--worker", json.dumps(row), "--batch", str(batch), "--device", args.device]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, **MALLOC_ENV})
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **MALLOC_ENV})
+    if out.returncode:
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        sys.exit(f"error: the worker for {row['preset']} failed ({last}); the rows so far are printed above")
     return batch, json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -18,6 +18,7 @@ from dd.data.registry import (
     list_datasets,
     load_dataset,
     register_dataset,
+    shape_flags,
 )
 
 __all__ = [
@@ -33,4 +34,5 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "register_dataset",
+    "shape_flags",
 ]

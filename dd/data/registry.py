@@ -101,6 +101,12 @@ CHANNELS_HELP = ("1 (grey) or 3 (colour): convert the images to that many channe
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights of R, G, B in the grey value
 
 
+def shape_flags(want: tuple[int, ...], got: tuple[int, ...]) -> list[str]:
+    """The ``--channels`` and ``--image-size`` flags that load images of shape ``got`` [C, H, W] as ``want``."""
+    return [*([f"--channels {want[0]}"] if want[0] != got[0] else []),
+            *([f"--image-size {want[-1]}"] if tuple(want[1:]) != tuple(got[1:]) else [])]
+
+
 def convert_channels(data: RealData, channels: int) -> RealData:
     """``data`` as grey (3 -> 1: the BT.601 luma of each pixel) or colour (1 -> 3: the grey value in every
     channel), with the channel mean/std of the converted train images in the spec."""

@@ -112,10 +112,6 @@ def siamese(dsa: DSA, batches: Sequence[torch.Tensor], generator: torch.Generato
     return list(together.split(sizes))
 
 
-def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
 class Condenser(RunLoop):
     """State, data, outputs and checkpoints of one DC/DSA/DM run; a method adds ``step``."""
 

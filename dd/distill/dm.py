@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from dd.config import opt
-from dd.distill.condense import CondenseConfig, Condenser, has_batchnorm, run_command, siamese
+from dd.distill.condense import CondenseConfig, Condenser, run_command, siamese
+from dd.functional import has_batchnorm
 
 
 @dataclass

@@ -28,7 +28,7 @@ from dd.augment import DSA
 from dd.buffer.store import TrajectoryStore
 from dd.cli import Interrupted, check_flags, resume_command, uninterruptible
 from dd.config import to_dict
-from dd.data import Preprocessor, list_datasets
+from dd.data import Preprocessor, list_datasets, shape_flags
 from dd.device import make_generator
 from dd.distill.checkpoint import EVAL_KEYS, config_changes, load_checkpoint, open_run, save_checkpoint
 from dd.distill.config import DistillConfig
@@ -39,6 +39,7 @@ from dd.distill.methods import Method, get_method
 from dd.distill.synset import SynSet, save_synset
 from dd.distill.unroll import make_plan, make_unroll
 from dd.errors import DDError
+from dd.functional import has_batchnorm
 from dd.io import atomic_write_json
 from dd.lock import hold
 from dd.metrics import MetricsLog, check_wandb
@@ -104,11 +105,9 @@ def check_image_shape(store: TrajectoryStore, spec, image_size: int | None) -> N
     if want == got:
         return
     given = f"--image-size {image_size}" if image_size else f"the default --image-size ({spec.size[0]})"
-    flags = [*([f"--channels {want[0]}"] if want[0] != got[0] else []),
-             *([f"--image-size {want[-1]}"] if want[1:] != got[1:] else [])]
     raise DDError(f"{given} gives {got[0]}x{got[1]}x{got[2]} images, but the experts in {store.root} were trained "
-                  f"on {want[0]}x{want[1]}x{want[2]}; pass {' '.join(flags)} (the experts' data) or use the "
-                  "dataset and folder they were trained on")
+                  f"on {want[0]}x{want[1]}x{want[2]}; pass {' '.join(shape_flags(want, got))} (the experts' data) or "
+                  "use the dataset and folder they were trained on")
 
 
 def check_split(config: DistillConfig, model: torch.nn.Module, num_images: int) -> None:
@@ -118,7 +117,7 @@ def check_split(config: DistillConfig, model: torch.nn.Module, num_images: int) 
     ranks = distributed.world_size()
     if config.unroll_chunk is None and ranks == 1:
         return
-    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    if has_batchnorm(model):
         what = "--unroll-chunk" if ranks == 1 else f"a run across {ranks} processes"
         raise DDError(f"{what} splits each inner minibatch, which changes the BatchNorm statistics of {config.model}; "
                       "use a model without BatchNorm (e.g. ConvNet) or one process without --unroll-chunk")

@@ -26,9 +26,10 @@ from torch import nn
 
 from dd.cli import check_flags
 from dd.config import opt
-from dd.distill.condense import CondenseConfig, Condenser, has_batchnorm, run_command, siamese
+from dd.distill.condense import CondenseConfig, Condenser, run_command, siamese
 from dd.distill.condense import validate as validate_common
 from dd.errors import DDError
+from dd.functional import has_batchnorm
 from dd.training import train_epoch
 
 LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}

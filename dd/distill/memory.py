@@ -27,6 +27,7 @@ from torch import nn
 from dd.data import DatasetSpec
 from dd.distill.config import DistillConfig
 from dd.distributed import world_size
+from dd.functional import has_batchnorm
 
 # Calibrated on the CPU resident set (scripts/bench_memory.py worker, ConvNet at 3x32x32 with minibatches 10 and 40:
 # 29.1 and 113.5 MiB per inner step, i.e. 2.81 MiB per image = 1.32 x its 2.13 MiB of activations, plus about one
@@ -142,7 +143,7 @@ def resolve_unroll(config: DistillConfig, model: nn.Module, spec: DatasetSpec, d
     if name == "checkpointed" and chunk is None:
         need = checkpointed_chunk(activations, params, batch, config.syn_steps, config.unroll_snapshot_every,
                                   num_images, math.prod(shape), free)
-        batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        batchnorm = has_batchnorm(model)
         step = f"one step of {batch} images does not fit {HEADROOM:.0%} of the {_gib(free)} GiB free"
         if need is not None and not batchnorm:
             chunk = need

@@ -50,7 +50,7 @@ from dd import distributed
 from dd.augment import DSA
 from dd.cli import run_cli
 from dd.config import build_parser, opt, parse_config, parse_list, peek_option, to_dict
-from dd.data import CHANNELS, DatasetSpec, Preprocessor, list_datasets
+from dd.data import CHANNELS, DatasetSpec, Preprocessor, list_datasets, shape_flags
 from dd.device import use_deterministic
 from dd.distill.synset import SynSet, load_synset
 from dd.errors import DDError
@@ -232,10 +232,9 @@ def check_set(path: str, synset: SynSet, spec: DatasetSpec, image_size_given: bo
     its metadata says. Returns its ipc."""
     shape, want = tuple(synset.images.shape[1:]), (spec.channels, *spec.size)
     if shape != want:
-        flags = [*([f"--channels {shape[0]}"] if shape[0] != want[0] else []),
-                 *([f"--image-size {shape[-1]}"] if shape[1:] != want[1:] else [])]
         fixable = shape[0] in CHANNELS and (shape[1:] == want[1:] or not image_size_given)
-        hint = f"pass {' '.join(flags)}" if fixable else "evaluate it on the dataset it was distilled on"
+        hint = (f"pass {' '.join(shape_flags(shape, want))}" if fixable
+                else "evaluate it on the dataset it was distilled on")
         raise DDError(f"the set at {path} holds {shape} images but {spec.name} gives {want}; {hint}")
     k, n = spec.num_classes, synset.images.shape[0]
     if synset.soft and synset.labels.shape[1] != k:
