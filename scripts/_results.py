@@ -1,10 +1,12 @@
-"""What the results scripts share: running a dd stage as a subprocess and formatting a table cell."""
+"""What the results scripts share: running a dd stage as a subprocess, stopping with one error line, and
+formatting a table cell."""
 
 from __future__ import annotations
 
 import statistics
 import subprocess
 import sys
+from typing import NoReturn
 
 
 def sh(*args: str) -> None:
@@ -13,9 +15,13 @@ def sh(*args: str) -> None:
     print("+", " ".join(args), flush=True)
     code = subprocess.run([sys.executable, "-m", *args]).returncode
     if code:
-        print(f"error: {args[0]} exited with status {code} (its message is above); fix it and rerun: finished "
-              "stages are kept", file=sys.stderr)
-        sys.exit(2)
+        fail(f"{args[0]} exited with status {code} (its message is above); fix it and rerun: finished stages are kept")
+
+
+def fail(message: str) -> NoReturn:
+    """Stop with one ``error:`` line and exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def cell(runs: list[dict]) -> str:

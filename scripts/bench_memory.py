@@ -146,7 +146,9 @@ def run_worker(row: dict, args: argparse.Namespace) -> tuple[int, dict]:
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **MALLOC_ENV})
     if out.returncode:
         last = (out.stderr.strip().splitlines() or ["no output"])[-1]
-        sys.exit(f"error: the worker for {row['preset']} failed ({last}); the rows so far are printed above")
+        print(f"error: the worker for {row['preset']} failed ({last}); the rows so far are printed above",
+              file=sys.stderr)
+        sys.exit(2)
     return batch, json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -13,6 +13,9 @@ The chosen sets and random real are also evaluated under dd0, dd's protocol befo
 the offset between the two. Trajectory methods share one iteration budget (--iterations); the gradient- and
 distribution-matching methods (dc, dsa, dm), whose iterations are not comparable, run their presets' own.
 Every stage resumes: rerunning after an interruption skips finished experts, iterations and evaluations.
+`--carry docs/results-digits.json` keeps an earlier report's rows that this call does not rerun (other IPCs, other
+methods, and the full-data row with --full-seeds 0); each record keeps the command that produced it and the
+report marks carried rows.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ import json
 import statistics
 from pathlib import Path
 
-from _results import cell, sh
+from _results import cell, fail, sh
 
+from dd.config import load_yaml
 from dd.device import describe_machine
 from dd.models import list_models
 
@@ -43,7 +47,6 @@ EVAL_VARIANTS: dict[str, dict[str, list[str]]] = {
 # The BatchNorm variants: at 8 px the instance-norm ResNet18 and VGG11 normalise 1x1 maps, which makes
 # every output the same (dd.models refuses them). ViTP2: 2-px patches, 16 tokens at 8 px.
 CROSS_ARCH = tuple(m for m in ("ResNet18BN", "VGG11BN", "AlexNet", "MLP", "ViTP2") if m in list_models())
-BUFFERS = ("digits", "digits_gsam", "digits_ast")
 
 
 def read_runs(folder: Path, **tags: object) -> list[dict]:
@@ -82,7 +85,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=300, help="distillation iterations of the trajectory methods")
     parser.add_argument("--seeds", type=int, default=5, help="evaluation seeds per row")
-    parser.add_argument("--full-seeds", type=int, default=2, help="evaluation seeds of the full-data row")
+    parser.add_argument("--full-seeds", type=int, default=2,
+                        help="evaluation seeds of the full-data row (0: carry it from --carry)")
     parser.add_argument("--epochs", type=int, default=200, help="evaluation epochs (protocol mtt runs epochs + 1)")
     parser.add_argument("--ipcs", default="1,10", help="comma-separated IPCs to run")
     parser.add_argument("--methods", default="", help="comma-separated methods (default: every one with a preset)")
@@ -95,18 +99,23 @@ def main() -> None:
                              "report): for several instances on one --work at once, each with its own --methods")
     parser.add_argument("--work", default="runs/results-digits", help="folder for the runs and evaluations")
     parser.add_argument("--out", default="docs", help="where results-digits.md/.json are written")
+    parser.add_argument("--carry", default="",
+                        help="an earlier results-digits.json whose rows this call does not rerun are kept")
     args = parser.parse_args()
     work, out = Path(args.work), Path(args.out)
     ipcs = [int(k) for k in args.ipcs.split(",")]
     common = ["--runs", str(args.seeds), "--epochs", str(args.epochs)]
-    for recipe in BUFFERS:
-        sh("dd.buffer", "--config", f"experiments/buffer/{recipe}.yaml")
+    selected = [m for m in (*TRAJECTORY, *OWN_BUDGET) if not args.methods or m in args.methods.split(",")]
+    presets = [f"experiments/{m}/digits_ipc{k}.yaml" for k in ipcs for m in selected]
+    for recipe in sorted({load_yaml(p)["buffer_config"] for p in presets
+                          if Path(p).is_file() and "buffer_config" in load_yaml(p)}):
+        sh("dd.buffer", "--config", recipe)
 
     runs: list[dict] = []  # every record, tagged with row, ipc_row, variant and split
     speed: dict[tuple[str, int], float | None] = {}
     chosen: dict[tuple[str, int], tuple[str, Path]] = {}  # (method, ipc) -> (row, synset) picked on validation
     for ipc in ipcs:
-        for method in [m for m in methods_with_presets(ipc) if not args.methods or m in args.methods.split(",")]:
+        for method in [m for m in methods_with_presets(ipc) if m in selected]:
             if run_name(method, ipc, "preset") in args.skip.split(","):
                 continue
             candidates: list[tuple[str, Path, float, list[str]]] = []
@@ -142,22 +151,79 @@ def main() -> None:
             runs += read_runs(folder, row="random real", ipc_row=ipc, split="test")
     if args.sets_only:
         return
-    full = work / "full"
-    sh("dd.eval", "--dataset", "digits", "--baseline", "full", "--out", str(full), "--protocol", "mtt", *common,
-       "--runs", str(args.full_seeds))
-    runs += read_runs(full, row="full data", ipc_row=None, split="test")
+    if args.full_seeds:
+        full = work / "full"
+        sh("dd.eval", "--dataset", "digits", "--baseline", "full", "--out", str(full), "--protocol", "mtt", *common,
+           "--runs", str(args.full_seeds))
+        runs += read_runs(full, row="full data", ipc_row=None, split="test")
+    command = report_command(args)
+    runs = [{**r, "command": command} for r in runs]
+    if args.carry:
+        runs, speed = carry(Path(args.carry), runs, speed, ipcs, keep_full=not args.full_seeds,
+                            epochs=args.epochs)
 
     for ipc in [int(k) for k in args.cross_arch_ipcs.split(",") if k and int(k) in ipcs]:
-        best = max((key for key in chosen if key[1] == ipc),
-                   key=lambda key: mean([r for r in runs if r["split"] == "val" and r["row"] == chosen[key][0]
-                                         and r["ipc_row"] == ipc]))
+        best = max(((r["method"], ipc) for r in runs if r["split"] == "val" and r["ipc_row"] == ipc),
+                   key=lambda key: max_val(runs, *key))
+        if best not in chosen:
+            fail(f"{best[0]} (carried from {args.carry}) is the best set on validation at IPC {ipc}; rerun it "
+                 "(--methods) for the cross-architecture rows")
         row, synset = chosen[best]
         folder = synset.parent / f"test-cross-arch-{synset.name}"
         sh("dd.eval", "--synset", str(synset), "--models", ",".join(CROSS_ARCH), "--baseline", "random",
            "--out", str(folder), "--protocol", "mtt", *common)
-        runs += [{**r, "cross_arch": True} for r in read_runs(folder, row=row, ipc_row=ipc, split="test")
-                 if r["model"] in CROSS_ARCH]
+        runs += [{**r, "cross_arch": True, "command": command}
+                 for r in read_runs(folder, row=row, ipc_row=ipc, split="test") if r["model"] in CROSS_ARCH]
     write_report(runs, speed, out, args, ipcs)
+
+
+def max_val(runs: list[dict], method: str, ipc: int) -> float:
+    """The best validation mean among ``method``'s sets at ``ipc`` (its chosen one)."""
+    rows = {r["row"] for r in runs if r["split"] == "val" and r["ipc_row"] == ipc and r["method"] == method}
+    return max(mean([r for r in runs if r["split"] == "val" and r["ipc_row"] == ipc and r["row"] == row])
+               for row in rows)
+
+
+def family(record: dict) -> str:
+    """The distillation method a set record belongs to (FTD's EMA set to ftd)."""
+    return str(record.get("method")).removesuffix("-ema")
+
+
+def carry(path: Path, runs: list[dict], speed: dict[tuple[str, int], float | None], ipcs: list[int],
+          keep_full: bool, epochs: int) -> tuple[list[dict], dict[tuple[str, int], float | None]]:
+    """``runs`` plus the records of the earlier report at ``path`` that this call did not produce: every record of
+    an IPC not rerun, the sets of methods not rerun at a rerun IPC, and the full-data row when ``keep_full``; each
+    keeps its command (the report's when it has none), and all must be ``epochs``-epoch evaluations. ``speed``
+    gains the carried methods' s/iteration."""
+    earlier = json.loads(path.read_text())
+    rerun = {(r["ipc_row"], family(r)) for r in runs if r["source"] == "distilled"}
+    kept = []
+    for r in earlier["runs"]:
+        ipc = r["ipc_row"]
+        if ipc is None:
+            keep = keep_full
+        elif ipc in ipcs:
+            keep = r["source"] == "distilled" and not r.get("cross_arch") and (ipc, family(r)) not in rerun
+        else:
+            keep = True
+        if keep and r["protocol"]["epochs"] != epochs:
+            fail(f"{path} holds records of {r['protocol']['epochs']}-epoch evaluations, this call runs {epochs}; "
+                 f"pass --epochs {r['protocol']['epochs']} or drop --carry")
+        if keep:
+            kept.append({**r, "command": r.get("command", earlier["command"])})
+    for key, value in earlier.get("speed", {}).items():
+        method, ipc = key.split("@")
+        if (int(ipc), method) not in rerun:
+            speed.setdefault((method, int(ipc)), value)
+    return runs + kept, speed
+
+
+def report_command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this call's records."""
+    return (f"python scripts/results_digits.py --iterations {args.iterations} --seeds {args.seeds} "
+            f"--full-seeds {args.full_seeds} --epochs {args.epochs} --ipcs {args.ipcs} --cross-arch-ipcs "
+            f"'{args.cross_arch_ipcs}'" + (f" --methods {args.methods}" if args.methods else "")
+            + (f" --skip {args.skip}" if args.skip else "") + (f" --carry {args.carry}" if args.carry else ""))
 
 
 def select(runs: list[dict], **want: object) -> list[dict]:
@@ -169,14 +235,16 @@ def select(runs: list[dict], **want: object) -> list[dict]:
 def write_report(runs: list[dict], speed: dict[tuple[str, int], float | None], out: Path, args: argparse.Namespace,
                  ipcs: list[int]) -> None:
     machine = describe_machine()
-    command = (f"python scripts/results_digits.py --iterations {args.iterations} --seeds {args.seeds} "
-               f"--full-seeds {args.full_seeds} --epochs "
-               f"{args.epochs} --ipcs {args.ipcs} --cross-arch-ipcs '{args.cross_arch_ipcs}'"
-               + (f" --methods {args.methods}" if args.methods else "")
-               + (f" --skip {args.skip}" if args.skip else ""))
+    command = report_command(args)
+    earlier = sorted({r["command"] for r in runs} - {command})
+
+    def mark(records: list[dict]) -> str:
+        return " ‡" if any(r["command"] != command for r in records) else ""
+
+    full = select(runs, row="full data", model="ConvNet")
     lines = ["# dd on digits: every method at IPC 1 and 10", "",
              f"Produced by `{command}` on {machine}. Accuracy in % (mean ± std over {args.seeds} seeds; full data: "
-             f"{args.full_seeds}), ConvNet "
+             f"{len(full)}), ConvNet "
              f"distilled and evaluated, protocol mtt (dd/protocols.py: the reference evaluate_synset, SGD momentum "
              f"0.9, wd 5e-4, {args.epochs}+1 epochs, lr x0.1 after epoch {args.epochs // 2 + 1} with a fresh "
              "optimiser, DSA, batch 256) with each set's learned lr (random real, full data, dc, dsa, dm: lr 0.01). "
@@ -185,9 +253,10 @@ def write_report(runs: list[dict], speed: dict[tuple[str, int], float | None], o
              "training split (seed 0); the experts trained on the whole training split. Trajectory methods: "
              f"{args.iterations} iterations each; dc, dsa, dm: their presets' iterations. s/iteration: median of "
              "the logged seconds per iteration (evaluation and saving excluded), from the long runs, with other "
-             "jobs on the machine's other core.", ""]
-    full = select(runs, row="full data", model="ConvNet")
-    for ipc in ipcs:
+             "jobs on the machine's other core."
+             + ("".join(f" Rows marked ‡ are carried from `{c}` (each record in results-digits.json keeps its "
+                        "command)." for c in earlier)), ""]
+    for ipc in sorted({r["ipc_row"] for r in runs if r["ipc_row"] is not None}):
         lines += [f"## IPC {ipc}", "", "| method | chosen set | validation | test | s/iteration |",
                   "|---|---|---|---|---|"]
         methods = sorted({r["method_row"] for r in runs if r.get("method_row") and r["ipc_row"] == ipc},
@@ -198,15 +267,18 @@ def write_report(runs: list[dict], speed: dict[tuple[str, int], float | None], o
             row = test[0]["row"]
             val = select(runs, row=row, ipc_row=ipc, split="val", model="ConvNet")
             s = speed.get((method, ipc))
-            lines.append(f"| {method} | {row} | {cell(val)} | {cell(test)} | {f'{s:.2f}' if s else '–'} |")
+            lines.append(f"| {method}{mark(test)} | {row} | {cell(val)} | {cell(test)} | {f'{s:.2f}' if s else '–'} |")
         rand = [r for r in select(runs, row="random real", ipc_row=ipc, model="ConvNet")
                 if r["protocol"]["name"] == "mtt"]
-        lines += [f"| random real | – | – | {cell(rand)} | – |", f"| full data | – | – | {cell(full)} | – |", ""]
+        lines += [f"| random real{mark(rand)} | – | – | {cell(rand)} | – |",
+                  f"| full data{mark(full)} | – | – | {cell(full)} | – |", ""]
         variants = sorted({r["row"] for r in select(runs, ipc_row=ipc, split="val", model="ConvNet")})
         lines += [f"Every set distilled at IPC {ipc}, validation split (what chose the rows above):", "",
                   "| set | validation |", "|---|---|"]
-        lines += [f"| {row} | {cell(select(runs, row=row, ipc_row=ipc, split='val', model='ConvNet'))} |"
-                  for row in variants] + [""]
+        for row in variants:
+            val = select(runs, row=row, ipc_row=ipc, split="val", model="ConvNet")
+            lines.append(f"| {row}{mark(val)} | {cell(val)} |")
+        lines.append("")
         lines += [f"The same chosen sets under dd0 (dd's protocol before the named ones: {args.epochs} epochs, lr x0.1 "
                   f"from epoch {args.epochs // 2} with the momentum kept), test split:", "",
                   "| set | mtt | dd0 | mtt − dd0 |", "|---|---|---|---|"]
@@ -215,7 +287,7 @@ def write_report(runs: list[dict], speed: dict[tuple[str, int], float | None], o
             by = {p: [r for r in select(runs, row=row, ipc_row=ipc, split="test", model="ConvNet")
                       if r["protocol"]["name"] == p] for p in ("mtt", "dd0")}
             if by["mtt"] and by["dd0"]:
-                lines.append(f"| {row} | {cell(by['mtt'])} | {cell(by['dd0'])} | "
+                lines.append(f"| {row}{mark(by['mtt'] + by['dd0'])} | {cell(by['mtt'])} | {cell(by['dd0'])} | "
                              f"{100 * (mean(by['mtt']) - mean(by['dd0'])):+.2f} |")
         lines.append("")
         cross = [r for r in runs if r.get("cross_arch") and r["ipc_row"] == ipc]
@@ -234,8 +306,9 @@ def write_report(runs: list[dict], speed: dict[tuple[str, int], float | None], o
         lines += [transfer.read_text()]
     out.mkdir(parents=True, exist_ok=True)
     (out / "results-digits.md").write_text("\n".join(lines))
-    (out / "results-digits.json").write_text(json.dumps({"machine": machine, "command": command, "runs": runs},
-                                                        indent=1) + "\n")
+    report = {"machine": machine, "command": command,
+              "speed": {f"{m}@{k}": v for (m, k), v in speed.items() if v}, "runs": runs}
+    (out / "results-digits.json").write_text(json.dumps(report, indent=1) + "\n")
     print("\n".join(lines))
 
 
