@@ -137,3 +137,25 @@ def test_transfer_table_keeps_two_sets_apart():
     table = markdown([run("aa" * 32, 0, 0.5), run("aa" * 32, 1, 0.7), run("bb" * 32, 0, 0.9)])
     assert "| target | protocol | model | krr_st [aaaaaaaa] | krr_st [bbbbbbbb] |" in table
     assert "| digits-5to9 | linear | ConvNetBN | 60.00 ± 10.00 (2) | 90.00 ± 0.00 (1) |" in table
+
+
+def test_transfer_table_rows_are_transfer_recipes_and_columns_are_sources():
+    """One source is one column across its linear and fine-tuning rows; two transfer recipes of one protocol
+    are two rows (tagged), never one cell; two pre-training recipes of one baseline are two columns (tagged)."""
+    from dd.eval.transfer import markdown
+
+    def run(protocol, epochs, pre_epochs, accuracy, source="random"):
+        return {"source": source, "dataset": "digits-5to9", "protocol": protocol, "model": "ConvNetBN", "seed": 0,
+                "accuracy": accuracy, "recipe": {"pretrain": {"epochs": pre_epochs}, "transfer": {"epochs": epochs}}}
+
+    table = markdown([run("linear", 100, 500, 0.5), run("finetune", 10, 500, 0.6), run("finetune", 20, 500, 0.7)])
+    lines = table.splitlines()
+    assert lines[0] == "| target | protocol | model | random |"
+    assert lines[2] == "| digits-5to9 | linear | ConvNetBN | 50.00 ± 0.00 (1) |"
+    assert lines[3].startswith("| digits-5to9 | finetune [") and lines[3].endswith("| 60.00 ± 0.00 (1) |")
+    assert lines[4].startswith("| digits-5to9 | finetune [") and lines[4].endswith("| 70.00 ± 0.00 (1) |")
+    assert lines[3].split("|")[2] != lines[4].split("|")[2]
+    table = markdown([run("linear", 100, 500, 0.5), run("linear", 100, 50, 0.9)])
+    header = table.splitlines()[0].split(" | ")[3:]
+    assert len(header) == 2 and all(h.startswith("random [") and len(h.split("[")[1].strip(" |]")) == 8
+                                    for h in header)

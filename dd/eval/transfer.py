@@ -21,6 +21,8 @@ protocol and model, one column per source). Rerunning skips recorded runs.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -176,30 +178,47 @@ def recipe(cfg: TransferConfig, source: str, protocol: str) -> dict[str, Any]:
 ROW_FIELDS = ("dataset", "target_data", "protocol", "model")
 
 
+def _tag(value: Any) -> str:
+    """An 8-hex tag of ``value`` (a set's checksum prefix, else a hash of its canonical form)."""
+    found = (value.get("set") or {}) if isinstance(value, dict) else {}
+    canonical = json.dumps(value, sort_keys=True, default=str)
+    return found.get("sha256", "")[:8] or hashlib.sha256(canonical.encode()).hexdigest()[:8]
+
+
 def markdown(runs: list[dict[str, Any]]) -> str:
-    """One row per (target, protocol, model), one column per source (a set by its checksum, a baseline with
-    its recipe): mean ± std over seeds. A cell holds runs that differ only in their seed."""
+    """One row per (target, protocol, model, transfer-stage recipe), one column per source (a set by its checksum,
+    a baseline with its pre-training and targets): mean ± std over seeds. A cell holds runs that differ only in
+    their seed; a row's recipe is tagged where one (target, protocol, model) has several."""
     def column(run: dict[str, Any]) -> str:
-        return run_key({k: v for k, v in run.items() if k not in (*ROW_FIELDS, "seed")})
+        recipe = run.get("recipe") or {}
+        return run_key({**{k: v for k, v in run.items() if k not in (*ROW_FIELDS, "seed", "recipe")},
+                        "pretrain": recipe.get("pretrain")})
+
+    def row(run: dict[str, Any]) -> tuple[str, ...]:
+        transfer = (run.get("recipe") or {}).get("transfer")
+        return run["dataset"], run["protocol"], run["model"], json.dumps(transfer, sort_keys=True, default=str)
 
     cells: dict[tuple, list[float]] = defaultdict(list)
     names: dict[str, str] = {}
     for run in runs:
-        cells[(run["dataset"], run["protocol"], run["model"], column(run))].append(run["accuracy"])
+        cells[(*row(run), column(run))].append(run["accuracy"])
         names.setdefault(column(run), run["source"])
     plain = list(names.values())
     for key, name in names.items():
         if plain.count(name) > 1:  # two sets or recipes under one source name
             found = next(r for r in runs if column(r) == key)
-            names[key] = f"{name} [{(found.get('set') or {}).get('sha256', '')[:8] or run_key(found)[-8:]}]"
+            names[key] = f"{name} [{_tag({k: v for k, v in found.items() if k not in ('seed', 'accuracy')})}]"
     columns = sorted(names, key=lambda c: (SOURCES.index(names[c].split(" ")[0]) if names[c].split(" ")[0] in SOURCES
                                            else len(SOURCES), names[c]))
-    rows = list(dict.fromkeys(key[:3] for key in cells))
+    rows = list(dict.fromkeys(key[:4] for key in cells))
+    labels = [r[1] for r in rows]
     lines = ["| target | protocol | model | " + " | ".join(names[c] for c in columns) + " |",
              "|---|---|---|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(row) + " | " +
-                     " | ".join(format_cell(cells[(*row, c)]) if cells.get((*row, c)) else "–" for c in columns) + " |")
+    for key in rows:
+        first = next(r for r in runs if row(r) == key)
+        label = key[1] + (f" [{_tag((first.get('recipe') or {}).get('transfer'))}]" if labels.count(key[1]) > 1 else "")
+        lines.append(f"| {key[0]} | {label} | {key[2]} | " +
+                     " | ".join(format_cell(cells[(*key, c)]) if cells.get((*key, c)) else "–" for c in columns) + " |")
     return "\n".join(lines) + "\n\nTest accuracy in %, mean ± std over seeds (number of seeds in brackets).\n"
 
 
