@@ -46,7 +46,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=300, help="distillation iterations of every candidate")
     parser.add_argument("--seeds", type=int, default=10, help="validation seeds per candidate")
     parser.add_argument("--epochs", type=int, default=200, help="evaluation epochs (protocol mtt runs epochs + 1)")
-    parser.add_argument("--candidates", default="", help="comma-separated candidate names to run (default: all)")
+    parser.add_argument("--candidates", default="",
+                        help="comma-separated candidate names to run, 'preset' among them (default: all)")
     parser.add_argument("--no-report", action="store_true",
                         help="distill and evaluate only: for two instances on one --work, each with its own --methods")
     parser.add_argument("--work", default="runs/tune-digits", help="folder for the candidates' runs")
@@ -63,7 +64,7 @@ def main() -> None:
         for method in methods:
             preset = f"experiments/{method}/digits_ipc{ipc}.yaml"
             for name, flags in {"preset": [], **GRID[method]}.items():
-                if wanted and name not in wanted and name != "preset":
+                if wanted and name not in wanted:
                     continue
                 run_dir = work / f"{method}-ipc{ipc}-{name.replace(' ', '-')}"
                 sh("dd.distill", "--config", preset, "--iterations", str(args.iterations), "--run-dir", str(run_dir),
