@@ -163,7 +163,7 @@ def main() -> None:
                             epochs=args.epochs)
 
     for ipc in [int(k) for k in args.cross_arch_ipcs.split(",") if k and int(k) in ipcs]:
-        best = max(((r["method"], ipc) for r in runs if r["split"] == "val" and r["ipc_row"] == ipc),
+        best = max(((family(r), ipc) for r in runs if r["split"] == "val" and r["ipc_row"] == ipc),
                    key=lambda key: max_val(runs, *key))
         if best not in chosen:
             fail(f"{best[0]} (carried from {args.carry}) is the best set on validation at IPC {ipc}; rerun it "
@@ -178,8 +178,8 @@ def main() -> None:
 
 
 def max_val(runs: list[dict], method: str, ipc: int) -> float:
-    """The best validation mean among ``method``'s sets at ``ipc`` (its chosen one)."""
-    rows = {r["row"] for r in runs if r["split"] == "val" and r["ipc_row"] == ipc and r["method"] == method}
+    """The best validation mean among ``method``'s sets at ``ipc`` (its chosen one), FTD's EMA sets among FTD's."""
+    rows = {r["row"] for r in runs if r["split"] == "val" and r["ipc_row"] == ipc and family(r) == method}
     return max(mean([r for r in runs if r["split"] == "val" and r["ipc_row"] == ipc and r["row"] == row])
                for row in rows)
 

@@ -68,3 +68,10 @@ def test_reestimated_batchnorm_statistics_are_the_images_exact_moments():
     assert torch.allclose(model[1].running_var, conv_out.var(dim=(0, 2, 3), unbiased=True), atol=1e-4)
     assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True))
     assert not model.training
+
+
+def test_a_methods_best_validation_set_counts_its_ema_set():
+    runs = [{**record(1, "ftd"), "accuracy": 0.90}, {**record(1, "ftd-ema"), "row": "ftd-ema", "accuracy": 0.95},
+            {**record(1, "mtt"), "accuracy": 0.93}]
+    assert results_digits.max_val(runs, "ftd", 1) == 0.95 and results_digits.max_val(runs, "mtt", 1) == 0.93
+    assert results_digits.family(runs[1]) == "ftd"
