@@ -1,11 +1,13 @@
-"""What the results scripts share: running a dd stage as a subprocess, stopping with one error line, and
-formatting a table cell."""
+"""What the results scripts share: running a dd stage as a subprocess, stopping with one error line,
+formatting a table cell and reading an evaluation's records."""
 
 from __future__ import annotations
 
+import json
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 
@@ -29,3 +31,8 @@ def cell(runs: list[dict]) -> str:
     accs = [100 * r["accuracy"] for r in runs]
     std = statistics.pstdev(accs) if len(accs) > 1 else 0.0
     return f"{statistics.fmean(accs):.2f} ± {std:.2f}"
+
+
+def read_runs(folder: Path, **tags: object) -> list[dict]:
+    """The records of ``folder``'s results.json, each tagged with ``tags`` (row, variant, ...)."""
+    return [{**r, **tags} for r in json.loads((folder / "results.json").read_text())["runs"]]

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 import torch
+from _results import cell
 from torch import nn
 
 from dd.data import Preprocessor
@@ -77,9 +77,8 @@ def main() -> None:
 
 
 def write_report(records: list[dict], synset, real: torch.Tensor, out: Path, args: argparse.Namespace) -> None:
-    def cell(model: str, source: str, key: str) -> str:
-        values = [100 * r[key] for r in records if r["model"] == model and r["source"] == source]
-        return f"{statistics.fmean(values):.2f} ± {statistics.pstdev(values):.2f}"
+    def scores(model: str, source: str, key: str) -> str:
+        return cell([{"accuracy": r[key]} for r in records if r["model"] == model and r["source"] == source])
 
     command = (f"python scripts/bn_diagnosis_digits.py --synset {args.synset} --models {args.models} --seeds "
                f"{args.seeds} --epochs {args.epochs} --calibration {args.calibration}")
@@ -97,12 +96,16 @@ def write_report(records: list[dict], synset, real: torch.Tensor, out: Path, arg
              "| model | distilled, own statistics | distilled, re-estimated | random real, own statistics | "
              "random real, re-estimated |", "|---|---|---|---|---|"]
     for model in dict.fromkeys(r["model"] for r in records):
-        lines.append(f"| {model} | {cell(model, 'distilled', 'own_stats')} | {cell(model, 'distilled', 'real_stats')} "
-                     f"| {cell(model, 'random real', 'own_stats')} | {cell(model, 'random real', 'real_stats')} |")
+        lines.append(f"| {model} | {scores(model, 'distilled', 'own_stats')} | "
+                     f"{scores(model, 'distilled', 'real_stats')} | {scores(model, 'random real', 'own_stats')} | "
+                     f"{scores(model, 'random real', 'real_stats')} |")
     out.mkdir(parents=True, exist_ok=True)
     (out / "results-bn-digits.md").write_text("\n".join(lines) + "\n")
-    (out / "results-bn-digits.json").write_text(json.dumps({"machine": describe_machine(), "command": command,
-                                                            "pixel_std": spread, "runs": records}, indent=1) + "\n")
+    report = {"machine": describe_machine(), "command": command, "split": "val",
+              "set": {"sha256": synset.checksum, "path": args.synset, "method": synset.meta.get("method")},
+              "protocol": get_protocol("mtt", epochs=args.epochs).describe(synset.lr), "pixel_std": spread,
+              "runs": records}
+    (out / "results-bn-digits.json").write_text(json.dumps(report, indent=1) + "\n")
     print("\n".join(lines))
 
 

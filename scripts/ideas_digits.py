@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def main() -> None:
     mean_logits = masked_mean_logits(torch.stack(all_logits), labels)
     masked = soft_label_stats(mean_logits, labels)
     report = {"machine": describe_machine(), "store": str(store.root), "images": len(labels),
-              "per_expert": per_expert, "masked_mean": masked, "trajectories": steps}
+              "classes": spec.num_classes, "per_expert": per_expert, "masked_mean": masked, "trajectories": steps}
     write_report(report, Path(args.out))
 
 
@@ -77,13 +78,13 @@ def write_report(report: dict, out: Path) -> None:
     def mean_over(key: str, i: int) -> float:
         return statistics.fmean(t[key][i] for t in report["trajectories"])
 
-    k = 10
+    k = report["classes"]
     lines = ["# What DATM's ideas have to work with on digits", "",
              f"Produced by `python scripts/ideas_digits.py` on {report['machine']}, from the store "
              f"`{report['store']}` ({len(experts)} experts) and the {report['images']} digits training images "
              "(validation carved out; no validation or test labels read).", "",
              "## Soft labels", "",
-             f"Uniform over {k} classes: p(true) 0.10, entropy {torch.log(torch.tensor(float(k))).item():.2f} nats; "
+             f"Uniform over {k} classes: p(true) {1 / k:.2f}, entropy {math.log(k):.2f} nats; "
              "one-hot: 1.00 and 0.00.", "",
              "| logits | training accuracy | p(true class) | entropy (nats) |", "|---|---|---|---|"]
     lines += [f"| expert {i} (images it classifies correctly) | {100 * e['train_accuracy']:.2f} % | "

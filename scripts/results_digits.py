@@ -25,7 +25,7 @@ import json
 import statistics
 from pathlib import Path
 
-from _results import cell, fail, sh
+from _results import cell, fail, read_runs, sh
 
 from dd.config import load_yaml
 from dd.device import describe_machine
@@ -47,11 +47,6 @@ EVAL_VARIANTS: dict[str, dict[str, list[str]]] = {
 # The BatchNorm variants: at 8 px the instance-norm ResNet18 and VGG11 normalise 1x1 maps, which makes
 # every output the same (dd.models refuses them). ViTP2: 2-px patches, 16 tokens at 8 px.
 CROSS_ARCH = tuple(m for m in ("ResNet18BN", "VGG11BN", "AlexNet", "MLP", "ViTP2") if m in list_models())
-
-
-def read_runs(folder: Path, **tags: object) -> list[dict]:
-    """The records of ``folder``'s results.json, each tagged with ``tags`` (row, variant, ...)."""
-    return [{**r, **tags} for r in json.loads((folder / "results.json").read_text())["runs"]]
 
 
 def seconds_per_iteration(run_dir: Path) -> float | None:
