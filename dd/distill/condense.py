@@ -29,7 +29,7 @@ from dd.data import CHANNELS_HELP, IMAGE_SIZE_HELP, class_indices, list_datasets
 from dd.device import make_generator, resolve_device
 from dd.distill.checkpoint import save_checkpoint
 from dd.distill.engine import check_eval_models
-from dd.distill.runloop import RunLoop
+from dd.distill.runloop import Progress, RunLoop
 from dd.distill.synset import SynSet, save_synset
 from dd.errors import DDError
 from dd.io import pack_state, unpack_state
@@ -195,16 +195,24 @@ class Condenser(RunLoop):
         self.optimizer.load_state_dict(unpack_state(state["optimizer"], tensors, self.device))
         self.generator.set_state(tensors["generator"])
 
-    def evaluate(self) -> dict[str, list[float]]:
-        """Validation accuracy of fresh networks trained on the set under protocol dc (``eval_epochs``)."""
+    def evaluate(self, progress: Progress | None = None) -> dict[str, list[float]]:
+        """Validation accuracy of fresh networks trained on the set under protocol dc (``eval_epochs``); the
+        seeds of one model count as one step of ``progress``."""
         cfg, spec = self.config, self.data.spec
         batch = {} if cfg.eval_batch_size is None else {"batch_size": cfg.eval_batch_size}
         protocol = get_protocol("dc", epochs=cfg.eval_epochs, **batch)
         seeds = [cfg.seed + run for run in range(cfg.eval_runs)]
-        return {model: train_and_test_seeds(model, spec.channels, spec.num_classes, spec.size,
-                                            (self.images.detach(), self.labels), self.data.val, cfg.lr_net,
-                                            protocol, seeds, batched=self.device.type == "cuda")
-                for model in cfg.eval_models.split(",")}
+        models = cfg.eval_models.split(",")
+        results: dict[str, list[float]] = {}
+        for done, model in enumerate(models):
+            if progress is not None:
+                progress(done, len(models), model)
+            results[model] = train_and_test_seeds(model, spec.channels, spec.num_classes, spec.size,
+                                                  (self.images.detach(), self.labels), self.data.val, cfg.lr_net,
+                                                  protocol, seeds, batched=self.device.type == "cuda")
+        if progress is not None:
+            progress(len(models), len(models), "")
+        return results
 
 
 def run_command(argv: Sequence[str] | None, config_cls: type[CondenseConfig], run_cls: type[Condenser], doc: str,

@@ -9,39 +9,36 @@ Under ``torchrun --nproc-per-node K`` one run spans K processes: each takes its 
 minibatch (``dd.distill.unroll.Student``), every rank holds the same state, the images', labels' and lr's
 gradients are averaged over the ranks before the outer step (``dd.distributed.average_gradients``), and
 rank 0 alone writes the run folder; the state does not depend on K, so a run resumes with another K.
+The loop, checkpoints, evaluations and interrupts are ``dd.distill.runloop.RunLoop``'s, as for every method.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from dd import distributed
 from dd.augment import DSA
 from dd.buffer.store import TrajectoryStore
-from dd.cli import Interrupted, check_flags, resume_command, uninterruptible
+from dd.cli import check_flags
 from dd.config import to_dict
 from dd.data import Preprocessor, list_datasets, shape_flags
 from dd.device import make_generator
-from dd.distill.checkpoint import EVAL_KEYS, config_changes, load_checkpoint, open_run, save_checkpoint
+from dd.distill.checkpoint import config_changes, load_checkpoint, open_run, save_checkpoint
 from dd.distill.config import DistillConfig
 from dd.distill.context import Context
 from dd.distill.experts import ExpertPool, find_store
 from dd.distill.memory import resolve_unroll
 from dd.distill.methods import Method, get_method
+from dd.distill.runloop import Progress, RunLoop
 from dd.distill.synset import SynSet, save_synset
 from dd.distill.unroll import make_plan, make_unroll
 from dd.errors import DDError
 from dd.functional import has_batchnorm
 from dd.io import atomic_write_json
-from dd.lock import hold
 from dd.metrics import MetricsLog, check_wandb
 from dd.models import create_model, list_models
 from dd.multiseed import train_and_test_seeds
@@ -154,14 +151,13 @@ class _NoLog:
         pass
 
 
-class Distiller:
-    """One distillation run: state, loop, evaluations, checkpoints and outputs."""
+class Distiller(RunLoop):
+    """One trajectory-matching run: its state, outer step, evaluations and outputs over the shared run loop."""
 
     def __init__(self, config: DistillConfig, argv: Sequence[str] | None = None) -> None:
         """``argv``: the command-line arguments of the run, for the resume command that an interrupt prints."""
         config = dataclasses.replace(config, eval_models=config.eval_models or config.model)
         validate(config)
-        self.config, self.argv = config, argv
         self.device = distributed.setup(config.device)
         store = find_store(config.buffer, config.buffer_dir, config.dataset, config.model, config.buffer_config)
         check_store(store, config)
@@ -178,20 +174,15 @@ class Distiller:
         check_eval_models(config, spec)
         model = create_model(config.model, spec.channels, spec.num_classes, spec.size, seed=config.seed)
         model = model.to(self.device).train()
-        self.config = config = resolve_unroll(config, model, spec, self.device, get_method(config.method).unroll)
+        config = resolve_unroll(config, model, spec, self.device, get_method(config.method).unroll)
+        super().__init__(config, default_run_dir(config), argv)
+        self.label = f"{config.method} ipc{config.ipc}"
         self.ctx = Context(config, data, store, model, self.device)
         self.method: Method = get_method(config.method)(self.ctx)
         self.experts = ExpertPool(store, self.device, config.expert_cache_mb, config.expert_epochs + 1)
         self.student = self.method.make_student(model, DSA(config.dsa_strategy))
         self.unroll = make_unroll(config.unroll, config.unroll_snapshot_every, config.unroll_chunk)
-        self.run_dir = default_run_dir(config)
         self.generator = make_generator(config.seed)
-        self.iteration = 0
-        self.checkpointed = 0  # iteration of the last checkpoint written or resumed from
-        self.evaluated = 0  # iteration of the last finished evaluation
-        self.best: dict[str, float] = {}
-        self._bar: tqdm | None = None
-        self._shown_eval: dict[str, str] = {}  # the last evaluation, in the bar's postfix
         self._init_state()
         check_split(config, model, self.images.shape[0])
 
@@ -219,7 +210,7 @@ class Distiller:
         tensors.update({f"method.{k}": v for k, v in self.method.state_tensors().items()})
         return tensors
 
-    def load_state(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
+    def load(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
         with torch.no_grad():
             self.images.copy_(tensors["images"].to(self.device))
             self.labels.copy_(tensors["labels"].to(self.device))
@@ -233,9 +224,6 @@ class Distiller:
                         opt.state[p]["momentum_buffer"] = tensors[key].to(self.device)
         self.method.load_state_tensors({k.split(".", 1)[1]: v.to(self.device) for k, v in tensors.items()
                                         if k.startswith("method.")})
-        self.iteration = self.checkpointed = int(state["iteration"])
-        self.evaluated = int(state.get("evaluated", self.iteration))
-        self.best = dict(state.get("best", {}))
 
     def synset(self, images: torch.Tensor | None = None, name: str = "") -> SynSet:
         """The current synthetic set (or ``images`` with the current labels and lr) as an artefact."""
@@ -283,7 +271,7 @@ class Distiller:
         return loss.detach()
 
     # -- evaluation and outputs ----------------------------------------------------------------
-    def evaluate(self, progress: Callable[[int, int, str], None] | None = None) -> dict[str, list[float]]:
+    def evaluate(self, progress: Progress | None = None) -> dict[str, list[float]]:
         """Train fresh networks on each current set (the method's protocol) and return validation accuracies
         under ``<model>`` for the optimised set and ``<set>/<model>`` for the method's extra sets. The test
         split is never read here: it belongs to the final report (``dd.eval``). ``progress(done, total, key)``
@@ -314,19 +302,15 @@ class Distiller:
             progress(done, total, "")
         return results
 
-    def _save_sets(self, suffix: str = "") -> None:
+    def save_set(self, suffix: str = "") -> None:
+        """The optimised set and the method's extra sets as ``synset[_<set>]<suffix>``; the grid with suffix ""."""
         if not distributed.is_main():
             return
         for set_name, images in self.sets().items():
             save_synset(self.run_dir / ("synset" + (f"_{set_name}" if set_name else "") + suffix),
                         self.synset(images, set_name))
-
-    def save(self) -> None:
-        """The sets, their grid, then the checkpoint (a checkpoint never runs ahead of the set)."""
-        if distributed.is_main():
-            self._save_sets()
+        if not suffix:
             self.save_grid(self.run_dir / "grid.png")
-        self.checkpoint()
 
     def save_grid(self, path: Path) -> None:
         """The current images (ZCA inverted) as a grid at ``path``: a row per class (one row for ipc 1), the class
@@ -339,7 +323,7 @@ class Distiller:
         save_grid(path, pixels, nrow=cfg.ipc if cfg.ipc > 1 else pixels.shape[0], labels=[names[c] for c in classes],
                   title=f"{cfg.method} {cfg.dataset} ipc{cfg.ipc} · iteration {self.iteration}")
 
-    def save_history(self, log: MetricsLog) -> None:
+    def after_evaluate(self, log: MetricsLog) -> None:
         """Keep the grid of this evaluation as ``grids/grid_<iteration>.png``, redraw ``progress.gif`` from every
         kept grid, and log the grid to wandb (when on); rank 0 only."""
         if not distributed.is_main():
@@ -352,147 +336,43 @@ class Distiller:
 
     def checkpoint(self) -> None:
         if distributed.is_main():
-            save_checkpoint(self.run_dir, self.state_tensors(),
-                            {"iteration": self.iteration, "evaluated": self.evaluated, "best": self.best,
-                             "config": to_dict(self.config)})
-        self.checkpointed = self.iteration
+            save_checkpoint(self.run_dir, self.state_tensors(), self.run_state())
 
-    def _open_run_dir(self) -> MetricsLog:
-        """Check the run folder (held by this process) against the config, load its checkpoint when resuming,
-        and return its metrics log."""
+    def open_run_dir(self) -> MetricsLog:
+        """Rank 0 checks the run folder against the config and records the store it matches in config.json;
+        every rank then restores the checkpoint rank 0 checked (when resuming)."""
         if distributed.is_main():
             found, changes, log = open_run(self.run_dir, self.config.resume, to_dict(self.config),
                                            to_dict(type(self.config)()))
             # config.json names the store the run matches, also when it was found rather than given
             atomic_write_json(self.run_dir / "config.json",
                               {**to_dict(self.config), "buffer": str(self.ctx.store.root)})
-        distributed.barrier()  # the other ranks read the checkpoint that rank 0 has checked
+        distributed.barrier()
         if not distributed.is_main():
             found, log = load_checkpoint(self.run_dir) if self.config.resume else None, _NoLog()
             changes = {} if found is None else config_changes(found[1]["config"], to_dict(self.config))
         if found is not None:
-            self.load_state(*found)
-            if EVAL_KEYS & changes.keys():
-                self.best = {}  # accuracies under other evaluation settings do not compare
-            if distributed.is_main():
-                print(f"resumed {self.run_dir} at iteration {self.iteration}")
+            self.restore(*found, changes)
         return log
 
-    def _nonfinite(self) -> list[str]:
-        """Names of the learned tensors that hold a non-finite value."""
-        return [name for name, value in (("images", self.images), ("learned lr", self.syn_lr))
-                if not bool(torch.isfinite(value).all())]
+    def learned(self) -> dict[str, torch.Tensor]:
+        return {"images": self.images, "learned lr": self.syn_lr}
 
-    def _check_finite(self, loss: float) -> None:
-        """Stop before a diverged state is saved: the last checkpoint and set stay the last good ones."""
-        bad = self._nonfinite()
-        if math.isfinite(loss) and not bad:
-            return
+    def log_fields(self) -> dict[str, float]:
+        return {"syn_lr": self.syn_lr.item(), **self.method.metrics()}
+
+    def bar_fields(self) -> dict[str, str]:
+        return {"lr": f"{self.syn_lr.item():.4g}"}
+
+    def divergence_cause(self, bad: list[str]) -> str:
         cfg = self.config
         cause = (f"--lr-lr {cfg.lr_lr:g} is likely too high" if bad == ["learned lr"]
                  else f"--lr-img {cfg.lr_img:g} is likely too high")
         if "learned lr" in bad and cfg.lr_step_limit == 0:
             cause += f" (or --lr-lr {cfg.lr_lr:g}: --lr-step-limit 0 turned off the guard that bounds each lr step)"
-        kept = (f"the last good set and checkpoint (iteration {self.checkpointed}) are in {self.run_dir}; "
-                if self.checkpointed else "no checkpoint yet; ") + "rerun with a lower value and a new --run-dir"
-        what = " and ".join(bad) if bad else f"loss ({loss})"
-        raise DDError(f"distillation diverged at iteration {self.iteration} (non-finite {what}): {cause}; {kept}")
+        return cause
 
-    def _kept(self) -> str:
-        """What an interrupted or failed run leaves, and the command that resumes it."""
-        saved = (f"the set and checkpoint of iteration {self.checkpointed} are in {self.run_dir}"
-                 if self.checkpointed else f"no iteration had finished, nothing to keep in {self.run_dir}")
-        return f"{saved}; resume with: {resume_command('dd.distill', self.argv)}"
-
-    def _is_eval_point(self, iteration: int) -> bool:
-        cfg = self.config
-        return iteration == cfg.iterations or (cfg.eval_every > 0 and iteration % cfg.eval_every == 0)
-
-    def _evaluate(self, log: MetricsLog) -> None:
-        """Evaluate the saved iteration, log it, save ``synset_best`` when the first eval model improved, and
-        checkpoint the new best. An evaluation that fails leaves the saved set and checkpoint as they are."""
-        def progress(done: int, total: int, key: str) -> None:
-            if self._bar is not None:
-                self._bar.set_description_str(f"{self.config.method} ipc{self.config.ipc} evaluating")
-                self._bar.set_postfix_str(f"{key} network {done + 1}/{total}" if key else f"{total}/{total} done")
-
-        try:
-            results = self.evaluate(progress)
-        except Exception as e:  # an evaluation error must not lose the run: name it and how to resume
-            first = (str(e).strip().splitlines() or [""])[0]
-            raise DDError(f"evaluation at iteration {self.iteration} failed ({type(e).__name__}: {first}); "
-                          f"{self._kept()}") from None
-        record: dict[str, float] = {}
-        improved = False
-        for rank, (name, accs) in enumerate(results.items()):
-            mean = sum(accs) / len(accs)
-            record[f"val/{name}"] = mean
-            if mean > self.best.get(name, -1.0):
-                self.best[name] = mean
-                improved = improved or rank == 0
-        log.write({"iteration": self.iteration, **record})
-        if distributed.is_main():
-            tqdm.write(" ".join(f"{k}={v:.4f}" for k, v in record.items()) + f" (iteration {self.iteration})")
-        if improved:
-            self._save_sets("_best")
-        first = next(iter(record))
-        self._shown_eval = {first: f"{record[first]:.4f}"}
-        if self._bar is not None:
-            self._bar.set_description_str(f"{self.config.method} ipc{self.config.ipc}")
-            self._bar.set_postfix(**self._shown_eval)
-        self.evaluated = self.iteration
-        self.checkpoint()
-        self.save_history(log)  # pictures, after the state: a failure here never repeats the evaluation
-
-    def _loop(self, log: MetricsLog) -> None:
-        cfg = self.config
-        bar = self._bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=f"{cfg.method} ipc{cfg.ipc}",
-                               unit="it", disable=not distributed.is_main())
-        try:  # a divergence error prints below a closed bar, not inside it
-            if self.evaluated < self.iteration and self._is_eval_point(self.iteration):
-                self._evaluate(log)  # resumed from a checkpoint whose evaluation had not finished
-            loss_sum = torch.zeros((), device=self.device)
-            count, tic = 0, time.perf_counter()
-            while self.iteration < cfg.iterations:
-                with uninterruptible():  # an interrupt waits for the iteration and its log line: no half state
-                    loss_sum += self.step()
-                    self.iteration += 1
-                    count += 1
-                    bar.update(1)
-                    if self.iteration % cfg.log_every == 0 or self.iteration == cfg.iterations:
-                        loss = (loss_sum / count).item()  # the only host sync of the loop, every log_every iterations
-                        self._check_finite(loss)
-                        log.write({"iteration": self.iteration, "loss": loss, "syn_lr": self.syn_lr.item(),
-                                   "seconds_per_iteration": (time.perf_counter() - tic) / count,
-                                   **self.method.metrics()})
-                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.syn_lr.item():.4g}", **self._shown_eval)
-                        loss_sum.zero_()
-                        count, tic = 0, time.perf_counter()
-                evaluate_now = self._is_eval_point(self.iteration)
-                if evaluate_now or self.iteration % cfg.checkpoint_every == 0:
-                    paused = time.perf_counter()
-                    self._check_finite(0.0)
-                    self.save()  # before the evaluation: a failing or interrupted one loses nothing
-                    if evaluate_now:
-                        self._evaluate(log)
-                    tic += time.perf_counter() - paused  # seconds_per_iteration excludes evaluation and saving
-        finally:
-            bar.close()
-            self._bar = None
-
-    def run(self) -> SynSet:
-        """Run (or resume) the loop to ``iterations``, as the only writer of the run folder; returns the final
-        set. An interrupt (SIGINT, SIGTERM under ``dd.cli.run_cli``) first saves the last finished iteration."""
-        owner = hold(self.run_dir, f"run folder {self.run_dir}") if distributed.is_main() else contextlib.nullcontext()
-        with owner:
-            log = self._open_run_dir()
-            try:
-                self._loop(log)
-            except KeyboardInterrupt as e:
-                with uninterruptible():  # only run_cli's handler guarantees a whole iteration (not a bare Ctrl-C)
-                    if isinstance(e, Interrupted) and self.iteration > self.checkpointed and not self._nonfinite():
-                        self.save()
-                raise Interrupted.of(e, self._kept()) from None
-            finally:
-                log.close()
+    def run(self) -> SynSet:  # type: ignore[override]
+        """Run (or resume) the loop to ``iterations`` (``RunLoop.run``); returns the final set."""
+        super().run()
         return self.synset()

@@ -1,24 +1,27 @@
-"""The run scaffold of a distillation method with its own loop (KRR-ST, DC/DSA, DM): one writer per run
+"""The run scaffold of every distillation (the trajectory engine, KRR-ST, DC/DSA, DM): one writer per run
 folder, resume from the last checkpoint, metrics, periodic saves, in-run evaluation with a best-so-far set,
 divergence checks and interrupts that keep the last finished iteration.
 
 A method subclasses ``RunLoop`` and supplies one outer ``step``, what is learned (``learned``), how its set
 and checkpoint are written (``save_set``, ``checkpoint``) and read back (``load``); ``evaluate`` is optional
 (a config without ``eval_every`` never evaluates). The config must have ``iterations``, ``log_every``,
-``checkpoint_every``, ``resume`` and ``wandb``.
+``checkpoint_every``, ``resume`` and ``wandb``. Under torchrun every rank runs the loop; only rank 0 prints
+and holds the folder, and the methods' writers check ``dd.distributed.is_main`` themselves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from dd import distributed
 from dd.cli import Interrupted, resume_command, uninterruptible
 from dd.config import to_dict
 from dd.distill.checkpoint import EVAL_KEYS, open_run
@@ -26,12 +29,15 @@ from dd.errors import DDError
 from dd.lock import hold
 from dd.metrics import MetricsLog
 
+Progress = Callable[[int, int, str], None]  # (networks done, networks in all, what is being trained)
+
 
 class RunLoop:
-    """The loop of one run; ``name`` labels the progress bar and the errors, ``divergence_fix`` says which
-    flag to lower when the learned tensors stop being finite."""
+    """The loop of one run; ``name`` names the run in errors (and labels the progress bar unless ``label``
+    does), ``divergence_fix`` says which flag to lower when the learned tensors stop being finite."""
 
     name = "distillation"
+    label = ""
     divergence_fix = "lower the learning rate"
 
     def __init__(self, config: Any, run_dir: Path, argv: Sequence[str] | None) -> None:
@@ -41,6 +47,8 @@ class RunLoop:
         self.checkpointed = 0  # iteration of the last checkpoint written or resumed from
         self.evaluated = 0  # iteration of the last finished evaluation
         self.best: dict[str, float] = {}
+        self._bar: tqdm | None = None
+        self._shown_eval: dict[str, str] = {}  # the last evaluation, in the bar's postfix
 
     # -- what a method supplies -------------------------------------------------------------------
     def step(self) -> torch.Tensor:
@@ -66,13 +74,45 @@ class RunLoop:
     def start(self) -> None:
         """Called once before the first iteration of a fresh (not resumed) run."""
 
-    def evaluate(self) -> dict[str, list[float]]:
-        """Validation accuracies of the current set by model name (only called when ``eval_every`` exists)."""
+    def evaluate(self, progress: Progress | None = None) -> dict[str, list[float]]:
+        """Validation accuracies of the current set by model name (only called when ``eval_every`` exists);
+        ``progress(done, total, key)`` may be called before each network and at the end (key "")."""
         raise NotImplementedError
+
+    def after_evaluate(self, log: MetricsLog) -> None:
+        """Called after an evaluation and its checkpoint (e.g. to keep pictures of the set)."""
 
     def log_fields(self) -> dict[str, float]:
         """Extra values of every metrics line."""
         return {}
+
+    def bar_fields(self) -> dict[str, str]:
+        """Extra values of the progress bar's postfix beside the loss."""
+        return {}
+
+    def divergence_cause(self, bad: list[str]) -> str:
+        """What to change when the tensors named in ``bad`` (or, when empty, the loss) stopped being finite."""
+        return self.divergence_fix
+
+    def open_run_dir(self) -> MetricsLog:
+        """Check the run folder (held by this process) against the config, restore its checkpoint when resuming
+        (else ``start``), and return its metrics log."""
+        found, changes, log = open_run(self.run_dir, self.config.resume, to_dict(self.config),
+                                       to_dict(type(self.config)()))
+        if found is not None:
+            self.restore(*found, changes)
+        else:
+            self.start()
+        return log
+
+    def restore(self, tensors: dict[str, torch.Tensor], state: dict[str, Any], changes: dict[str, Any]) -> None:
+        """Load a checkpoint and the loop's counters; best accuracies under changed evaluation settings drop."""
+        self.load(tensors, state)
+        self.iteration = self.checkpointed = int(state["iteration"])
+        self.evaluated = int(state.get("evaluated", self.iteration))
+        self.best = {} if EVAL_KEYS & changes.keys() else dict(state.get("best", {}))
+        if distributed.is_main():
+            print(f"resumed {self.run_dir} at iteration {self.iteration}")
 
     # -- the loop ---------------------------------------------------------------------------------
     def run_state(self) -> dict[str, Any]:
@@ -89,18 +129,9 @@ class RunLoop:
     def run(self) -> None:
         """Run (or resume) to ``iterations`` as the only writer of the run folder. An interrupt (SIGINT, SIGTERM
         under ``dd.cli.run_cli``) first saves the last finished iteration."""
-        with hold(self.run_dir, f"run folder {self.run_dir}"):
-            found, changes, log = open_run(self.run_dir, self.config.resume, to_dict(self.config),
-                                           to_dict(type(self.config)()))
-            if found is not None:
-                tensors, state = found
-                self.load(tensors, state)
-                self.iteration = self.checkpointed = int(state["iteration"])
-                self.evaluated = int(state.get("evaluated", self.iteration))
-                self.best = {} if EVAL_KEYS & changes.keys() else dict(state.get("best", {}))
-                print(f"resumed {self.run_dir} at iteration {self.iteration}")
-            else:
-                self.start()
+        main = distributed.is_main()
+        with hold(self.run_dir, f"run folder {self.run_dir}") if main else contextlib.nullcontext():
+            log = self.open_run_dir()
             try:
                 self._loop(log)
             except KeyboardInterrupt as e:
@@ -129,7 +160,7 @@ class RunLoop:
                 if self.checkpointed else "no checkpoint yet")
         what = " and ".join(bad) if bad else f"loss ({loss})"
         raise DDError(f"{self.name} diverged at iteration {self.iteration} (non-finite {what}): "
-                      f"{self.divergence_fix}; {kept}; rerun with a lower value and a new --run-dir")
+                      f"{self.divergence_cause(bad)}; {kept}; rerun with a lower value and a new --run-dir")
 
     def _is_eval_point(self, iteration: int) -> bool:
         every = getattr(self.config, "eval_every", None)
@@ -137,11 +168,19 @@ class RunLoop:
             return False
         return iteration == self.config.iterations or (every > 0 and iteration % every == 0)
 
+    def _label(self) -> str:
+        return self.label or self.name
+
     def _evaluate(self, log: MetricsLog) -> None:
         """Evaluate the saved iteration, log it, save ``synset_best`` when the first model improved, and
         checkpoint the new best. An evaluation that fails leaves the saved set and checkpoint as they are."""
+        def progress(done: int, total: int, key: str) -> None:
+            if self._bar is not None:
+                self._bar.set_description_str(f"{self._label()} evaluating")
+                self._bar.set_postfix_str(f"{key} network {done + 1}/{total}" if key else f"{total}/{total} done")
+
         try:
-            results = self.evaluate()
+            results = self.evaluate(progress)
         except Exception as e:  # an evaluation error must not lose the run: name it and how to resume
             first = (str(e).strip().splitlines() or [""])[0]
             raise DDError(f"evaluation at iteration {self.iteration} failed ({type(e).__name__}: {first}); "
@@ -155,18 +194,26 @@ class RunLoop:
                 self.best[name] = mean
                 improved = improved or rank == 0
         log.write({"iteration": self.iteration, **record})
-        tqdm.write(" ".join(f"{k}={v:.4f}" for k, v in record.items()) + f" (iteration {self.iteration})")
+        if distributed.is_main():
+            tqdm.write(" ".join(f"{k}={v:.4f}" for k, v in record.items()) + f" (iteration {self.iteration})")
         if improved:
             self.save_set("_best")
+        first = next(iter(record))
+        self._shown_eval = {first: f"{record[first]:.4f}"}
+        if self._bar is not None:
+            self._bar.set_description_str(self._label())
+            self._bar.set_postfix(**self._shown_eval)
         self.evaluated = self.iteration
         self.checkpoint()
+        self.after_evaluate(log)  # after the state: a failure here never repeats the evaluation
 
     def _loop(self, log: MetricsLog) -> None:
         cfg = self.config
-        if self.evaluated < self.iteration and self._is_eval_point(self.iteration):
-            self._evaluate(log)  # resumed from a checkpoint whose evaluation had not finished
-        bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=self.name, unit="it")
+        bar = self._bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=self._label(), unit="it",
+                               disable=not distributed.is_main())
         try:  # a divergence error prints below a closed bar, not inside it
+            if self.evaluated < self.iteration and self._is_eval_point(self.iteration):
+                self._evaluate(log)  # resumed from a checkpoint whose evaluation had not finished
             loss_sum: torch.Tensor | None = None  # on the loss's device: no host sync per iteration
             count, tic = 0, time.perf_counter()
             while self.iteration < cfg.iterations:
@@ -181,7 +228,7 @@ class RunLoop:
                         self._check_finite(mean)
                         log.write({"iteration": self.iteration, "loss": mean, **self.log_fields(),
                                    "seconds_per_iteration": (time.perf_counter() - tic) / count})
-                        bar.set_postfix(loss=f"{mean:.4f}")
+                        bar.set_postfix(loss=f"{mean:.4f}", **self.bar_fields(), **self._shown_eval)
                         loss_sum = None
                         count, tic = 0, time.perf_counter()
                 evaluate_now = self._is_eval_point(self.iteration)
@@ -194,3 +241,4 @@ class RunLoop:
                     tic += time.perf_counter() - paused  # seconds_per_iteration excludes evaluation and saving
         finally:
             bar.close()
+            self._bar = None
