@@ -9,7 +9,8 @@ validation split only (10 % of every class of the training split, seed 0), under
 the best validation mean is what the preset should hold; the test split is never read here.
 docs/results-digits.md then reports the presets on the test split. Every stage resumes. Runs are named by the
 candidate, relative to the preset of their day: once a preset takes a candidate, tune it again in a new --work
-(dd.distill refuses to resume a run whose settings differ, with one error line).
+(dd.distill refuses to resume a run whose settings differ, with one error line). `--carry docs/tuning-digits.json`
+keeps an earlier report's (method, IPC) sections that this call does not rerun, each with the command that made it.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def main() -> None:
                         help="distill and evaluate only: for two instances on one --work, each with its own --methods")
     parser.add_argument("--work", default="runs/tune-digits", help="folder for the candidates' runs")
     parser.add_argument("--out", default="docs", help="where tuning-digits.md/.json are written")
+    parser.add_argument("--carry", default="",
+                        help="an earlier tuning-digits.json whose (method, IPC) sections this call does not rerun")
     args = parser.parse_args()
     work = Path(args.work)
     methods, ipcs = args.methods.split(","), [int(k) for k in args.ipcs.split(",")]
@@ -56,6 +59,8 @@ def main() -> None:
     for method in methods:
         if method not in GRID:
             fail(f"--methods: {method!r} has no grid; choose from {', '.join(GRID)}")
+    command = (f"python scripts/tune_digits.py --methods {args.methods} --ipcs {args.ipcs} --iterations "
+               f"{args.iterations} --seeds {args.seeds} --epochs {args.epochs}")  # what makes this call's records
     records: list[dict] = []
     for ipc in ipcs:
         for method in methods:
@@ -69,20 +74,37 @@ def main() -> None:
                 folder = run_dir / "val-synset"
                 sh("dd.eval", "--synset", str(run_dir / "synset"), "--out", str(folder), "--split", "val",
                    "--protocol", "mtt", "--runs", str(args.seeds), "--epochs", str(args.epochs))
-                records += [r for r in read_runs(folder, method_row=method, ipc_row=ipc, candidate=name, flags=flags)
-                            if r["model"] == "ConvNet"]
+                records += [r for r in read_runs(folder, method_row=method, ipc_row=ipc, candidate=name, flags=flags,
+                                                 command=command) if r["model"] == "ConvNet"]
+    if args.carry:
+        records += carry(Path(args.carry), {(m, k) for m in methods for k in ipcs}, args.epochs)
     if not args.no_report:
-        write_report(records, Path(args.out), args)
+        write_report(records, Path(args.out), args, command + (f" --carry {args.carry}" if args.carry else ""))
 
 
-def write_report(records: list[dict], out: Path, args: argparse.Namespace) -> None:
-    command = (f"python scripts/tune_digits.py --methods {args.methods} --ipcs {args.ipcs} --iterations "
-               f"{args.iterations} --seeds {args.seeds} --epochs {args.epochs}")
+def carry(path: Path, rerun: set[tuple[str, int]], epochs: int) -> list[dict]:
+    """The records of the earlier report at ``path`` outside the (method, IPC) sections in ``rerun``, each with its
+    command (the report's when it has none); all must be ``epochs``-epoch evaluations."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        fail(f"--carry {path}: cannot read it ({e}); pass an earlier tuning-digits.json or drop --carry")
+    kept = [{**r, "command": r.get("command", earlier["command"])} for r in earlier["runs"]
+            if (r["method_row"], r["ipc_row"]) not in rerun]
+    for r in kept:
+        if r["protocol"]["epochs"] != epochs:
+            fail(f"{path} holds records of {r['protocol']['epochs']}-epoch evaluations, this call runs {epochs}; "
+                 f"pass --epochs {r['protocol']['epochs']} or drop --carry")
+    return kept
+
+
+def write_report(records: list[dict], out: Path, args: argparse.Namespace, command: str) -> None:
     lines = ["# Tuning the digits presets on the validation split", "",
-             f"Produced by `{command}` on {describe_machine()}. Validation accuracy in % (mean ± std over "
-             f"{args.seeds} seeds, ConvNet, protocol mtt, {args.epochs}+1 epochs, each set's learned lr); every "
-             f"candidate distilled for {args.iterations} iterations from its preset with one knob moved. The "
-             "test split is not read. **Bold**: the candidate the preset takes.", ""]
+             f"Produced by `{command}` on {describe_machine()}; each section names the command that ran it. "
+             f"Validation accuracy in % (mean ± std over {args.seeds} seeds, ConvNet, protocol mtt, "
+             f"{args.epochs}+1 epochs, each set's learned lr); every candidate distilled for {args.iterations} "
+             "iterations from the preset of its day with one knob moved. The test split is not read. **Bold**: the "
+             "candidate the preset takes.", ""]
     chosen: dict[str, str] = {}
     for ipc in sorted({r["ipc_row"] for r in records}):
         for method in dict.fromkeys(r["method_row"] for r in records if r["ipc_row"] == ipc):
@@ -92,7 +114,9 @@ def write_report(records: list[dict], out: Path, args: argparse.Namespace) -> No
                     by.setdefault(r["candidate"], []).append(r)
             best = max(by, key=lambda c: statistics.fmean(r["accuracy"] for r in by[c]))
             chosen[f"{method}@{ipc}"] = best
-            lines += [f"## {method}, IPC {ipc}", "", "| candidate | flags | validation |", "|---|---|---|"]
+            commands = " ; ".join(dict.fromkeys(r["command"] for runs in by.values() for r in runs))
+            lines += [f"## {method}, IPC {ipc}", "", f"Command: `{commands}`", "",
+                      "| candidate | flags | validation |", "|---|---|---|"]
             for name, runs in by.items():
                 text = f"**{name}**" if name == best else name
                 lines.append(f"| {text} | `{' '.join(runs[0]['flags']) or '–'}` | {cell(runs)} |")

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import bn_diagnosis_digits  # noqa: E402
 import results_digits  # noqa: E402
+import tune_digits  # noqa: E402
 
 
 def record(ipc, method, source="distilled", split="val", epochs=200, **extra) -> dict:
@@ -54,6 +55,22 @@ def test_carry_refuses_records_of_another_epoch_count(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "pass --epochs 300" in err and len(err.splitlines()) == 1
+
+
+def test_tuning_carry_keeps_the_sections_not_rerun_with_their_commands(tmp_path, capsys):
+    def tuned(method, ipc, epochs=200, **extra):
+        return {**record(ipc, method, epochs=epochs), "method_row": method, "candidate": "preset", **extra}
+
+    path = write_report(tmp_path, [tuned("mtt", 1), tuned("datm", 1, command="datm command"), tuned("ftd", 1),
+                                   tuned("mtt", 10)], {})
+    kept = tune_digits.carry(path, {("ftd", 1), ("mtt", 10)}, epochs=200)
+    assert [(r["method_row"], r["ipc_row"], r["command"]) for r in kept] == [
+        ("mtt", 1, "old command"), ("datm", 1, "datm command")]
+    path = write_report(tmp_path, [tuned("mtt", 1, epochs=300)], {})
+    with pytest.raises(SystemExit) as exit_info:
+        tune_digits.carry(path, set(), epochs=200)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "pass --epochs 300" in err and len(err.splitlines()) == 1
 
 
 def test_reestimated_batchnorm_statistics_are_the_images_exact_moments():
