@@ -1,11 +1,12 @@
-"""Tune the trajectory methods' digits presets on the validation split; write docs/tuning-digits.{md,json}.
+"""Tune the digits presets on the validation split; write docs/tuning-digits.{md,json}.
 
     python scripts/tune_digits.py                      # every method and IPC of GRID
     python scripts/tune_digits.py --methods mtt --ipcs 1 --iterations 20 --seeds 1 --out /tmp/smoke
 
 For each (method, IPC) the preset's knobs are moved one at a time (GRID: the image lr, and the initial inner lr
-that the learned lr starts from); every candidate is distilled at the preset's budget and evaluated on the
-validation split only (10 % of every class of the training split, seed 0), under protocol mtt. The candidate with
+that the learned lr starts from; DM's budget); every candidate is distilled at the preset's budget (or
+--iterations) and evaluated on the validation split only (10 % of every class of the training split, seed 0), under
+protocol mtt with the set's lr (DM's sets: lr 0.01), as scripts/results_digits.py evaluates them. The candidate with
 the best validation mean is what the preset should hold; the test split is never read here.
 docs/results-digits.md then reports the presets on the test split. Every stage resumes. Runs are named by the
 candidate, relative to the preset of their day: once a preset takes a candidate, tune it again in a new --work
@@ -37,14 +38,16 @@ def one_knob(lr_teacher: str) -> dict[str, list[str]]:
 # labels" drops them (run them with --candidates).
 GRID: dict[str, dict[str, list[str]]] = {
     "mtt": one_knob("0.02"), "ftd": one_knob("0.02"), "ast": one_knob("0.004"),
-    "datm": {**one_knob("0.02"), "lr_y 0": ["--lr-y", "0"], "hard labels": ["--no-soft-labels"]}}
+    "datm": {**one_knob("0.02"), "lr_y 0": ["--lr-y", "0"], "hard labels": ["--no-soft-labels"]},
+    "dm": {"lr_img 10": ["--lr-img", "10"], "iterations 1000": ["--iterations", "1000"]}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default=",".join(GRID), help="comma-separated methods of GRID")
     parser.add_argument("--ipcs", default="1", help="comma-separated IPCs")
-    parser.add_argument("--iterations", type=int, default=300, help="distillation iterations of every candidate")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="distillation iterations of every candidate (default: each preset's own)")
     parser.add_argument("--seeds", type=int, default=10, help="validation seeds per candidate")
     parser.add_argument("--epochs", type=int, default=200, help="evaluation epochs (protocol mtt runs epochs + 1)")
     parser.add_argument("--candidates", default="",
@@ -62,8 +65,9 @@ def main() -> None:
     for method in methods:
         if method not in GRID:
             fail(f"--methods: {method!r} has no grid; choose from {', '.join(GRID)}")
-    command = (f"python scripts/tune_digits.py --methods {args.methods} --ipcs {args.ipcs} --iterations "
-               f"{args.iterations} --seeds {args.seeds} --epochs {args.epochs}")  # what makes this call's records
+    budget = [] if args.iterations is None else ["--iterations", str(args.iterations)]
+    command = " ".join(["python scripts/tune_digits.py --methods", args.methods, "--ipcs", args.ipcs, *budget,
+                        "--seeds", str(args.seeds), "--epochs", str(args.epochs)])  # what makes this call's records
     records: list[dict] = []
     for ipc in ipcs:
         for method in methods:
@@ -72,8 +76,8 @@ def main() -> None:
                 if wanted and name not in wanted:
                     continue
                 run_dir = work / f"{method}-ipc{ipc}-{name.replace(' ', '-')}"
-                sh("dd.distill", "--config", preset, "--iterations", str(args.iterations), "--run-dir", str(run_dir),
-                   "--eval-every", "0", "--resume", *flags)
+                sh("dd.distill", "--config", preset, *budget, "--run-dir", str(run_dir), "--eval-every", "0",
+                   "--resume", *flags)
                 folder = run_dir / "val-synset"
                 sh("dd.eval", "--synset", str(run_dir / "synset"), "--out", str(folder), "--split", "val",
                    "--protocol", "mtt", "--runs", str(args.seeds), "--epochs", str(args.epochs))
@@ -105,9 +109,9 @@ def write_report(records: list[dict], out: Path, args: argparse.Namespace, comma
     lines = ["# Tuning the digits presets on the validation split", "",
              f"Produced by `{command}` on {describe_machine()}; each section names the command that ran it. "
              f"Validation accuracy in % (mean ± std over {args.seeds} seeds, ConvNet, protocol mtt, "
-             f"{args.epochs}+1 epochs, each set's learned lr); every candidate distilled for {args.iterations} "
-             "iterations from the preset of its day with one knob moved. The test split is not read. **Bold**: the "
-             "candidate the preset takes.", ""]
+             f"{args.epochs}+1 epochs, each set's lr: learned, DM's 0.01); every candidate distilled from the "
+             "preset of its day with one knob moved, at the preset's iteration budget unless its command says "
+             "--iterations. The test split is not read. **Bold**: the candidate the preset takes.", ""]
     chosen: dict[str, str] = {}
     for ipc in sorted({r["ipc_row"] for r in records}):
         for method in dict.fromkeys(r["method_row"] for r in records if r["ipc_row"] == ipc):
