@@ -5,17 +5,21 @@
 
 Each distinct shape (dataset, student model, synthetic images, minibatch, soft labels) runs in a fresh process on
 generated data of the real shape (random images, random start and target parameters, the real ``Student``, unrolls
-and ``normalized_distance``): the full unroll for 1 and 2 inner steps, the checkpointed one for 2. Peak memory is
+and ``normalized_distance``): the full unroll for 2 and 3 inner steps, the checkpointed one for 2. Peak memory is
 the CPU resident set (VmHWM reset through /proc/self/clear_refs, glibc told to return freed blocks at once) or, on
-CUDA, ``torch.cuda.max_memory_allocated``, above the memory in use before the iteration. The full unroll's memory
-is linear in the inner steps (one graph per step), so its peak at the preset's ``syn_steps`` N is extrapolated from
-the two measurements; the checkpointed one's grows by the kept states only (N parameter vectors, 2N with AST's
-momentum). A shape whose minibatch exceeds ``--max-batch``, or whose 2-step full unroll would exceed ``--max-gb`` by
-the estimate of ``dd.distill.memory``, is measured at a smaller minibatch and the per-step graph scaled linearly in
-the minibatch (marked ``scaled from b``; linear: 29.1 MiB at 10 CIFAR images, 113.5 at 40). The last columns
-give ``dd.distill.memory``'s estimate, what ``unroll: auto`` picks with 24 GiB free (checkpointed with an
+CUDA, ``torch.cuda.max_memory_allocated``, above the memory in use before the iteration. One inner step's graph G
+is the 3-step peak minus the 2-step one (from the second step on, the set-sized gradient buffers of the images
+are already there: the 1-step peak lacks one, which made 1-to-2-step differences overstate G for large sets). The
+full unroll's peak at the preset's ``syn_steps`` N is the 2-step peak plus N - 2 more graphs; the checkpointed
+one's is its 2-step peak plus the kept states (N parameter vectors, 2N with AST's momentum). A shape whose
+minibatch exceeds ``--max-batch``, or whose 2-step full unroll would exceed ``--max-gb`` by the estimate of
+``dd.distill.memory``, is measured at a smaller minibatch b and G scaled linearly in the minibatch (marked ``scaled
+from b``; measured linear: 11.9 and 11.6 MiB per image at 4 and 16 Tiny ImageNet images): the full unroll's
+peak is then the measured 2-step peak plus N B/b - 2 graphs of b images, and the checkpointed one's its measured
+peak plus a graph of the B - b images not measured, upper bounds that add what may not be live at once. The last
+columns give ``dd.distill.memory``'s estimate, what ``unroll: auto`` picks with 24 GiB free (checkpointed with an
 ``--unroll-chunk`` c when one step of the whole minibatch would not fit either) and the checkpointed peak at that
-chunk (the per-step graph scaled to c images).
+chunk (a graph of c images in place of b).
 """
 
 from __future__ import annotations
@@ -94,7 +98,7 @@ def auto_pick(row: dict, free: int = 24 * GIB) -> tuple[str, int | None]:
 
 
 def worker(row: dict, batch: int, device_name: str) -> dict:
-    """Peak MiB of one iteration: full unroll with 1 and 2 steps, checkpointed with 2, minibatch ``batch``."""
+    """Peak MiB of one iteration: full unroll with 2 and 3 steps, checkpointed with 2, minibatch ``batch``."""
     sys.path.insert(0, str(ROOT / "scripts"))
     from bench import peak, reset_peak, synchronize
 
@@ -132,9 +136,9 @@ def worker(row: dict, batch: int, device_name: str) -> dict:
         return round(peak(device) - before, 1), round(seconds, 2)
 
     iteration("checkpointed", 1)  # warm-up: kernels, allocator
-    (full1, _), (full2, s_full2), (ckpt2, s_ckpt2) = (iteration("full", 1), iteration("full", 2),
+    (full2, s_full2), (full3, _), (ckpt2, s_ckpt2) = (iteration("full", 2), iteration("full", 3),
                                                       iteration("checkpointed", 2))
-    return {"full1_mb": full1, "full2_mb": full2, "ckpt2_mb": ckpt2, "s_full2": s_full2, "s_ckpt2": s_ckpt2}
+    return {"full2_mb": full2, "full3_mb": full3, "ckpt2_mb": ckpt2, "s_full2": s_full2, "s_ckpt2": s_ckpt2}
 
 
 def run_worker(row: dict, args: argparse.Namespace) -> tuple[int, dict]:
@@ -155,19 +159,20 @@ def run_worker(row: dict, args: argparse.Namespace) -> tuple[int, dict]:
 def extrapolate(row: dict, batch: int, got: dict) -> dict:
     """The preset's table row: the measured figures and their extrapolation to its syn_steps N and minibatch."""
     scale = row["batch"] / batch
-    step = max(0.0, got["full2_mb"] - got["full1_mb"])  # one more inner step's graph, at the measured minibatch
-    fixed = got["full1_mb"] - step  # the part that does not grow with the steps (set, its gradient, parameters)
+    step = max(0.0, got["full3_mb"] - got["full2_mb"])  # one more inner step's graph, at the measured minibatch
     n = row["syn_steps"]
     state_mb = _sizes(row)[1] * 4 / 2**20 * (2 if row["momentum"] else 1)
-    full_at_n = fixed + n * step * scale
-    ckpt_at_n = fixed + (got["ckpt2_mb"] - fixed) * scale + (n - 2) * state_mb
+    full_at_n = got["full2_mb"] + (n * scale - 2) * step
     est = estimate(row, row["batch"], n)
     auto, chunk = auto_pick(row)
-    graph_images = min(chunk or row["batch"], row["batch"])
-    ckpt_auto = fixed + (got["ckpt2_mb"] - fixed) * graph_images / batch + (n - 2) * state_mb
+
+    def checkpointed(graph_images: int) -> float:  # its measured peak, the graph resized, the other kept states
+        return got["ckpt2_mb"] + (graph_images / batch - 1) * step + (n - 2) * state_mb
+
+    ckpt_at_n, ckpt_auto = checkpointed(row["batch"]), checkpointed(min(chunk or row["batch"], row["batch"]))
     return {"preset": row["preset"], "images": row["images"], "batch": row["batch"], "syn_steps": n,
             "measured_at": "real batch" if scale == 1 else f"scaled from {batch}",
-            "full_1step_mb": got["full1_mb"], "full_2step_mb": got["full2_mb"], "ckpt_2step_mb": got["ckpt2_mb"],
+            "full_2step_mb": got["full2_mb"], "full_3step_mb": got["full3_mb"], "ckpt_2step_mb": got["ckpt2_mb"],
             "full_at_N_gib": round(full_at_n / 1024, 2), "ckpt_at_N_gib": round(ckpt_at_n / 1024, 2),
             "estimate_full_gib": round(est / GIB, 2), "auto_24gib": auto + (f", chunk {chunk}" if chunk else ""),
             "auto_at_N_gib": round((full_at_n if auto == "full" else ckpt_auto) / 1024, 2),
@@ -204,7 +209,12 @@ def main() -> None:
 
     measured: dict[tuple, tuple[int, dict]] = {}
     rows = []
-    for row in presets(args.only):
+    chosen = presets(args.only)
+    if not chosen:
+        print(f"error: --only {args.only}: no {'/'.join(METHODS)} preset's file name contains it "
+              "(e.g. --only cifar10_ipc10)", file=sys.stderr)
+        sys.exit(2)
+    for row in chosen:
         key = shape_key(row)
         if key not in measured:
             if args.quick and len(measured) >= 2:
