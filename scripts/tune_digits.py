@@ -11,13 +11,16 @@ the best validation mean is what the preset should hold; the test split is never
 docs/results-digits.md then reports the presets on the test split. Every stage resumes. Runs are named by the
 candidate, relative to the preset of their day: once a preset takes a candidate, tune it again in a new --work
 (dd.distill refuses to resume a run whose settings differ, with one error line). `--carry docs/tuning-digits.json`
-keeps an earlier report's (method, IPC) sections that this call does not rerun, each with the command that made it.
+keeps an earlier report's (method, IPC) sections that this call does not rerun, each with the command that made it;
+with several reports (comma-separated) a later one's section replaces an earlier one's, and `--methods ''` runs
+nothing, so the reports of separate calls merge into one.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 from pathlib import Path
 
@@ -44,7 +47,8 @@ GRID: dict[str, dict[str, list[str]]] = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", default=",".join(GRID), help="comma-separated methods of GRID")
+    parser.add_argument("--methods", default=",".join(GRID),
+                        help="comma-separated methods of GRID ('': none, only merge the --carry reports)")
     parser.add_argument("--ipcs", default="1", help="comma-separated IPCs")
     parser.add_argument("--iterations", type=int, default=None,
                         help="distillation iterations of every candidate (default: each preset's own)")
@@ -57,17 +61,18 @@ def main() -> None:
     parser.add_argument("--work", default="runs/tune-digits", help="folder for the candidates' runs")
     parser.add_argument("--out", default="docs", help="where tuning-digits.md/.json are written")
     parser.add_argument("--carry", default="",
-                        help="an earlier tuning-digits.json whose (method, IPC) sections this call does not rerun")
+                        help="earlier tuning-digits.json reports (comma-separated; a later one's section replaces "
+                             "an earlier one's) whose (method, IPC) sections this call does not rerun")
     args = parser.parse_args()
     work = Path(args.work)
-    methods, ipcs = args.methods.split(","), [int(k) for k in args.ipcs.split(",")]
+    methods, ipcs = [m for m in args.methods.split(",") if m], [int(k) for k in args.ipcs.split(",")]
     wanted = set(args.candidates.split(",")) if args.candidates else None
     for method in methods:
         if method not in GRID:
             fail(f"--methods: {method!r} has no grid; choose from {', '.join(GRID)}")
     budget = [] if args.iterations is None else ["--iterations", str(args.iterations)]
-    command = " ".join(["python scripts/tune_digits.py --methods", args.methods, "--ipcs", args.ipcs, *budget,
-                        "--seeds", str(args.seeds), "--epochs", str(args.epochs)])  # what makes this call's records
+    command = " ".join(["python scripts/tune_digits.py --methods", shlex.quote(args.methods), "--ipcs", args.ipcs,
+                        *budget, "--seeds", str(args.seeds), "--epochs", str(args.epochs)])  # makes this call's records
     records: list[dict] = []
     for ipc in ipcs:
         for method in methods:
@@ -83,8 +88,11 @@ def main() -> None:
                    "--protocol", "mtt", "--runs", str(args.seeds), "--epochs", str(args.epochs))
                 records += [r for r in read_runs(folder, method_row=method, ipc_row=ipc, candidate=name, flags=flags,
                                                  command=command) if r["model"] == "ConvNet"]
-    if args.carry:
-        records += carry(Path(args.carry), {(m, k) for m in methods for k in ipcs}, args.epochs)
+    done = {(m, k) for m in methods for k in ipcs}
+    for path in reversed([Path(c) for c in args.carry.split(",") if c]):  # the last report first
+        kept = carry(path, done, args.epochs)
+        records += kept
+        done |= {(r["method_row"], r["ipc_row"]) for r in kept}
     if not args.no_report:
         write_report(records, Path(args.out), args, command + (f" --carry {args.carry}" if args.carry else ""))
 
@@ -114,7 +122,7 @@ def write_report(records: list[dict], out: Path, args: argparse.Namespace, comma
              "--iterations. The test split is not read. **Bold**: the candidate the preset takes.", ""]
     chosen: dict[str, str] = {}
     for ipc in sorted({r["ipc_row"] for r in records}):
-        for method in dict.fromkeys(r["method_row"] for r in records if r["ipc_row"] == ipc):
+        for method in sorted({r["method_row"] for r in records if r["ipc_row"] == ipc}, key=list(GRID).index):
             by = {}
             for r in records:
                 if r["ipc_row"] == ipc and r["method_row"] == method:
