@@ -80,6 +80,26 @@ def test_buffer_preset_picks_its_store(tmp_path, digits_buffer):
     assert "lr0.02" in dd.load_synset(tmp_path / "r" / "synset").meta["buffer"]
 
 
+def test_a_set_names_the_expert_bits_it_matched(tmp_path, digits_buffer):
+    """Experts retrained from the same recipe and seeds may differ in their bits, and so do the sets distilled
+    from them: the set records a checksum over its experts' file checksums, which changes with any of them."""
+    import json
+    import shutil
+
+    from dd.buffer.store import TrajectoryStore
+
+    root = tmp_path / "buffers"
+    shutil.copytree(digits_buffer, root)
+    (store_dir,) = root.glob("digits/ConvNet/*")
+    store = TrajectoryStore.open(store_dir)
+    assert distill_main([*flags(root, tmp_path / "a"), "--iterations", "1"]) == 0
+    recorded = dd.load_synset(tmp_path / "a" / "synset").meta["experts_sha256"]
+    assert recorded == store.fingerprint(store.completed())
+    record = store.record_path(store.completed()[0])
+    record.write_text(json.dumps({**json.loads(record.read_text()), "sha256": "0" * 64}))
+    assert store.fingerprint(store.completed()) != recorded
+
+
 @pytest.mark.parametrize("limit", [0.1, 0.0])
 def test_lr_step_limit_keeps_the_learned_lr_positive(tmp_path, digits_buffer, limit):
     """A loss that rewards a smaller lr drives the learned lr from 0.01 below zero in one step: the default guard

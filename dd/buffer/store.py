@@ -329,6 +329,12 @@ class TrajectoryStore:
         """Records of the complete experts, by index."""
         return [self.record(i) for i in self.completed()]
 
+    def fingerprint(self, indices: list[int]) -> str:
+        """SHA-256 over the indices and recorded file checksums of experts ``indices``: which expert bits a run
+        matched (experts retrained from the same recipe and seeds can differ in their last bits)."""
+        pairs = [(i, self.record(i)["sha256"]) for i in sorted(indices)]
+        return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
+
     def verify(self) -> list[str]:
         """Check every complete expert's file against its record; one line per problem, [] when healthy."""
         problems = []

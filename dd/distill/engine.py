@@ -180,6 +180,7 @@ class Distiller(RunLoop):
         self.ctx = Context(config, data, store, model, self.device)
         self.method: Method = get_method(config.method)(self.ctx)
         self.experts = ExpertPool(store, self.device, config.expert_cache_mb, config.expert_epochs + 1)
+        self.experts_sha256 = store.fingerprint(self.experts.indices)  # which expert bits this set matched
         self.student = self.method.make_student(model, DSA(config.dsa_strategy))
         self.unroll = make_unroll(config.unroll, config.unroll_snapshot_every, config.unroll_chunk)
         self.generator = make_generator(config.seed)
@@ -234,6 +235,7 @@ class Distiller(RunLoop):
             images=images.detach().cpu(), labels=self.labels.detach().cpu(), lr=self.syn_lr.item(),
             meta={"dataset": cfg.dataset, "ipc": cfg.ipc, "method": cfg.method + (f"-{name}" if name else ""),
                   "model": cfg.model, "iteration": self.iteration, "buffer": str(self.ctx.store.root),
+                  "experts_sha256": self.experts_sha256,
                   "config": to_dict(cfg), "preprocess_meta": meta, "protocol": self.method.protocol,
                   "splits": self.ctx.data.splits(), "selected_on": "val"},
             preprocess={k: v.cpu() for k, v in tensors.items()},
