@@ -119,7 +119,8 @@ def write_report(records: list[dict], out: Path, args: argparse.Namespace, comma
              f"Validation accuracy in % (mean ± std over {args.seeds} seeds, ConvNet, protocol mtt, "
              f"{args.epochs}+1 epochs, each set's lr: learned, DM's 0.01); every candidate distilled from the "
              "preset of its day with one knob moved, at the preset's iteration budget unless its command says "
-             "--iterations. The test split is not read. **Bold**: the candidate the preset takes.", ""]
+             "--iterations. The test split is not read. **Bold**: the best on validation, which the preset takes "
+             "unless its file says why not.", ""]
     chosen: dict[str, str] = {}
     for ipc in sorted({r["ipc_row"] for r in records}):
         for method in sorted({r["method_row"] for r in records if r["ipc_row"] == ipc}, key=list(GRID).index):
