@@ -37,8 +37,8 @@ def one_knob(lr_teacher: str) -> dict[str, list[str]]:
 
 # method -> candidates: name -> extra dd.distill flags over experiments/<method>/digits_ipc<k>.yaml ("preset": none).
 # AST's inner loop has momentum 0.9, so its initial inner lr is 5x smaller than the others' (0.002, not 0.01).
-# DATM's labels separate what its soft labels do: "lr_y 0" keeps the experts' initial soft labels fixed, "hard
-# labels" drops them (run them with --candidates).
+# DATM's label candidates separate what its soft labels do: "lr_y 0" keeps the experts' initial soft labels fixed,
+# "hard labels" drops them. DM has no learned lr: its knobs are the image lr and the budget.
 GRID: dict[str, dict[str, list[str]]] = {
     "mtt": one_knob("0.02"), "ftd": one_knob("0.02"), "ast": one_knob("0.004"),
     "datm": {**one_knob("0.02"), "lr_y 0": ["--lr-y", "0"], "hard labels": ["--no-soft-labels"]},
