@@ -36,3 +36,11 @@ def cell(runs: list[dict]) -> str:
 def read_runs(folder: Path, **tags: object) -> list[dict]:
     """The records of ``folder``'s results.json, each tagged with ``tags`` (row, variant, ...)."""
     return [{**r, **tags} for r in json.loads((folder / "results.json").read_text())["runs"]]
+
+
+def check_epochs(path: Path, records: list[dict], epochs: int) -> None:
+    """Stop with one line when a carried record of ``path`` is not an ``epochs``-epoch evaluation."""
+    for rec in records:
+        if rec["protocol"]["epochs"] != epochs:
+            fail(f"{path} holds records of {rec['protocol']['epochs']}-epoch evaluations, this call runs {epochs}; "
+                 f"pass --epochs {rec['protocol']['epochs']} or drop --carry")

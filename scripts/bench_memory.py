@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from _results import fail
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("mtt", "ftd", "datm", "ast")
@@ -150,9 +151,7 @@ def run_worker(row: dict, args: argparse.Namespace) -> tuple[int, dict]:
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **MALLOC_ENV})
     if out.returncode:
         last = (out.stderr.strip().splitlines() or ["no output"])[-1]
-        print(f"error: the worker for {row['preset']} failed ({last}); the rows so far are printed above",
-              file=sys.stderr)
-        sys.exit(2)
+        fail(f"the worker for {row['preset']} failed ({last}); the rows so far are printed above")
     return batch, json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -211,9 +210,7 @@ def main() -> None:
     rows = []
     chosen = presets(args.only)
     if not chosen:
-        print(f"error: --only {args.only}: no {'/'.join(METHODS)} preset's file name contains it "
-              "(e.g. --only cifar10_ipc10)", file=sys.stderr)
-        sys.exit(2)
+        fail(f"--only {args.only}: no {'/'.join(METHODS)} preset's file name contains it (e.g. --only cifar10_ipc10)")
     for row in chosen:
         key = shape_key(row)
         if key not in measured:

@@ -25,7 +25,7 @@ import json
 import statistics
 from pathlib import Path
 
-from _results import cell, fail, read_runs, sh
+from _results import cell, check_epochs, fail, read_runs, sh
 
 from dd.config import load_yaml
 from dd.device import describe_machine
@@ -201,11 +201,9 @@ def carry(path: Path, runs: list[dict], speed: dict[tuple[str, int], float | Non
             keep = r["source"] == "distilled" and not r.get("cross_arch") and (ipc, family(r)) not in rerun
         else:
             keep = True
-        if keep and r["protocol"]["epochs"] != epochs:
-            fail(f"{path} holds records of {r['protocol']['epochs']}-epoch evaluations, this call runs {epochs}; "
-                 f"pass --epochs {r['protocol']['epochs']} or drop --carry")
         if keep:
             kept.append({**r, "command": r.get("command", earlier["command"])})
+    check_epochs(path, kept, epochs)
     for key, value in earlier.get("speed", {}).items():
         method, ipc = key.split("@")
         if (int(ipc), method) not in rerun:

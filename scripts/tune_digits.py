@@ -24,7 +24,7 @@ import shlex
 import statistics
 from pathlib import Path
 
-from _results import cell, fail, read_runs, sh
+from _results import cell, check_epochs, fail, read_runs, sh
 
 from dd.device import describe_machine
 
@@ -106,10 +106,7 @@ def carry(path: Path, rerun: set[tuple[str, int]], epochs: int) -> list[dict]:
         fail(f"--carry {path}: cannot read it ({e}); pass an earlier tuning-digits.json or drop --carry")
     kept = [{**r, "command": r.get("command", earlier["command"])} for r in earlier["runs"]
             if (r["method_row"], r["ipc_row"]) not in rerun]
-    for r in kept:
-        if r["protocol"]["epochs"] != epochs:
-            fail(f"{path} holds records of {r['protocol']['epochs']}-epoch evaluations, this call runs {epochs}; "
-                 f"pass --epochs {r['protocol']['epochs']} or drop --carry")
+    check_epochs(path, kept, epochs)
     return kept
 
 
