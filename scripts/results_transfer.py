@@ -1,5 +1,5 @@
-"""Reproduce docs/results-transfer.md and docs/results-transfer.json: KRR-ST on digits-0to4 (50 images),
-transferred to digits-5to9 by a linear probe and by fine-tuning, beside random real source images with
+"""Reproduce docs/results-transfer.{md,json} (results-transfer-n<N> for another --num-images than 50): KRR-ST
+on digits-0to4, transferred to digits-5to9 by a linear probe and by fine-tuning, beside random real source images with
 teacher targets and no pre-training.
 
     python scripts/results_transfer.py                               # about 10 minutes on a 2-core CPU
@@ -27,7 +27,9 @@ def main() -> None:
     parser.add_argument("--teacher-epochs", type=int, default=20, help="Barlow Twins epochs")
     parser.add_argument("--iterations", type=int, default=200, help="KRR-ST outer iterations")
     parser.add_argument("--seeds", type=int, default=3, help="evaluation seeds per source")
-    parser.add_argument("--pretrain-epochs", type=int, default=500, help="pre-training epochs on the 50 images")
+    parser.add_argument("--num-images", type=int, default=50,
+                        help="images KRR-ST distils (and random real images beside it); 50 keeps the old folders")
+    parser.add_argument("--pretrain-epochs", type=int, default=500, help="pre-training epochs on the images")
     parser.add_argument("--linear-epochs", type=int, default=100, help="linear-probe epochs on digits-5to9")
     parser.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs on all of digits-5to9")
     parser.add_argument("--few-labels", type=int, default=5,
@@ -47,10 +49,12 @@ def main() -> None:
        str(args.teacher_epochs), "--buffer-dir", buffers)
     runs: list[dict] = []
     for targets in args.targets.split(","):
-        suffix = "" if targets == "standardized" else f"-{targets}"  # the standardized run keeps its old folders
-        run_dir = work / f"krr_st-digits-0to4-n50{suffix}"
+        treatment = "" if targets == "standardized" else f"-{targets}"  # the standardized runs keep their folders
+        run_dir = work / f"krr_st-digits-0to4-n{args.num_images}{treatment}"
+        suffix = treatment + name_suffix(args.num_images)  # of the evaluation folders
         sh("dd.distill", "--config", "experiments/krr_st/digits-0to4_n50.yaml", "--iterations", str(args.iterations),
-           "--buffer-dir", buffers, "--run-dir", str(run_dir), "--targets", targets, "--resume")
+           "--num-images", str(args.num_images), "--buffer-dir", buffers, "--run-dir", str(run_dir),
+           "--targets", targets, "--resume")
         evaluate = ["dd.eval", "--protocol", "transfer", "--synset", str(run_dir / "synset"), "--target",
                     "digits-5to9", "--buffer-dir", buffers, "--runs", str(args.seeds), "--pretrain-epochs",
                     str(args.pretrain_epochs)]
@@ -65,13 +69,20 @@ def main() -> None:
     write_report(runs, out, args, time.perf_counter() - start)
 
 
+def name_suffix(num_images: int) -> str:
+    """What a folder or report name adds for a budget other than the first one measured, 50 images."""
+    return "" if num_images == 50 else f"-n{num_images}"
+
+
 def read_runs(folder: Path) -> list[dict]:
     return json.loads((folder / "results.json").read_text())["runs"]
 
 
 def write_report(runs: list[dict], out: Path, args: argparse.Namespace, seconds: float) -> None:
     machine = describe_machine()
-    flags = (f"--teacher-epochs {args.teacher_epochs} --iterations {args.iterations} --seeds {args.seeds} "
+    n = args.num_images
+    flags = (f"--teacher-epochs {args.teacher_epochs} --iterations {args.iterations} --num-images {n} "
+             f"--seeds {args.seeds} "
              f"--pretrain-epochs {args.pretrain_epochs} --linear-epochs {args.linear_epochs} "
              f"--finetune-epochs {args.finetune_epochs} --few-labels {args.few_labels} "
              f"--few-label-epochs {args.few_label_epochs} --targets {args.targets}")
@@ -79,16 +90,16 @@ def write_report(runs: list[dict], out: Path, args: argparse.Namespace, seconds:
              f"Produced by `python scripts/results_transfer.py {flags}` on {machine} in {seconds / 60:.1f} min "
              "(this run; earlier finished stages are skipped). A Barlow Twins ConvNet teacher "
              f"({args.teacher_epochs} epochs) on the digits-0to4 training images (no labels); KRR-ST distils them "
-             f"into 50 images with 128-d targets ({args.iterations} iterations, ConvNetBN pool); each source "
+             f"into {n} images with 128-d targets ({args.iterations} iterations, ConvNetBN pool); each source "
              f"pre-trains a fresh ConvNetBN by MSE on its targets ({args.pretrain_epochs} epochs), then on "
              "digits-5to9 a linear probe on frozen features or full fine-tuning (crop + flip), with all the "
              f"labelled training images ({args.linear_epochs} / {args.finetune_epochs} epochs) or "
              f"{args.few_labels} per class, drawn per seed ({args.few_label_epochs} epochs each). Test accuracy "
-             f"in % (mean ± std over {args.seeds} seeds). random = 50 random real digits-0to4 images with the "
+             f"in % (mean ± std over {args.seeds} seeds). random = {n} random real digits-0to4 images with the "
              "teacher's representations; none = no pre-training. targets: the teacher's representations standardised "
              "per dimension on the source training images (dd's default) or raw (the KRR-ST code's), for KRR-ST and "
              "random alike; both are reported, neither is chosen on these test numbers.", "",
-             "| protocol | target labels | targets | KRR-ST (50 images) | random real + teacher targets | none |",
+             f"| protocol | target labels | targets | KRR-ST ({n} images) | random real + teacher targets | none |",
              "|---|---|---|---|---|---|"]
     for few in (False, True):
         for protocol in ("linear", "finetune"):
@@ -101,8 +112,9 @@ def write_report(runs: list[dict], out: Path, args: argparse.Namespace, seconds:
                 labels = f"{args.few_labels} per class" if few else "all"
                 lines.append(f"| {protocol} | {labels} | {targets} | " + " | ".join(row) + " |")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results-transfer.md").write_text("\n".join(lines) + "\n")
-    (out / "results-transfer.json").write_text(json.dumps({"machine": machine, "runs": runs}, indent=1) + "\n")
+    stem = "results-transfer" + name_suffix(n)
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps({"machine": machine, "runs": runs}, indent=1) + "\n")
     print("\n".join(lines))
 
 

@@ -38,10 +38,13 @@ def one_knob(lr_teacher: str) -> dict[str, list[str]]:
 # method -> candidates: name -> extra dd.distill flags over experiments/<method>/digits_ipc<k>.yaml ("preset": none).
 # AST's inner loop has momentum 0.9, so its initial inner lr is 5x smaller than the others' (0.002, not 0.01).
 # DATM's label candidates separate what its soft labels do: "lr_y 0" keeps the experts' initial soft labels fixed,
-# "hard labels" drops them. DM has no learned lr: its knobs are the image lr and the budget.
+# "hard labels" drops them. TESLA's labels are fixed, softmax(expert logits / T): its knob is T (smaller: sharper).
+# DM has no learned lr: its knobs are the image lr and the budget.
 GRID: dict[str, dict[str, list[str]]] = {
     "mtt": one_knob("0.02"), "ftd": one_knob("0.02"), "ast": one_knob("0.004"),
     "datm": {**one_knob("0.02"), "lr_y 0": ["--lr-y", "0"], "hard labels": ["--no-soft-labels"]},
+    "tesla": {**one_knob("0.02"), "label_temperature 0.25": ["--label-temperature", "0.25"],
+              "label_temperature 0.1": ["--label-temperature", "0.1"]},
     "dm": {"lr_img 10": ["--lr-img", "10"], "iterations 1000": ["--iterations", "1000"]}}
 
 
