@@ -75,7 +75,8 @@ def main() -> None:
             fail(f"--methods: {method!r} has no grid; choose from {', '.join(GRID)}")
     budget = [] if args.iterations is None else ["--iterations", str(args.iterations)]
     command = " ".join(["python scripts/tune_digits.py --methods", shlex.quote(args.methods), "--ipcs", args.ipcs,
-                        *budget, "--seeds", str(args.seeds), "--epochs", str(args.epochs)])  # makes this call's records
+                        *budget, "--seeds", str(args.seeds), "--epochs", str(args.epochs),
+                        *(["--candidates", shlex.quote(args.candidates)] if args.candidates else [])])  # its records
     records: list[dict] = []
     for ipc in ipcs:
         for method in methods:
