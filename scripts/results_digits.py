@@ -37,6 +37,10 @@ OWN_BUDGET = ("dc", "dsa", "dm")  # no experts, and iterations that mean somethi
 VARIANTS: dict[str, dict[str, list[str]]] = {
     "datm": {"hard labels": ["--no-soft-labels"]},
     "tesla": {"exact gradient": ["--unroll", "full"]},  # its labels with the exact gradient: what TESLA's unroll costs
+    # AST's matching over MTT's plain SGD experts (inner loop without momentum, MTT's initial lr): on digits its
+    # smooth experts, not its matching, cost accuracy (docs/results-ast-ipc10.md)
+    "ast": {"sgd experts": ["--buffer-config", "experiments/buffer/digits.yaml", "--inner-momentum", "0",
+                            "--lr-teacher", "0.01"]},
 }
 # method -> {name: extra dd.eval flags}: other evaluation settings of a method's sets, also chosen on validation.
 # AST's learned lr is the step of an inner loop with momentum 0.9 (about 0.002 on digits, a fifth of MTT's), so
@@ -102,8 +106,10 @@ def main() -> None:
     common = ["--runs", str(args.seeds), "--epochs", str(args.epochs)]
     selected = [m for m in (*TRAJECTORY, *OWN_BUDGET) if not args.methods or m in args.methods.split(",")]
     presets = [f"experiments/{m}/digits_ipc{k}.yaml" for k in ipcs for m in selected]
-    for recipe in sorted({load_yaml(p)["buffer_config"] for p in presets
-                          if Path(p).is_file() and "buffer_config" in load_yaml(p)}):
+    recipes = {load_yaml(p)["buffer_config"] for p in presets if Path(p).is_file() and "buffer_config" in load_yaml(p)}
+    recipes |= {flags[i + 1] for m in selected for flags in VARIANTS.get(m, {}).values()
+                for i, flag in enumerate(flags) if flag == "--buffer-config"}
+    for recipe in sorted(recipes):
         sh("dd.buffer", "--config", recipe)
 
     runs: list[dict] = []  # every record, tagged with row, ipc_row, variant and split
