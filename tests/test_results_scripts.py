@@ -1,4 +1,5 @@
-"""The results scripts' own logic: carrying an earlier report's rows, and re-estimating BatchNorm statistics."""
+"""The results scripts' own logic: carrying an earlier report's rows, re-estimating BatchNorm statistics, and the
+length of an expert's matched segment."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import bn_diagnosis_digits  # noqa: E402
+import expert_segments  # noqa: E402
 import results_digits  # noqa: E402
 import tune_digits  # noqa: E402
 
@@ -92,3 +94,20 @@ def test_a_methods_best_validation_set_counts_its_ema_set():
             {**record(1, "mtt"), "accuracy": 0.93}]
     assert results_digits.max_val(runs, "ftd", 1) == 0.95 and results_digits.max_val(runs, "mtt", 1) == 0.93
     assert results_digits.family(runs[1]) == "ftd"
+
+
+def test_segment_lengths_are_relative_distances_averaged_over_experts(tmp_path):
+    from dd.buffer.store import TrajectoryStore
+    from dd.functional import ParamSpec
+
+    spec = ParamSpec(("w",), ((2,),))
+    store = TrajectoryStore.create(tmp_path / "s", {
+        "dataset": {"name": "toy"}, "model": {"name": "Toy"}, "param_spec": spec.to_json(),
+        "recipe": {"epochs": 3}, "num_epochs": 3})
+    # expert 0: |w(0)| = 5, moves 3 then 4 per epoch along one axis; expert 1: |w(0)| = 1, stays put
+    store.write_expert(0, torch.tensor([[3.0, 4.0], [6.0, 4.0], [6.0, 8.0], [6.0, 8.0]]), {})
+    store.write_expert(1, torch.tensor([[1.0, 0.0]] * 4), {})
+    lengths = expert_segments.segment_lengths(store, expert_epochs=2, starts=[0, 1])
+    assert lengths == pytest.approx([(5.0 / 5) / 2, (4.0 / 5) / 2])  # ||(3,4)|| / 5 and ||(0,4)|| / 5, halved
+    with pytest.raises(SystemExit):
+        expert_segments.segment_lengths(store, expert_epochs=2, starts=[2])
