@@ -1,4 +1,4 @@
-"""Reproduce docs/results-transfer.{md,json} (results-transfer-n<N> for another --num-images than 50): KRR-ST
+"""Reproduce docs/results-transfer.{md,json} (-n<N>, -teacher<E> for other --num-images, --teacher-epochs): KRR-ST
 on digits-0to4, transferred to digits-5to9 by a linear probe and by fine-tuning, beside random real source images with
 teacher targets and no pre-training.
 
@@ -50,8 +50,9 @@ def main() -> None:
     runs: list[dict] = []
     for targets in args.targets.split(","):
         treatment = "" if targets == "standardized" else f"-{targets}"  # the standardized runs keep their folders
-        run_dir = work / f"krr_st-digits-0to4-n{args.num_images}{treatment}"
-        suffix = treatment + name_suffix(args.num_images)  # of the evaluation folders
+        teacher = "" if args.teacher_epochs == 20 else f"-teacher{args.teacher_epochs}"
+        run_dir = work / f"krr_st-digits-0to4-n{args.num_images}{treatment}{teacher}"
+        suffix = treatment + name_suffix(args)  # of the evaluation folders
         sh("dd.distill", "--config", "experiments/krr_st/digits-0to4_n50.yaml", "--iterations", str(args.iterations),
            "--num-images", str(args.num_images), "--buffer-dir", buffers, "--run-dir", str(run_dir),
            "--targets", targets, "--resume")
@@ -69,9 +70,11 @@ def main() -> None:
     write_report(runs, out, args, time.perf_counter() - start)
 
 
-def name_suffix(num_images: int) -> str:
-    """What a folder or report name adds for a budget other than the first one measured, 50 images."""
-    return "" if num_images == 50 else f"-n{num_images}"
+def name_suffix(args: argparse.Namespace) -> str:
+    """What a folder or report name adds for settings other than the first ones measured (50 images, a 20-epoch
+    teacher), so their runs and reports sit beside the first ones."""
+    return ("" if args.num_images == 50 else f"-n{args.num_images}") + \
+        ("" if args.teacher_epochs == 20 else f"-teacher{args.teacher_epochs}")
 
 
 def read_runs(folder: Path) -> list[dict]:
@@ -112,7 +115,7 @@ def write_report(runs: list[dict], out: Path, args: argparse.Namespace, seconds:
                 labels = f"{args.few_labels} per class" if few else "all"
                 lines.append(f"| {protocol} | {labels} | {targets} | " + " | ".join(row) + " |")
     out.mkdir(parents=True, exist_ok=True)
-    stem = "results-transfer" + name_suffix(n)
+    stem = "results-transfer" + name_suffix(args)
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     (out / f"{stem}.json").write_text(json.dumps({"machine": machine, "runs": runs}, indent=1) + "\n")
     print("\n".join(lines))
