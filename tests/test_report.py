@@ -75,7 +75,7 @@ def test_report_files_numbers_and_image_sizes(tiny_run, digits_buffer, tmp_path)
     assert cells[1:6] == ["mtt", "digits", "1", "4 of 4", "val/ConvNet"]
     assert cells[6] == f"{100 * best[1]:.2f} (it {best[0]})" and cells[7] == f"{100 * vals[-1][1]:.2f} (it 4)"
     assert cells[8] == (f"{100 * statistics.fmean(tests):.2f} ± {100 * statistics.pstdev(tests):.2f} "
-                        "(2 seeds, ConvNet)")
+                        "(2 seeds, ConvNet, protocol mtt)")
     assert cells[9] == f"{seconds:.3g}"
     # the grids of both evaluations and the buffer's per-epoch accuracy (2 experts tested at epochs 2 and 4)
     assert "![iteration 2](images/0-mtt%20run/grid_000002.png)" in markdown and "![iteration 4](" in markdown
@@ -165,3 +165,19 @@ def test_grid_names_each_run_of_equal_labels_once_under_its_row():
     assert not inked(0, 0) and inked(0, 1) and not inked(0, 2)  # "0" once, centred under the 3 tiles of class 0
     assert all(inked(1, c) for c in range(3))  # classes 1, 2, 3: one label each
     assert bool((gray[:20] < 128).any())  # the title
+
+
+def test_the_summary_cell_holds_one_test_setting_only():
+    from dd.report.artefacts import Run
+    from dd.report.build import _test_cell
+
+    def rec(acc, split="test", lr=0.01, model="ConvNet", seed=0):
+        return {"source": "distilled", "set": {"sha256": "s"}, "dataset": "digits", "split": split, "model": model,
+                "seed": seed, "protocol": {"name": "mtt", "lr": lr}, "accuracy": acc}
+
+    records = [rec(0.5, model="MLP"), rec(0.9, split="val"), rec(0.8, seed=0), rec(0.6, seed=1), rec(0.1, lr=0.02)]
+    run = Run(Path("r"), {"model": "ConvNet"}, [], [], {"sha256": "s", "protocol": "mtt"}, [],
+              {Path("a/results.json"): records})
+    # the run's own model first; validation records and another lr are not merged into it
+    assert _test_cell(run) == "70.00 ± 10.00 (2 seeds, ConvNet, protocol mtt; 2 other settings below)"
+    assert _test_cell(Run(Path("r"), {}, [], [], {"sha256": "s"}, [], {Path("a"): [rec(0.9, split="val")]})) == "–"

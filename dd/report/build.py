@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 from dd.errors import DDError
-from dd.eval.report import results_markdown
+from dd.eval.report import context_key, results_markdown, source_key
 from dd.io import atomic_write_bytes
 from dd.report.artefacts import Buffer, Run, read
 from dd.report.html import markdown_to_html
@@ -46,15 +46,27 @@ def _best_and_final(run: Run, key: str) -> tuple[str, str]:
     return f"{_percent(ys[best])} (it {xs[best]})", f"{_percent(ys[-1])} (it {xs[-1]})"
 
 
+def _cell_key(record: dict[str, Any]) -> tuple[str, str, str]:
+    """What one table cell may hold: records of one section, source (protocol and lr included) and model."""
+    return context_key(record), source_key(record), record["model"]
+
+
 def _test_cell(run: Run) -> str:
-    records = run.test_records()
+    """The final set's test-split dd.eval records of one setting (the run's own model and the set's own protocol
+    first, then the first recorded), named by model and protocol; the other settings are counted, not merged."""
+    records = [r for r in run.test_records() if r.get("split", "test") == "test"]
+    own = (run.config.get("model"), (run.synset or {}).get("protocol"))
+    records.sort(key=lambda r: (r["model"] != own[0], r.get("protocol", {}).get("name") != own[1]))  # stable
     if not records:
         return "–"
-    model = records[0]["model"]
-    values = [r["accuracy"] for r in records if r["model"] == model
-              and r.get("protocol", {}).get("name") == records[0].get("protocol", {}).get("name")]
+    first = _cell_key(records[0])
+    values = [r["accuracy"] for r in records if _cell_key(r) == first]
     std = statistics.pstdev(values) if len(values) > 1 else 0.0
-    return f"{_percent(statistics.fmean(values))} ± {100 * std:.2f} ({len(values)} seeds, {model})"
+    others = len({_cell_key(r) for r in records}) - 1
+    more = f"; {others} other setting{'s' * (others > 1)} below" if others else ""
+    protocol = records[0].get("protocol", {}).get("name", "?")
+    return (f"{_percent(statistics.fmean(values))} ± {100 * std:.2f} ({len(values)} seeds, {records[0]['model']}, "
+            f"protocol {protocol}{more})")
 
 
 def summary_table(runs: Sequence[Run]) -> str:
