@@ -39,10 +39,9 @@ def main() -> None:
     rows = []
     for path in args.stores:
         try:
-            store = TrajectoryStore.open(path)
-        except DDError as exc:
+            lengths = segment_lengths(TrajectoryStore.open(path), args.expert_epochs, starts)
+        except DDError as exc:  # a missing store or a damaged expert file
             fail(str(exc))
-        lengths = segment_lengths(store, args.expert_epochs, starts)
         rows.append(f"| {Path(path).name} | " + " | ".join(f"{x:.4f}" for x in lengths) + " |")
     print("\n".join(["| store | " + " | ".join(f"t = {t}" for t in starts) + " |", "|---|" + "---|" * len(starts),
                      *rows]))

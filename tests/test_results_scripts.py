@@ -11,6 +11,9 @@ import pytest
 import torch
 from torch import nn
 
+from dd.buffer.store import TrajectoryStore
+from dd.functional import ParamSpec
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import bn_diagnosis_digits  # noqa: E402
@@ -97,14 +100,11 @@ def test_a_methods_best_validation_set_counts_its_ema_set():
 
 
 def test_segment_lengths_are_relative_distances_averaged_over_experts(tmp_path):
-    from dd.buffer.store import TrajectoryStore
-    from dd.functional import ParamSpec
-
     spec = ParamSpec(("w",), ((2,),))
     store = TrajectoryStore.create(tmp_path / "s", {
         "dataset": {"name": "toy"}, "model": {"name": "Toy"}, "param_spec": spec.to_json(),
         "recipe": {"epochs": 3}, "num_epochs": 3})
-    # expert 0: |w(0)| = 5, moves 3 then 4 per epoch along one axis; expert 1: |w(0)| = 1, stays put
+    # expert 0: |w(0)| = 5, moves by (3, 0), (0, 4), (0, 0); expert 1: |w(0)| = 1, stays put
     store.write_expert(0, torch.tensor([[3.0, 4.0], [6.0, 4.0], [6.0, 8.0], [6.0, 8.0]]), {})
     store.write_expert(1, torch.tensor([[1.0, 0.0]] * 4), {})
     lengths = expert_segments.segment_lengths(store, expert_epochs=2, starts=[0, 1])
