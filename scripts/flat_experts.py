@@ -23,6 +23,7 @@ measures both halves on the experts' own training data (the whole training split
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from dd.augment import DSA
 from dd.buffer.gsam import perturbation
 from dd.buffer.store import TrajectoryStore
 from dd.data import Preprocessor
-from dd.device import make_generator
+from dd.device import make_generator, resolve_device
 from dd.distill.synset import load_synset
 from dd.distill.unroll import Student, make_plan
 from dd.errors import DDError
@@ -153,6 +154,9 @@ def open_pair(path: str, device: torch.device):
     """The set at ``path``, the store it matched, its data (preprocessed as the store's experts saw it) and
     a model of the store's architecture."""
     synset = load_synset(path, device)
+    if not synset.meta.get("buffer"):
+        fail(f"{path} names no expert store in its metadata (it was not distilled by trajectory matching); "
+             "pass a set of mtt, ftd, datm, ast or tesla")
     store = TrajectoryStore.open(synset.meta["buffer"])
     stored = store.load_preprocess()
     preprocess = (Preprocessor.from_state(*stored) if stored is not None
@@ -163,6 +167,61 @@ def open_pair(path: str, device: torch.device):
     spec = data.spec
     model = create_model(config["model"], spec.channels, spec.num_classes, spec.size, seed=0).to(device)
     return synset, store, data, model
+
+
+def measure(args: argparse.Namespace, device: torch.device) -> dict:
+    """The sharpness of every store the sets matched (once per store), the gap between every two of those
+    stores, and each set's drift from its own store."""
+    report: dict = {"sharpness": {}, "gap": {}, "drift": {}}
+    epochs = [int(e) for e in args.epochs.split(",")]
+    stores: dict[str, TrajectoryStore] = {}
+    for path in args.synset:
+        synset, store, data, model = open_pair(path, device)
+        config, real, name = synset.meta["config"], data.train_and_val, store.root.name
+        matched, experts = config["expert_epochs"], store.completed()[:args.experts]
+        if name not in stores:
+            if max(epochs) > store.num_epochs:
+                fail(f"--epochs {args.epochs} runs past the {store.num_epochs} epochs of {store.root}")
+            for other_name, other in stores.items():
+                last = min(store.num_epochs, other.num_epochs)
+                report["gap"][f"{name} vs {other_name}"] = store_gap(
+                    store, other, sorted(set(experts) & set(other.completed())),
+                    [t for t in epochs if t + matched <= last], matched)
+            stores[name] = store
+            subset = torch.randperm(real[1].shape[0], generator=make_generator(args.seed))[:args.sharpness_images]
+            report["sharpness"][name] = sharpness(store, model, (real[0][subset], real[1][subset]),
+                                                  experts[:args.sharpness_experts], epochs, args.rho,
+                                                  args.power_iterations, device)
+        images, labels = synset.images.to(device), synset.labels.to(device)
+        trajectories = [store.read_expert(index).to(device) for index in experts]
+        report["drift"][path] = {"store": name, "lr": synset.lr, "rows": drift(
+            Student(model, DSA(config["dsa_strategy"])), trajectories, images, labels, synset.lr, config["syn_steps"],
+            matched, args.segments, config["batch_syn"] or images.shape[0], args.seed,
+            functools.partial(loss_value, model, real))}
+    return report
+
+
+def loss_value(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], w: torch.Tensor) -> float:
+    """The training loss at ``w`` on ``data``, as a number."""
+    with torch.no_grad():
+        return training_loss(model, w, *data).item()
+
+
+def print_report(report: dict, rho: float) -> None:
+    """The report's tables in Markdown."""
+    for name, rows in report["sharpness"].items():
+        print(f"\n{name}\n| epoch | loss | top eigenvalue | ascent rise (rho {rho}) |\n|---|---|---|---|")
+        print("\n".join(f"| {r['epoch']} | {r['loss']:.4f} | {r['top_eigenvalue']:.2f} | {r['ascent_rise']:.5f} |"
+                        for r in rows))
+    for pair, rows in report["gap"].items():
+        print(f"\n{pair}\n| epoch | gap between the stores | segment length |\n|---|---|---|")
+        print("\n".join(f"| {r['epoch']} | {r['gap']:.4f} | {r['segment']:.4f} |" for r in rows))
+    for path, entry in report["drift"].items():
+        print(f"\n{path} (lr {entry['lr']:.4f}, experts {entry['store']})\n"
+              "| segment | expert epoch | accumulated | one segment | loss | expert's loss |\n"
+              "|---|---|---|---|---|---|")
+        print("\n".join(f"| {r['segment']} | {r['expert_epoch']} | {r['accumulated']:.4f} | {r['one_segment']:.4f} | "
+                        f"{r['loss']:.4f} | {r['expert_loss']:.4f} |" for r in entry["rows"]))
 
 
 def main() -> None:
@@ -178,64 +237,20 @@ def main() -> None:
     parser.add_argument("--rho", type=float, default=0.01, help="radius of GSAM's adaptive ascent step")
     parser.add_argument("--power-iterations", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--out", required=True, help="folder for flat-experts.json")
     args = parser.parse_args()
-    device = torch.device("cpu")
-    report: dict = {"command": "python scripts/flat_experts.py " + " ".join(
-        [f"--synset {s}" for s in args.synset] + [f"--segments {args.segments}", f"--experts {args.experts}",
-                                                  f"--sharpness-experts {args.sharpness_experts}",
-                                                  f"--sharpness-images {args.sharpness_images}",
-                                                  f"--epochs {args.epochs}", f"--rho {args.rho}",
-                                                  f"--power-iterations {args.power_iterations}", f"--out {args.out}"]),
-        "sharpness": {}, "gap": {}, "drift": {}}
-    epochs = [int(e) for e in args.epochs.split(",")]
-    stores: dict[str, TrajectoryStore] = {}
+    command = "python scripts/flat_experts.py " + " ".join(
+        [f"--synset {s}" for s in args.synset] + [
+            f"--segments {args.segments}", f"--experts {args.experts}", f"--sharpness-experts {args.sharpness_experts}",
+            f"--sharpness-images {args.sharpness_images}", f"--epochs {args.epochs}", f"--rho {args.rho}",
+            f"--power-iterations {args.power_iterations}", f"--out {args.out}"])
     try:
-        for path in args.synset:
-            synset, store, data, model = open_pair(path, device)
-            experts = store.completed()[:args.experts]
-            real = data.train_and_val
-            name = Path(store.root).name
-            for other_name, other in stores.items():
-                if other_name != name:
-                    common = sorted(set(experts) & set(other.completed()))
-                    report["gap"][f"{name} vs {other_name}"] = store_gap(
-                        store, other, common, [t for t in epochs if t + synset.meta["config"]["expert_epochs"] <=
-                                               min(store.num_epochs, other.num_epochs)],
-                        synset.meta["config"]["expert_epochs"])
-            if name not in stores:
-                stores[name] = store
-                subset = torch.randperm(real[1].shape[0], generator=make_generator(args.seed))[:args.sharpness_images]
-                report["sharpness"][name] = sharpness(store, model, (real[0][subset], real[1][subset]),
-                                                      experts[:args.sharpness_experts], epochs, args.rho,
-                                                      args.power_iterations, device)
-            config = synset.meta["config"]
-            student = Student(model, DSA(config["dsa_strategy"]))
-            images, labels = synset.images.to(device), synset.labels.to(device)
-
-            def loss_fn(w: torch.Tensor, model: nn.Module = model, real=real) -> float:
-                return training_loss(model, w, *real).item()
-
-            trajectories = [store.read_expert(index).to(device) for index in experts]
-            report["drift"][path] = {"store": name, "lr": synset.lr, "rows": drift(
-                student, trajectories, images, labels, synset.lr, config["syn_steps"], config["expert_epochs"],
-                args.segments, config["batch_syn"] or images.shape[0], args.seed, loss_fn)}
-    except DDError as exc:  # a missing or damaged set or store
+        report = {"command": command, **measure(args, resolve_device(args.device))}
+    except DDError as exc:  # a missing or damaged set or store, an unknown device
         fail(str(exc))
     atomic_write_json(Path(args.out) / "flat-experts.json", report)
-    for name, rows in report["sharpness"].items():
-        print(f"\n{name}\n| epoch | loss | top eigenvalue | ascent rise (rho {args.rho}) |\n|---|---|---|---|")
-        print("\n".join(f"| {r['epoch']} | {r['loss']:.4f} | {r['top_eigenvalue']:.2f} | {r['ascent_rise']:.5f} |"
-                        for r in rows))
-    for pair, rows in report["gap"].items():
-        print(f"\n{pair}\n| epoch | gap between the stores | segment length |\n|---|---|---|")
-        print("\n".join(f"| {r['epoch']} | {r['gap']:.4f} | {r['segment']:.4f} |" for r in rows))
-    for path, entry in report["drift"].items():
-        print(f"\n{path} (lr {entry['lr']:.4f}, experts {entry['store']})\n"
-              "| segment | expert epoch | accumulated | one segment | loss | expert's loss |\n"
-              "|---|---|---|---|---|---|")
-        print("\n".join(f"| {r['segment']} | {r['expert_epoch']} | {r['accumulated']:.4f} | {r['one_segment']:.4f} | "
-                        f"{r['loss']:.4f} | {r['expert_loss']:.4f} |" for r in entry["rows"]))
+    print_report(report, args.rho)
 
 
 if __name__ == "__main__":

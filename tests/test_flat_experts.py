@@ -12,6 +12,7 @@ from torch import nn
 
 from dd.augment import DSA
 from dd.buffer.store import TrajectoryStore
+from dd.distill.synset import SynSet, save_synset
 from dd.distill.unroll import Student
 from dd.functional import ParamSpec, flatten_params
 
@@ -86,3 +87,24 @@ def test_the_store_gap_is_the_relative_distance_between_experts_of_one_seed(tmp_
     rows = flat_experts.store_gap(a, b, [0], [0, 1], expert_epochs=2)
     # |a(0)| = 5; gaps 0 and 1 (epoch 1); a's segments: |a(2) - a(0)| = 5, |a(3) - a(1)| = 5
     assert [(r["epoch"], r["gap"], r["segment"]) for r in rows] == [(0, 0.0, 1.0), (1, pytest.approx(0.2), 1.0)]
+
+
+def run_main(monkeypatch, capsys, *argv: str) -> str:
+    monkeypatch.setattr(sys, "argv", ["flat_experts.py", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        flat_experts.main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1  # one line, no traceback
+    return err
+
+
+def test_bad_sets_stop_with_one_error_line(tmp_path, monkeypatch, capsys):
+    assert "does not exist" in run_main(monkeypatch, capsys, "--synset", str(tmp_path / "nowhere"),
+                                        "--out", str(tmp_path / "out"))
+    images = torch.zeros(10, 1, 8, 8)
+    save_synset(tmp_path / "dm", SynSet(images, torch.arange(10), 0.01, meta={"dataset": "digits", "ipc": 1,
+                                                                             "method": "dm"}))
+    assert "names no expert store" in run_main(monkeypatch, capsys, "--synset", str(tmp_path / "dm"),
+                                               "--out", str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
