@@ -1,5 +1,5 @@
 """What the results scripts share: running a dd stage as a subprocess, stopping with one error line,
-formatting a table cell and reading an evaluation's records."""
+parsing a list flag, formatting a table cell and reading an evaluation's records."""
 
 from __future__ import annotations
 
@@ -31,6 +31,14 @@ def cell(runs: list[dict]) -> str:
     accs = [100 * r["accuracy"] for r in runs]
     std = statistics.pstdev(accs) if len(accs) > 1 else 0.0
     return f"{statistics.fmean(accs):.2f} ± {std:.2f}"
+
+
+def int_list(text: str, flag: str) -> list[int]:
+    """The comma-separated integers of ``text`` (empty items skipped); one error line naming ``flag`` otherwise."""
+    try:
+        return [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        fail(f"{flag} takes comma-separated integers, got {text!r}")
 
 
 def read_runs(folder: Path, **tags: object) -> list[dict]:

@@ -10,7 +10,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from _results import fail
+from _results import fail, int_list
 
 from dd.buffer.store import TrajectoryStore
 from dd.errors import DDError
@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--expert-epochs", type=int, default=2, help="segment length M in epochs")
     parser.add_argument("--starts", default="0,4,8", help="comma-separated start epochs t")
     args = parser.parse_args()
-    starts = [int(t) for t in args.starts.split(",")]
+    starts = int_list(args.starts, "--starts")
     rows = []
     for path in args.stores:
         try:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _results import fail
+from _results import fail, int_list
 from torch import nn
 
 from dd.augment import DSA
@@ -173,7 +173,7 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict:
     """The sharpness of every store the sets matched (once per store), the gap between every two of those
     stores, and each set's drift from its own store."""
     report: dict = {"sharpness": {}, "gap": {}, "drift": {}}
-    epochs = [int(e) for e in args.epochs.split(",")]
+    epochs = int_list(args.epochs, "--epochs")
     stores: dict[str, TrajectoryStore] = {}
     for path in args.synset:
         synset, store, data, model = open_pair(path, device)

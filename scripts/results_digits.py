@@ -25,7 +25,7 @@ import json
 import statistics
 from pathlib import Path
 
-from _results import cell, check_epochs, fail, read_runs, sh
+from _results import cell, check_epochs, fail, int_list, read_runs, sh
 
 from dd.config import load_yaml
 from dd.device import describe_machine
@@ -102,7 +102,7 @@ def main() -> None:
                         help="an earlier results-digits.json whose rows this call does not rerun are kept")
     args = parser.parse_args()
     work, out = Path(args.work), Path(args.out)
-    ipcs = [int(k) for k in args.ipcs.split(",")]
+    ipcs = int_list(args.ipcs, "--ipcs")
     common = ["--runs", str(args.seeds), "--epochs", str(args.epochs)]
     selected = [m for m in (*TRAJECTORY, *OWN_BUDGET) if not args.methods or m in args.methods.split(",")]
     presets = [f"experiments/{m}/digits_ipc{k}.yaml" for k in ipcs for m in selected]
@@ -163,7 +163,7 @@ def main() -> None:
         runs, speed = carry(Path(args.carry), runs, speed, ipcs, keep_full=not args.full_seeds,
                             epochs=args.epochs)
 
-    for ipc in [int(k) for k in args.cross_arch_ipcs.split(",") if k and int(k) in ipcs]:
+    for ipc in [k for k in int_list(args.cross_arch_ipcs, "--cross-arch-ipcs") if k in ipcs]:
         best = max(((family(r), ipc) for r in runs if r["split"] == "val" and r["ipc_row"] == ipc),
                    key=lambda key: max_val(runs, *key))
         if best not in chosen:

@@ -24,7 +24,7 @@ import shlex
 import statistics
 from pathlib import Path
 
-from _results import cell, check_epochs, fail, read_runs, sh
+from _results import cell, check_epochs, fail, int_list, read_runs, sh
 
 from dd.device import describe_machine
 
@@ -68,7 +68,7 @@ def main() -> None:
                              "an earlier one's) whose (method, IPC) sections this call does not rerun")
     args = parser.parse_args()
     work = Path(args.work)
-    methods, ipcs = [m for m in args.methods.split(",") if m], [int(k) for k in args.ipcs.split(",")]
+    methods, ipcs = [m for m in args.methods.split(",") if m], int_list(args.ipcs, "--ipcs")
     wanted = set(args.candidates.split(",")) if args.candidates else None
     for method in methods:
         if method not in GRID:

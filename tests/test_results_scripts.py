@@ -16,6 +16,7 @@ from dd.functional import ParamSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
+import _results  # noqa: E402
 import bn_diagnosis_digits  # noqa: E402
 import expert_segments  # noqa: E402
 import results_digits  # noqa: E402
@@ -111,3 +112,11 @@ def test_segment_lengths_are_relative_distances_averaged_over_experts(tmp_path):
     assert lengths == pytest.approx([(5.0 / 5) / 2, (4.0 / 5) / 2])  # ||(3,4)|| / 5 and ||(0,4)|| / 5, halved
     with pytest.raises(SystemExit):
         expert_segments.segment_lengths(store, expert_epochs=2, starts=[2])
+
+
+def test_list_flags_parse_or_stop_with_one_line_naming_the_flag(capsys):
+    assert _results.int_list("1,10", "--ipcs") == [1, 10] and _results.int_list("", "--cross-arch-ipcs") == []
+    with pytest.raises(SystemExit) as exit_info:
+        _results.int_list("1,ten", "--ipcs")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: --ipcs takes comma-separated integers, got '1,ten'\n"
