@@ -16,10 +16,12 @@ from dd.buffer.store import TrajectoryStore
 from dd.errors import DDError
 
 
-def segment_lengths(store: TrajectoryStore, expert_epochs: int, starts: list[int]) -> list[float]:
-    """Mean over the store's complete experts of ||w(t+M) - w(t)|| / ||w(0)|| for each start epoch t."""
+def segment_lengths(store: TrajectoryStore, expert_epochs: int, starts: list[int],
+                    experts: list[int] | None = None) -> list[float]:
+    """Mean over ``experts`` (default: the store's complete experts) of ||w(t+M) - w(t)|| / ||w(0)|| for each
+    start epoch t."""
     per_expert = []
-    for index in store.completed():
+    for index in store.completed() if experts is None else experts:
         trajectory = store.read_expert(index)
         if max(starts) + expert_epochs >= trajectory.shape[0]:
             fail(f"start epoch {max(starts)} + {expert_epochs} is past the {trajectory.shape[0] - 1} epochs of "

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from _results import fail, int_list
+from expert_segments import segment_lengths
 from torch import nn
 
 from dd.augment import DSA
@@ -97,16 +98,16 @@ def sharpness(store: TrajectoryStore, model: nn.Module, data: tuple[torch.Tensor
 
 def store_gap(a: TrajectoryStore, b: TrajectoryStore, experts: list[int], epochs: list[int],
               expert_epochs: int) -> list[dict]:
-    """Per epoch t: mean over ``experts`` (held by both) of ||a(t) - b(t)|| / ||a(0)|| and of a's segment
-    length ||a(t + M) - a(t)|| / ||a(0)||."""
-    gaps: list[list[tuple[float, float]]] = [[] for _ in epochs]
+    """Per epoch t: mean over ``experts`` (held by both) of ||a(t) - b(t)|| / ||a(0)||, beside a's segment
+    length ||a(t + M) - a(t)|| / ||a(0)|| (``expert_segments.segment_lengths``)."""
+    gaps = []
     for index in experts:
         ta, tb = a.read_expert(index), b.read_expert(index)
         scale = ta[0].norm().item()
-        for cells, t in zip(gaps, epochs, strict=True):
-            cells.append(((ta[t] - tb[t]).norm().item() / scale, (ta[t + expert_epochs] - ta[t]).norm().item() / scale))
-    return [{"epoch": t, "gap": statistics.fmean(g for g, _ in cells), "segment": statistics.fmean(s for _, s in cells)}
-            for t, cells in zip(epochs, gaps, strict=True)]
+        gaps.append([(ta[t] - tb[t]).norm().item() / scale for t in epochs])
+    segments = segment_lengths(a, expert_epochs, epochs, experts)
+    return [{"epoch": t, "gap": statistics.fmean(column), "segment": length}
+            for t, column, length in zip(epochs, zip(*gaps, strict=True), segments, strict=True)]
 
 
 def student_segment(student: Student, w: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor,
