@@ -50,8 +50,7 @@ def main() -> None:
     runs: list[dict] = []
     for targets in args.targets.split(","):
         treatment = "" if targets == "standardized" else f"-{targets}"  # the standardized runs keep their folders
-        teacher = "" if args.teacher_epochs == 20 else f"-teacher{args.teacher_epochs}"
-        run_dir = work / f"krr_st-digits-0to4-n{args.num_images}{treatment}{teacher}"
+        run_dir = work / f"krr_st-digits-0to4-n{args.num_images}{treatment}{teacher_suffix(args)}"
         suffix = treatment + name_suffix(args)  # of the evaluation folders
         sh("dd.distill", "--config", "experiments/krr_st/digits-0to4_n50.yaml", "--iterations", str(args.iterations),
            "--num-images", str(args.num_images), "--buffer-dir", buffers, "--run-dir", str(run_dir),
@@ -70,11 +69,15 @@ def main() -> None:
     write_report(runs, out, args, time.perf_counter() - start)
 
 
+def teacher_suffix(args: argparse.Namespace) -> str:
+    """What a name adds for a teacher other than the first one measured (20 epochs)."""
+    return "" if args.teacher_epochs == 20 else f"-teacher{args.teacher_epochs}"
+
+
 def name_suffix(args: argparse.Namespace) -> str:
-    """What a folder or report name adds for settings other than the first ones measured (50 images, a 20-epoch
-    teacher), so their runs and reports sit beside the first ones."""
-    return ("" if args.num_images == 50 else f"-n{args.num_images}") + \
-        ("" if args.teacher_epochs == 20 else f"-teacher{args.teacher_epochs}")
+    """What an evaluation folder or report name adds for settings other than the first ones measured (50 images,
+    a 20-epoch teacher), so their runs and reports sit beside the first ones."""
+    return ("" if args.num_images == 50 else f"-n{args.num_images}") + teacher_suffix(args)
 
 
 def read_runs(folder: Path) -> list[dict]:
