@@ -195,7 +195,8 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict:
                                                   args.power_iterations, device)
         images, labels = synset.images.to(device), synset.labels.to(device)
         trajectories = [store.read_expert(index).to(device) for index in experts]
-        report["drift"][path] = {"store": name, "lr": synset.lr, "rows": drift(
+        report["drift"][path] = {"store": name, "sha256": synset.checksum, "experts_sha256": store.fingerprint(experts),
+                                 "data_sha256": data.identity()["sha256"], "lr": synset.lr, "rows": drift(
             Student(model, DSA(config["dsa_strategy"])), trajectories, images, labels, synset.lr, config["syn_steps"],
             matched, args.segments, config["batch_syn"] or images.shape[0], args.seed,
             functools.partial(loss_value, model, real))}
