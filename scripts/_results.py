@@ -52,3 +52,16 @@ def check_epochs(path: Path, records: list[dict], epochs: int) -> None:
         if rec["protocol"]["epochs"] != epochs:
             fail(f"{path} holds records of {rec['protocol']['epochs']}-epoch evaluations, this call runs {epochs}; "
                  f"pass --epochs {rec['protocol']['epochs']} or drop --carry")
+
+
+def seconds_per_iteration(run_dir: Path) -> float | None:
+    """Median of the logged seconds per iteration (evaluation and saving excluded)."""
+    values = [json.loads(line)["seconds_per_iteration"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+              if "seconds_per_iteration" in line]
+    return statistics.median(values) if values else None
+
+
+def select(runs: list[dict], **want: object) -> list[dict]:
+    """The records whose fields equal ``want`` (missing fields count as None); cross-arch rows only when asked."""
+    want.setdefault("cross_arch", None)
+    return [r for r in runs if all(r.get(k) == v for k, v in want.items())]

@@ -25,7 +25,7 @@ import json
 import statistics
 from pathlib import Path
 
-from _results import cell, check_epochs, fail, int_list, read_runs, sh
+from _results import cell, check_epochs, fail, int_list, read_runs, seconds_per_iteration, select, sh
 
 from dd.config import load_yaml
 from dd.device import describe_machine
@@ -51,13 +51,6 @@ EVAL_VARIANTS: dict[str, dict[str, list[str]]] = {
 # The BatchNorm variants: at 8 px the instance-norm ResNet18 and VGG11 normalise 1x1 maps, which makes
 # every output the same (dd.models refuses them). ViTP2: 2-px patches, 16 tokens at 8 px.
 CROSS_ARCH = tuple(m for m in ("ResNet18BN", "VGG11BN", "AlexNet", "MLP", "ViTP2") if m in list_models())
-
-
-def seconds_per_iteration(run_dir: Path) -> float | None:
-    """Median of the logged seconds per iteration (evaluation and saving excluded)."""
-    values = [json.loads(line)["seconds_per_iteration"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-              if "seconds_per_iteration" in line]
-    return statistics.median(values) if values else None
 
 
 def mean(runs: list[dict]) -> float:
@@ -223,12 +216,6 @@ def report_command(args: argparse.Namespace) -> str:
             f"--full-seeds {args.full_seeds} --epochs {args.epochs} --ipcs {args.ipcs} --cross-arch-ipcs "
             f"'{args.cross_arch_ipcs}'" + (f" --methods {args.methods}" if args.methods else "")
             + (f" --skip {args.skip}" if args.skip else "") + (f" --carry {args.carry}" if args.carry else ""))
-
-
-def select(runs: list[dict], **want: object) -> list[dict]:
-    """The records whose fields equal ``want`` (missing fields count as None); cross-arch rows only when asked."""
-    want.setdefault("cross_arch", None)
-    return [r for r in runs if all(r.get(k) == v for k, v in want.items())]
 
 
 def write_report(runs: list[dict], speed: dict[tuple[str, int], float | None], out: Path, args: argparse.Namespace,

@@ -1,0 +1,198 @@
+"""Reproduce docs/results-fashion-mnist.md and docs/results-fashion-mnist.json: dd's methods on Fashion-MNIST
+(ConvNet, test split), each set scored under its own paper's protocol, beside random real images under the same
+protocol and the published numbers of DC's Table 1.
+
+    python scripts/results_fashion_mnist.py                         # every CPU row (hours on a 2-core CPU; resumable)
+    python scripts/results_fashion_mnist.py --rows dm@1,mtt@1 --random-ipcs 1      # some rows
+    python scripts/results_fashion_mnist.py --paper --print         # the paper-setting commands (for a GPU)
+
+A row is a method at an IPC. Its preset, experiments/<method>/fashionmnist_ipc<k>.yaml, holds the paper settings and
+runs unchanged on a GPU (--paper). A CPU row runs the same preset with the budget flags of ROWS below (fewer
+iterations; the trajectory methods over EXPERTS: 2 experts of 4 epochs on 600 training images per class), about
+20 minutes of one core each; the report names every row's budget and its seconds per iteration.
+
+Choices read the validation split only: the in-run evaluations (validation split, --eval-runs networks) pick
+synset_best, and the test split is read once, for that set. Random real images train under every protocol a row
+uses (10 seeds at IPC 1). Data: the Fashion-MNIST idx files where dd finds them (Debian's dataset-fashion-mnist,
+or --data-path). Every stage resumes: rerunning after an interruption skips finished experts, iterations and
+evaluations, and --carry docs/results-fashion-mnist.json keeps rows this call does not rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from _results import cell, fail, int_list, read_runs, seconds_per_iteration, select, sh
+
+from dd.config import load_yaml
+from dd.device import describe_machine
+
+DATASET = "fashionmnist"
+EXPERTS = ["--num-experts", "2", "--epochs", "4", "--train-per-class", "600"]
+# "method@ipc" -> the dd.distill flags of its CPU row on top of the preset. Start epochs are cut to fit EXPERTS'
+# 4 epochs (start + expert_epochs <= 4); syn_steps, learning rates and the rest stay the paper's.
+ROWS: dict[str, list[str]] = {
+    "mtt@1": ["--iterations", "35"],
+    "ftd@1": ["--iterations", "35"],
+    "datm@1": ["--iterations", "25", "--max-start-epoch", "2"],
+    "ast@1": ["--iterations", "30", "--max-start-epoch", "1"],
+    "tesla@1": ["--iterations", "35", "--max-start-epoch", "2"],
+    "dc@1": ["--iterations", "40"],
+    "dsa@1": ["--iterations", "30"],
+    "dm@1": ["--iterations", "45"],
+    "dm@10": ["--iterations", "40"],
+    "dsa@10": ["--iterations", "6"],
+    "mtt@10": ["--iterations", "30", "--max-start-epoch", "2"],
+    "datm@10": ["--iterations", "20", "--max-start-epoch", "2", "--current-max-start-epoch", "2"],
+}
+# DC's Table 1 (Zhao, Mopuri, Bilen, ICLR 2021), Fashion-MNIST, ConvNet: row -> {ipc: "mean ± std"}
+PUBLISHED = {
+    "random real": {1: "51.4 ± 3.8", 10: "73.8 ± 0.7", 50: "82.5 ± 0.7"},
+    "dc": {1: "70.5 ± 0.6", 10: "82.3 ± 0.4", 50: "83.6 ± 0.4"},
+    "dsa": {1: "70.6 ± 0.6", 10: "84.6 ± 0.3", 50: "88.7 ± 0.2"},
+    "full data": {None: "93.5 ± 0.1"},
+}
+
+
+def parse_row(row: str) -> tuple[str, int]:
+    method, _, ipc = row.partition("@")
+    if row not in ROWS:
+        fail(f"unknown row {row!r}; choose from {', '.join(ROWS)}")
+    return method, int(ipc)
+
+
+def preset(method: str, ipc: int) -> str:
+    return f"experiments/{method}/{DATASET}_ipc{ipc}.yaml"
+
+
+def budget_flags(method: str, ipc: int, paper: bool) -> list[str]:
+    """The row's dd.distill flags beyond its preset: none for --paper; else ROWS' and two in-run evaluations."""
+    if paper:
+        return []
+    flags = ROWS[f"{method}@{ipc}"]
+    iterations = int(flags[flags.index("--iterations") + 1])
+    return [*flags, "--eval-every", str(max(1, iterations // 2)), "--eval-runs", "2"]
+
+
+def commands(method: str, ipc: int, work: Path, paper: bool, data: list[str], seeds: int) -> list[list[str]]:
+    """The dd stages of one row: its experts (trajectory methods), the distillation, the test evaluation."""
+    config = load_yaml(preset(method, ipc))
+    run_dir = work / f"{method}-ipc{ipc}"
+    stages, store = [], []
+    if "buffer_config" in config:
+        store = ["--buffer-dir", str(work / "buffers")]
+        stages.append(["dd.buffer", "--config", config["buffer_config"], *store, *data, *([] if paper else EXPERTS)])
+    stages.append(["dd.distill", "--config", preset(method, ipc), "--run-dir", str(run_dir), "--resume", *store,
+                   *data, *budget_flags(method, ipc, paper)])
+    stages.append(["dd.eval", "--synset", str(run_dir / "synset_best"), "--runs", str(seeds),
+                   "--out", str(run_dir / "test"), *data])
+    return stages
+
+
+def set_protocol(run_dir: Path) -> str:
+    return json.loads((run_dir / "synset_best" / "synset.json").read_text())["protocol"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows method@ipc")
+    parser.add_argument("--seeds", type=int, default=5, help="test evaluation seeds per distilled set")
+    parser.add_argument("--random-ipcs", default="1,10,50", help="IPCs of the random real rows (empty: none)")
+    parser.add_argument("--random-seeds", default="10,5,3",
+                        help="seeds of the random real rows, one per --random-ipcs entry")
+    parser.add_argument("--paper", action="store_true", help="the presets' paper settings, no CPU budget")
+    parser.add_argument("--print", action="store_true", help="print the commands and stop")
+    parser.add_argument("--random-protocols", default="",
+                        help="protocols of the random real rows (default: every protocol of the rows run)")
+    parser.add_argument("--data-path", default=None, help="folder of the Fashion-MNIST files (default: dd's search)")
+    parser.add_argument("--work", default="runs/results-fashion-mnist", help="folder for the runs and evaluations")
+    parser.add_argument("--out", default="docs", help="where results-fashion-mnist.md/.json are written")
+    parser.add_argument("--carry", default="", help="an earlier results-fashion-mnist.json whose rows are kept")
+    args = parser.parse_args()
+    work = Path(args.work) / ("paper" if args.paper else "cpu")
+    data = ["--data-path", args.data_path] if args.data_path else []
+    rows = [parse_row(r) for r in args.rows.split(",") if r]
+    random_ipcs = int_list(args.random_ipcs, "--random-ipcs")
+    random_seeds = int_list(args.random_seeds, "--random-seeds")
+    if len(random_seeds) < len(random_ipcs):
+        fail(f"--random-seeds names {len(random_seeds)} seed counts for {len(random_ipcs)} --random-ipcs")
+
+    if args.print:
+        for method, ipc in rows:
+            for stage in commands(method, ipc, work, args.paper, data, args.seeds):
+                print("python -m " + " ".join(stage))
+        return
+    runs: list[dict] = []
+    speed: dict[str, float | None] = {}
+    protocols: set[str] = set()
+    for method, ipc in rows:
+        for stage in commands(method, ipc, work, args.paper, data, args.seeds):
+            sh(*stage)
+        run_dir = work / f"{method}-ipc{ipc}"
+        speed[f"{method}@{ipc}"] = seconds_per_iteration(run_dir)
+        protocols.add(set_protocol(run_dir))
+        runs += read_runs(run_dir / "test", row=method, ipc_row=ipc, budget=budget_flags(method, ipc, args.paper))
+    protocols = set(filter(None, args.random_protocols.split(","))) or protocols
+    for ipc, seeds in zip(random_ipcs, random_seeds, strict=False):
+        for protocol in sorted(protocols):
+            folder = work / f"random-ipc{ipc}-{protocol}"
+            sh("dd.eval", "--dataset", DATASET, "--ipc", str(ipc), "--baseline", "random", "--protocol", protocol,
+               "--runs", str(seeds), "--out", str(folder), *data)
+            runs += read_runs(folder, row="random real", ipc_row=ipc)
+    command = "python scripts/results_fashion_mnist.py " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+        if v not in (None, False, "")
+        and k in ("rows", "seeds", "random_ipcs", "random_seeds", "random_protocols", "data_path", "carry"))
+    runs = [{**r, "command": r.get("command", command)} for r in runs]
+    if args.carry:
+        earlier = json.loads(Path(args.carry).read_text())
+        done = {(r["row"], r["ipc_row"], r["protocol"]["name"]) for r in runs}
+        runs += [r for r in earlier["runs"] if (r["row"], r["ipc_row"], r["protocol"]["name"]) not in done]
+        speed = {**earlier.get("speed", {}), **{k: v for k, v in speed.items() if v}}
+    write_report(runs, speed, Path(args.out), command)
+
+
+def write_report(runs: list[dict], speed: dict[str, float | None], out: Path, command: str) -> None:
+    """results-fashion-mnist.md (a table per IPC: each row's protocol, test accuracy, random real under the same
+    protocol, the published number, budget and s/iteration) and the .json of every record."""
+    machine = describe_machine()
+    lines = ["# dd on Fashion-MNIST beside DC's Table 1", "",
+             f"Produced by `{command}` on {machine} (rows marked ‡ by the command their records name). Test "
+             "accuracy in % (mean ± population std over seeds), ConvNet distilled and evaluated, each set under "
+             "its method's protocol (dd/protocols.py) and random real images under the same protocol. Published: "
+             "DC's Table 1 (Zhao, Mopuri, Bilen, ICLR 2021; at paper budgets). dd's rows ran CPU budgets (each "
+             "row's budget column): not the papers' settings, whose commands `--paper --print` lists.", ""]
+    for ipc in sorted({r["ipc_row"] for r in runs if r["ipc_row"] is not None}):
+        lines += [f"## IPC {ipc}", "", "| method | protocol | dd (test) | random real, same protocol | published | "
+                  "budget | s/iteration |", "|---|---|---|---|---|---|---|"]
+        for method in [m for m in dict.fromkeys(r["row"] for r in runs if r["ipc_row"] == ipc) if m != "random real"]:
+            test = select(runs, row=method, ipc_row=ipc, model="ConvNet")
+            protocol = test[0]["protocol"]["name"]
+            rand = [r for r in select(runs, row="random real", ipc_row=ipc, model="ConvNet")
+                    if r["protocol"] == test[0]["protocol"] | {"lr": r["protocol"]["lr"]}
+                    and r["dataset"] == test[0]["dataset"]]
+            s = speed.get(f"{method}@{ipc}")
+            lines.append(f"| {method}{mark(test, command)} | {protocol} | {cell(test)} | "
+                         f"{cell(rand) if rand else '–'} | {PUBLISHED.get(method, {}).get(ipc, '–')} | "
+                         f"{' '.join(test[0].get('budget', [])) or 'paper'} | {f'{s:.1f}' if s else '–'} |")
+        for protocol in sorted({r["protocol"]["name"] for r in select(runs, row="random real", ipc_row=ipc)}):
+            rand = [r for r in select(runs, row="random real", ipc_row=ipc, model="ConvNet")
+                    if r["protocol"]["name"] == protocol]
+            lines.append(f"| random real{mark(rand, command)} | {protocol} | {cell(rand)} | – | "
+                         f"{PUBLISHED['random real'].get(ipc, '–')} | {len(rand)} draws | – |")
+        lines.append("")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results-fashion-mnist.md").write_text("\n".join(lines))
+    (out / "results-fashion-mnist.json").write_text(
+        json.dumps({"machine": machine, "command": command, "speed": speed, "runs": runs}, indent=1) + "\n")
+    print("\n".join(lines))
+
+
+def mark(records: list[dict], command: str) -> str:
+    return " ‡" if any(r["command"] != command for r in records) else ""
+
+
+if __name__ == "__main__":
+    main()
