@@ -156,14 +156,15 @@ def carve_validation(labels: torch.Tensor, num_classes: int, fraction: float, se
     return keep.nonzero().squeeze(1), val_idx
 
 
-def random_subset(data: PreparedData, ipc: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``ipc`` random real training images per class, drawn from ``seed``."""
+def random_subset(data: PreparedData, ipc: int, seed: int, flag: str = "--ipc") -> tuple[torch.Tensor, torch.Tensor]:
+    """``ipc`` random real training images per class, drawn from ``seed``, class by class; ``flag`` names
+    ``ipc`` in the error when a class has fewer."""
     generator = make_generator(seed)
     picks = []
     for c, idx in enumerate(class_indices(data.train_labels.cpu(), data.spec.num_classes)):
         if len(idx) < ipc:
-            raise DDError(f"--ipc {ipc} is larger than {data.class_label(c)}, which has {len(idx)} training images; "
-                          "pass a smaller --ipc")
+            raise DDError(f"{flag} {ipc} is larger than {data.class_label(c)}, which has {len(idx)} training images; "
+                          f"pass a smaller {flag}")
         picks.append(idx[torch.randperm(len(idx), generator=generator)[:ipc]])
     index = torch.cat(picks).to(data.train_images.device)
     return data.train_images[index], data.train_labels[index]

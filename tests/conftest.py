@@ -29,6 +29,15 @@ def _few_threads():
     torch.set_num_threads(THREADS)
 
 
+@pytest.fixture(autouse=True)
+def _no_system_datasets(monkeypatch):
+    """Tests never read the datasets a system package installed on this machine."""
+    from dd.data import mnist
+
+    for name in mnist.SYSTEM_DIRS:
+        monkeypatch.setitem(mnist.SYSTEM_DIRS, name, ())
+
+
 @pytest.fixture(scope="session")
 def digits_buffer(tmp_path_factory) -> Path:
     """``buffers/`` root holding 2 ConvNet experts of 4 epochs on digits."""

@@ -1,9 +1,8 @@
-"""dd.data: the digits split, folder and torchvision loaders, class indices, standard and ZCA preprocessing."""
+"""dd.data: the digits split, folder and CIFAR-10 loaders, class indices, standard and ZCA preprocessing."""
 
 from __future__ import annotations
 
 import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -188,35 +187,6 @@ def test_tiny_imagenet_errors(tmp_path):
 
 
 # ---- torchvision sets ----
-
-@pytest.mark.parametrize("name", ["cifar10", "cifar100", "mnist", "fashionmnist", "svhn"])
-def test_missing_torchvision_dataset_says_where_and_how(tmp_path, name):
-    with pytest.raises(DDError) as e:
-        load_dataset(name, data_path=str(tmp_path))
-    msg = str(e.value)
-    assert msg.startswith(f"dataset {name} not found under {tmp_path}/;") and "--download" in msg
-    assert "--data-path" in msg and "\n" not in msg
-
-
-def _idx(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    code = 0x0803 if array.ndim == 3 else 0x0801
-    path.write_bytes(struct.pack(">i", code) + struct.pack(f">{array.ndim}i", *array.shape) + array.tobytes())
-
-
-def test_mnist_loads_whole_split_from_arrays(tmp_path):
-    rng = np.random.default_rng(0)
-    raw = tmp_path / "MNIST" / "raw"
-    images = {s: rng.integers(0, 256, (n, 28, 28), dtype=np.uint8) for s, n in (("train", 5), ("t10k", 3))}
-    labels = {s: rng.integers(0, 10, (len(images[s]),), dtype=np.uint8) for s in images}
-    for s in images:
-        _idx(raw / f"{s}-images-idx3-ubyte", images[s])
-        _idx(raw / f"{s}-labels-idx1-ubyte", labels[s])
-    data = load_dataset("mnist", data_path=str(tmp_path))
-    assert data.train_images.shape == (5, 1, 28, 28) and data.test_images.shape == (3, 1, 28, 28)
-    assert torch.equal(data.train_images[:, 0] * 255, torch.from_numpy(images["train"]).float())
-    assert data.test_labels.tolist() == labels["t10k"].tolist() and data.test_labels.dtype == torch.int64
-
 
 def test_cifar10_images_are_channels_first(tmp_path, monkeypatch):
     from torchvision.datasets import CIFAR10

@@ -28,13 +28,15 @@ from dd.config import build_parser, load_yaml, make_config, opt, parse_config
 from dd.data import get_spec
 from dd.errors import DDError
 from dd.lock import Lock
-from dd.realdata import prepare_data
+from dd.realdata import prepare_data, random_subset
 
 
 def train_main(argv: Sequence[str] | None) -> int:
     config, _ = parse_config(BufferConfig, argv, build_parser(BufferConfig, "python -m dd.buffer", __doc__,
                                                                 "experiments/buffer/digits.yaml"))
     if config.teacher != "none":
+        if config.train_per_class is not None:
+            raise DDError("--train-per-class applies to experts, not to a --teacher; drop one of them")
         return train_teacher(config)
     validate(config)
     device = distributed.setup(config.device)
@@ -42,6 +44,8 @@ def train_main(argv: Sequence[str] | None) -> int:
                         "zca" if config.zca else "standard", config.image_size, channels=config.channels)
     spec = data.spec
     recipe = config.recipe()
+    train = data.train if recipe.train_per_class is None else random_subset(
+        data, recipe.train_per_class, recipe.train_subset_seed, flag="--train-per-class")
     store = TrajectoryStore.create(store_root(config.buffer_dir, spec.name, config.model, recipe.to_dict()),
                                    store_header(spec, config.model, recipe.to_dict(), data.preprocessor.describe()))
     if distributed.is_main() and store.load_preprocess() is None:
@@ -80,7 +84,7 @@ def train_main(argv: Sequence[str] | None) -> int:
                     continue  # finished by another process since the list was made
                 seed = expert_seed(config.seed, index)
                 trajectory, record = train_expert(config.model, spec.channels, spec.num_classes, spec.size,
-                                                  data.train, data.test, recipe, seed, config.test_every, on_epoch)
+                                                  train, data.test, recipe, seed, config.test_every, on_epoch)
                 store.write_expert(index, trajectory, record)
                 trained.append(index)
             finally:

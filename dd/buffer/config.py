@@ -19,7 +19,7 @@ from dd.models import create_model, list_models
 @dataclass
 class BufferConfig:
     dataset: str = opt("digits", "dataset name (see dd.data.list_datasets())")
-    data_path: str = opt("data", "folder holding the dataset (torchvision layout or an ImageFolder tree)")
+    data_path: str = opt("data", "folder holding the dataset (README, Datasets: where dd looks for each)")
     download: bool = opt(False, "download the dataset through torchvision if it is missing")
     image_size: int | None = opt(None, IMAGE_SIZE_HELP)
     channels: int | None = opt(None, CHANNELS_HELP)
@@ -41,6 +41,9 @@ class BufferConfig:
     lr_decay_factor: float = opt(0.6, "lr factor of the one decay (AST: 0.6)")
     loss_warmup: bool = opt(False, "AST clipping-loss warm-up: CE x 0.5, 0.55, ..., 0.95 in epochs 0-9")
     gp_lambda: float = opt(0.0, "AST gradient penalty weight on the clean batch (AST: 2; 0 = off)")
+    train_per_class: int | None = opt(None, "train the experts on this many images of every class of the training "
+                                            "split, the same for every expert (default: the whole split)")
+    train_subset_seed: int = opt(0, "seed of the --train-per-class draw")
     test_every: int = opt(1, "measure test accuracy every k epochs (0: only after the last epoch)")
     teacher: str = opt("none", "none = train experts; barlow_twins = train one self-supervised teacher encoder for "
                        "KRR-ST instead (SGD with --lr, --momentum, --weight-decay, --batch-size, --epochs)",
@@ -57,7 +60,8 @@ class BufferConfig:
                             dsa_strategy=self.dsa_strategy, preprocess="zca" if self.zca else "standard",
                             rho=self.rho, alpha=self.alpha, adaptive=self.adaptive,
                             lr_decay_epoch=self.lr_decay_epoch, lr_decay_factor=self.lr_decay_factor,
-                            loss_warmup=self.loss_warmup, gp_lambda=self.gp_lambda)
+                            loss_warmup=self.loss_warmup, gp_lambda=self.gp_lambda,
+                            train_per_class=self.train_per_class, train_subset_seed=self.train_subset_seed)
 
 
 def validate(config: BufferConfig) -> None:
@@ -67,8 +71,9 @@ def validate(config: BufferConfig) -> None:
     if config.model not in list_models():
         raise DDError(f"unknown model '{config.model}'; see dd.models.list_models() for the choices")
     check_flags(config, positive=("num_experts", "epochs", "batch_size", "lr", "lr_decay_factor", "image_size",
-                                  "proj_dim"),
-                nonnegative=("rho", "alpha", "gp_lambda", "momentum", "weight_decay", "test_every", "bt_lambda"))
+                                  "proj_dim", "train_per_class"),
+                nonnegative=("rho", "alpha", "gp_lambda", "momentum", "weight_decay", "test_every", "bt_lambda",
+                             "train_subset_seed"))
     if config.optimizer not in STEPS:
         raise DDError(f"unknown --optimizer '{config.optimizer}'; choose {' or '.join(STEPS)}")
     if config.lr_decay_epoch is not None and not 0 <= config.lr_decay_epoch < config.epochs - 1:

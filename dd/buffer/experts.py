@@ -38,6 +38,8 @@ class ExpertRecipe:
     (AST: E//2+1, as the reference's ``if e == E//2+1`` at the end of epoch e); the optimiser is kept, so is
     its momentum (the reference re-creates it and drops the momentum: a deliberate difference).
     ``loss_warmup`` scales the CE by AST's c_e; ``gp_lambda`` > 0 adds AST's gradient penalty.
+    ``train_per_class`` N trains on N images of every class of the training split (drawn from
+    ``train_subset_seed``, the same for every expert) instead of the whole split.
     """
 
     optimizer: str = "sgd"
@@ -55,11 +57,14 @@ class ExpertRecipe:
     lr_decay_factor: float = 0.6
     loss_warmup: bool = False
     gp_lambda: float = 0.0
+    train_per_class: int | None = None
+    train_subset_seed: int = 0
 
     def to_dict(self) -> dict:
         """The recipe as recorded in the manifest and hashed into the store's folder name: the settings
         in effect. GSAM's entries appear for ``gsam`` only, the lr decay when it is on, the warm-up and
-        GP when on; so a plain-SGD recipe keeps the folder it had before these recipes existed."""
+        GP when on, the training subset when there is one; so a plain-SGD recipe on the whole split keeps
+        the folder it had before these recipes existed."""
         recipe = dataclasses.asdict(self)
         if self.optimizer != "gsam":
             for key in ("rho", "alpha", "adaptive"):
@@ -70,6 +75,8 @@ class ExpertRecipe:
             del recipe["loss_warmup"]
         if not self.gp_lambda:
             del recipe["gp_lambda"]
+        if self.train_per_class is None:
+            del recipe["train_per_class"], recipe["train_subset_seed"]
         return recipe
 
     def schedule(self) -> SGDSchedule:

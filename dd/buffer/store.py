@@ -89,6 +89,8 @@ def recipe_tag(recipe: dict) -> str:
         parts.append("warmup")
     if recipe.get("gp_lambda"):
         parts.append(f"gp{_fmt(recipe['gp_lambda'])}")
+    if recipe.get("train_per_class") is not None:
+        parts.append(f"{recipe['train_per_class']}pc{recipe.get('train_subset_seed', 0)}")
     readable = re.sub(r"[^A-Za-z0-9.+-]+", "-", "-".join(parts)).strip("-.")
     return f"{readable}_{digest}"
 
