@@ -100,12 +100,14 @@ def test_loads_every_layout_and_packing(tmp_path, system_dir, name, layout, pack
     assert_loaded(load_dataset(name, data_path=str(root)), arrays)
 
 
-def test_search_order_torchvision_then_flat_then_system(tmp_path, system_dir):
+def test_search_order_torchvision_then_flat_then_system(tmp_path, system_dir, capsys):
     root = tmp_path / "data"
     in_system = make_set(system_dir, seed=3)
     assert_loaded(load_dataset("fashionmnist", data_path=str(root)), in_system)
+    assert capsys.readouterr().err == f"fashionmnist: no files under {root}; read them from {system_dir}\n"
     flat = make_set(root, seed=2, packed=(True,) * 4)
     assert_loaded(load_dataset("fashionmnist", data_path=str(root)), flat)
+    assert capsys.readouterr().err == ""
     torchvision = make_set(root / "FashionMNIST" / "raw", seed=1)
     assert_loaded(load_dataset("fashionmnist", data_path=str(root)), torchvision)
 

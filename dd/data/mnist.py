@@ -8,6 +8,7 @@ packed (``.gz``) or not. torchvision is used only to download a missing set.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from dd.data.idx import read_idx_split
@@ -80,6 +81,9 @@ def load_idx_dataset(name: str, root: str, download_missing: bool, size: tuple[i
             raise
         download(name, root)
         files = locate(name, root)
+    folder = files[FILES[0]].parent
+    if not folder.is_relative_to(root):  # a system folder: say so, since --data-path named another
+        print(f"{name}: no files under {root}; read them from {folder}", file=sys.stderr)
     train = read_idx_split(files[FILES[0]], files[FILES[1]], size, num_classes)
     test = read_idx_split(files[FILES[2]], files[FILES[3]], size, num_classes)
     return (*train, *test)
