@@ -164,7 +164,7 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
     assert "--lr-img 0.1 (checkpoint) vs 0.2 (now)" in line
 
 
-def test_a_run_makes_iterations_plus_one_updates_and_evaluates_at_iterations(tmp_path):
+def test_a_run_makes_iterations_plus_one_updates_and_evaluates_at_iterations(tmp_path, capsys):
     """The reference's range(Iteration + 1): updates 1..3 for --iterations 2; the evaluations at the multiples of
     eval_every and at iterations (the reference evaluates the set before that iteration's update), never after
     the extra one, whose set is the last one saved."""
@@ -176,6 +176,12 @@ def test_a_run_makes_iterations_plus_one_updates_and_evaluates_at_iterations(tmp
     assert [r["iteration"] for r in lines if "val/ConvNetW32" in r] == [1, 2]
     assert load_synset(run / "synset").meta["iteration"] == 3
     assert load_synset(run / "synset_best").meta["iteration"] in (1, 2)
+    assert distill_main(["--method", "dc", *TINY, "--iterations", "2", "--eval-every", "1", "--run-dir", str(run),
+                         "--resume"]) == 0  # a finished run resumes to nothing more
+    assert load_synset(run / "synset").meta["iteration"] == 3
+    line = one_error_line(capsys, distill_main, ["--method", "dc", *TINY, "--iterations", "1", "--run-dir", str(run),
+                                                 "--resume"])
+    assert "holds iteration 3, past --iterations 1; pass --iterations 2 or more" in line
 
 
 # method -> (protocol, epochs, augmentation) of the in-run evaluations by default (docs/reference-dc-dsa-dm.md)

@@ -98,7 +98,7 @@ class RunLoop:
         """Check the run folder (held by this process) against the config, restore its checkpoint when resuming
         (else ``start``), and return its metrics log."""
         found, changes, log = open_run(self.run_dir, self.config.resume, to_dict(self.config),
-                                       to_dict(type(self.config)()))
+                                       to_dict(type(self.config)()), self.final_iteration - self.config.iterations)
         if found is not None:
             self.restore(*found, changes)
         else:
