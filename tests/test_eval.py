@@ -221,3 +221,16 @@ def test_a_set_trains_under_its_methods_protocol_and_random_real_images_beside_i
     assert all(r["protocol"]["dsa_align_corners"] is False for r in runs)
     assert eval_main(["--synset", str(old_dsa), *flags, "--protocol", "mtt", "--out", str(tmp_path / "c")]) == 0
     assert {r["protocol"]["name"] for r in read_runs(tmp_path / "c")} == {"mtt"}
+
+
+def test_protocol_dc_says_where_the_dc_code_augmented():
+    from dd.eval.__main__ import dc_augmentation_notes
+    from dd.protocols import get_protocol
+
+    dc = {"dc": {"none": get_protocol("dc")}}
+    assert dc_augmentation_notes(dc, "digits", ["ConvNet"]) == []
+    (note,) = dc_augmentation_notes(dc, "mnist", ["ConvNet", "ConvNetBN"])
+    assert "dataset mnist and ConvNetBN without augmentation" in note and "1000 epochs" in note
+    assert dc_augmentation_notes({"dsa": {"dsa": get_protocol("dsa")}}, "mnist", ["ConvNetBN"]) == []
+    with_dsa = {"dc": {"dsa": get_protocol("dc", dsa_strategy="crop")}}  # --dsa-strategy given: not DC's rule
+    assert dc_augmentation_notes(with_dsa, "mnist", ["ConvNet"]) == []

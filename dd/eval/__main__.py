@@ -381,6 +381,7 @@ def plan_jobs(config: EvalConfig, sets: dict[str, SynSet], ipcs: dict[str, int],
         return found
 
     models, notes = pools.expand_models(config.models, data.spec.channels, data.spec.size)
+    notes = [*notes, *dc_augmentation_notes(protocols, dataset, models)]
     for note in notes if distributed.is_main() else []:
         print(f"eval: {note}")
     jobs: list[Job] = []
@@ -394,6 +395,18 @@ def plan_jobs(config: EvalConfig, sets: dict[str, SynSet], ipcs: dict[str, int],
                                   "protocol": protocol.describe(lr)}
                         jobs.append((record, get, protocol))
     return jobs
+
+
+def dc_augmentation_notes(protocols: dict[str, dict[str, Protocol]], dataset: str, models: list[str]) -> list[str]:
+    """Where protocol dc (no augmentation) is not what the DC code ran: its get_daparam gives MNIST and the model
+    ConvNetBN an augmentation of their own, trained 1000 epochs, which dd does not have."""
+    if not any(p.name == "dc" and not p.augmented for by_augment in protocols.values() for p in by_augment.values()):
+        return []
+    cases = ([f"dataset {dataset}"] if dataset == "mnist" else []) + (["ConvNetBN"] if "ConvNetBN" in models else [])
+    if not cases:
+        return []
+    return [f"protocol dc trains {' and '.join(cases)} without augmentation; the DC code gave them its own "
+            "(crop, scale, rotate, noise) for 1000 epochs, which dd does not implement (dd/protocols.py)"]
 
 
 def run_jobs(jobs: list[Job], results: Results, data: PreparedData, split: str, batched: bool) -> list[dict]:
