@@ -12,8 +12,8 @@ evaluations use too, and the evaluation lr ``lr_net`` (these methods learn no lr
 ``eval_every`` and on ``iterations`` (the reference evaluates before the update of those iterations), and the
 last set saved is that of update ``iterations + 1``. ``siamese`` is DSA's shared augmentation of the real and
 the synthetic batch, with the DC code's resampling (``align_corners`` False). The methods live in
-``dd.distill.gradmatch`` (dc, dsa) and ``dd.distill.dm``; the values and their
-sources are in docs/reference-dc-dsa-dm.md.
+``dd.distill.gradmatch`` (dc, dsa) and ``dd.distill.dm``; the values and their sources are in
+docs/reference-dc-dsa-dm.md.
 """
 
 from __future__ import annotations
