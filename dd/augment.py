@@ -26,7 +26,10 @@ DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 
 @dataclass(frozen=True)
 class DSAParams:
-    """MTT's ``ParamDiffAug`` (``ratio_noise`` is unused there and omitted here)."""
+    """MTT's ``ParamDiffAug`` (``ratio_noise`` is unused there and omitted here), and how scale and rotate
+    resample: ``align_corners`` of ``affine_grid``/``grid_sample``, True in MTT and its forks (FTD, DATM, AST),
+    False (PyTorch's default, not passed) in the DC/DSA/DM code. On square images the two give the same
+    sampling points (to rounding); on non-square ones rotations differ."""
 
     prob_flip: float = 0.5
     ratio_scale: float = 1.2
@@ -36,6 +39,7 @@ class DSAParams:
     brightness: float = 1.0
     saturation: float = 2.0
     contrast: float = 0.5
+    align_corners: bool = True
 
 
 # ---- ops with explicit parameters (per-sample tensors of shape [N] on x's device) ----
@@ -91,11 +95,11 @@ def flip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(_per_sample(mask), x.flip(3), x)
 
 
-def affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Bilinear resampling of ``x`` with ``affine_grid(theta [N, 2, 3])``, zero padding, align_corners=True
-    (as MTT's scale and rotate)."""
-    grid = F.affine_grid(theta, list(x.shape), align_corners=True)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+def affine(x: torch.Tensor, theta: torch.Tensor, align_corners: bool = True) -> torch.Tensor:
+    """Bilinear resampling of ``x`` with ``affine_grid(theta [N, 2, 3])``, zero padding; ``align_corners`` for
+    both calls (True: MTT's scale and rotate; False: the DC/DSA/DM code's)."""
+    grid = F.affine_grid(theta, list(x.shape), align_corners=align_corners)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=align_corners)
 
 
 def scale_theta(sx: torch.Tensor, sy: torch.Tensor) -> torch.Tensor:
@@ -162,13 +166,13 @@ def rand_scale(x: torch.Tensor, p: DSAParams, g: torch.Generator) -> torch.Tenso
     n, r = x.shape[0], p.ratio_scale
     sx = torch.rand(n, generator=g) * (r - 1.0 / r) + 1.0 / r
     sy = torch.rand(n, generator=g) * (r - 1.0 / r) + 1.0 / r
-    return affine(x, scale_theta(sx, sy).to(x.device, x.dtype, non_blocking=True))
+    return affine(x, scale_theta(sx, sy).to(x.device, x.dtype, non_blocking=True), p.align_corners)
 
 
 def rand_rotate(x: torch.Tensor, p: DSAParams, g: torch.Generator) -> torch.Tensor:
     """Angle ~ U[-r, r] degrees."""
     angle = (torch.rand(x.shape[0], generator=g) - 0.5) * 2.0 * math.radians(p.ratio_rotate)
-    return affine(x, rotate_theta(angle).to(x.device, x.dtype, non_blocking=True))
+    return affine(x, rotate_theta(angle).to(x.device, x.dtype, non_blocking=True), p.align_corners)
 
 
 def crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -14,6 +14,10 @@ The test accuracy is the one after the last epoch.
 Every protocol trains hard labels [N] with cross-entropy and soft labels [N, K] (logits) with DATM's
 SoftCrossEntropy, -sum_k softmax(y)_k log softmax(f(x))_k with temperature 1 (``dd.training.soft_cross_entropy``;
 DATM.py l.255-262, mtt_datm.md §3.4); MTT, AST and DC have hard labels only.
+
+Each method names its protocol (a set's metadata ``protocol``): mtt, ftd and tesla ``mtt``; datm ``datm``; ast
+``ast``; dc ``dc`` (300 epochs, no augmentation); dsa ``dsa`` and dm ``dm`` (1000 epochs with DSA). Sets
+written before dsa and dm had protocols of their own name ``dc`` for all three (``legacy_name``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from dd.augment import DEFAULT_STRATEGY
+from dd.augment import DEFAULT_STRATEGY, DSA, DSAParams
 from dd.errors import DDError
 from dd.schedule import SGDSchedule
 
@@ -46,8 +50,10 @@ class Protocol:
     ``decay_epoch`` (``decay_after``, or ``epochs // 2 + decay_offset`` when None); ``reset_at_decay`` re-creates the
     optimiser there (momentum buffer reset), with momentum ``momentum_after`` (``momentum_after_decay``, or
     ``momentum`` when None). ``dsa_strategy`` "none" (or "") trains without augmentation.
-    ``max_over_test_every`` = k > 0 also tests after every k-th epoch and records the maximum over those tests
-    and the final one beside the final accuracy (AST's model selection on the test split: never the headline).
+    ``dsa_align_corners`` is how DSA's scale and rotate resample (``dd.augment.DSAParams``).
+    ``max_over_test_every`` = k > 0 also tests after the 0-based epochs 0, k, 2k, ... (``epoch % k == 0``, as AST's
+    ``ep % 20 == 0``) and records the maximum over those tests and the final one beside the final accuracy
+    (AST's model selection on the test split: never the headline).
     """
 
     name: str = "mtt"
@@ -62,6 +68,7 @@ class Protocol:
     weight_decay: float = 5e-4
     batch_size: int = 256
     dsa_strategy: str = DEFAULT_STRATEGY
+    dsa_align_corners: bool = True
     max_over_test_every: int = 0
     amp: str = "none"
     source: str = MTT_SOURCE
@@ -91,6 +98,19 @@ class Protocol:
         """The momentum of the epochs after the decay."""
         return self.momentum if self.momentum_after_decay is None else self.momentum_after_decay
 
+    @property
+    def augmented(self) -> bool:
+        """Whether training batches are augmented (a strategy other than "none" or "")."""
+        return self.dsa_strategy not in ("", "none")
+
+    def augmentation(self) -> DSA | None:
+        """The DSA of the training batches, or None when the protocol trains without augmentation."""
+        return DSA(self.dsa_strategy, DSAParams(align_corners=self.dsa_align_corners)) if self.augmented else None
+
+    def tested_after(self, epoch: int) -> bool:
+        """Whether a run is tested after 0-based ``epoch`` for ``max_over_test_every``."""
+        return self.max_over_test_every > 0 and epoch % self.max_over_test_every == 0
+
     def schedule(self, lr: float) -> SGDSchedule:
         """The protocol's SGD, epoch by epoch, from the initial ``lr``."""
         return SGDSchedule(lr=lr, epochs=self.epochs_run, momentum=self.momentum, weight_decay=self.weight_decay,
@@ -105,7 +125,10 @@ class Protocol:
                 "momentum_after_decay": self.momentum_after, "weight_decay": self.weight_decay,
                 "batch_size": self.batch_size, "augment": self.dsa_strategy or "none",
                 "soft_label_loss": SOFT_LABEL_LOSS, "max_over_test_every": self.max_over_test_every,
-                **({"amp": self.amp} if self.amp != "none" else {})}  # fp32 records keep their identity
+                # keys only where a value differs from what every record before them had, so those keep their identity
+                **({"max_over_test_epochs": f"0,{k},{2 * k},..."} if (k := self.max_over_test_every) else {}),
+                **({"dsa_align_corners": False} if self.augmented and not self.dsa_align_corners else {}),
+                **({"amp": self.amp} if self.amp != "none" else {})}
 
 
 PROTOCOLS: dict[str, Protocol] = {}
@@ -145,21 +168,43 @@ DATM = register_protocol(Protocol(
 AST = register_protocol(Protocol(
     name="ast", weight_decay=1e-3, decay_factor=0.5, momentum_after_decay=0.8, max_over_test_every=20,
     source="AST utils.py:493-534 evaluate_synset (ftd_ast_krr.md §2.4): SGD(lr = syn_lr, momentum 0.9, wd 1e-3); "
-           "at epoch E//2+1 lr x0.5 with momentum 0.8 and wd 1e-3; tested every 20 epochs and returns the "
-           "maximum (model selection on the test split, recorded here only beside the final accuracy). The notes "
-           "restate wd 1e-3 at the decay, i.e. a re-created SGD as in the MTT function it modifies, and do not "
-           "give the test epochs or the epoch count; both are taken from MTT (range(E+1)) and unconfirmed. "
+           "at epoch E//2+1 lr x0.5 with momentum 0.8 and wd 1e-3; tested after the epochs ep of range(E+1) with "
+           "ep % 20 == 0 (0, 20, ..., E when 20 divides it) and returns the maximum (model selection on the test "
+           "split, recorded here only beside the final accuracy); a re-created SGD at the decay (utils.py at "
+           "8030869). The epoch count is MTT's default (1000), unconfirmed for AST's runs. "
            "AST's test.py (1500 epochs, batch 512, decays at E/3+1 and 2E/3+1) is a different protocol"))
 
+DC_CODE = ("VICO-UoE/DatasetCondensation utils.py evaluate_synset (docs/reference-dc-dsa-dm.md §4): SGD(lr_net "
+           "0.01, momentum 0.9, wd 5e-4), range(Epoch+1), lr x0.1 by a re-created optimiser after epoch Epoch//2+1 "
+           "(the function MTT copied), batch_train 256, test after the last epoch; DiffAugment's affine_grid and "
+           "grid_sample without align_corners (False). The caller passes lr = 0.01: these sets carry no learned lr")
+
 DC = register_protocol(Protocol(
-    name="dc", epochs=300,
-    source="DC/DSA/DM (VICO-UoE DatasetCondensation) utils.py evaluate_synset, not in the reference notes; values "
-           "from the DC code: SGD(lr_net 0.01, momentum 0.9, wd 5e-4), range(Epoch+1), lr x0.1 by a re-created "
-           "optimiser after epoch Epoch//2+1 (the function MTT copied), batch_train 256, DSA in DSA/DM. "
-           "epoch_eval_train is 300 in main.py (DC, DSA) and 1000 in main_DM.py (get_protocol('dc', epochs=1000)); "
-           "DC without DSA trains un-augmented (dsa_strategy='none') except on MNIST. KRR-ST's re-run of these "
-           "baselines (ftd_ast_krr.md §3.5) uses lr 0.01, momentum 0.9, wd 5e-4, 1000 epochs, batch 256, x0.1 at "
-           "500, DSA. The caller passes lr = 0.01: these sets carry no learned lr"))
+    name="dc", epochs=300, dsa_strategy="none", dsa_align_corners=False,
+    source=DC_CODE + ". main.py --method DC: epoch_eval_train 300 and no augmentation when get_daparam's strategy is "
+                     "'none', which it is for every dataset but MNIST (crop_scale_rotate, 1000 epochs) and for every "
+                     "model but ConvNetBN (crop_noise, 1000 epochs); dd has no DC augmentation and trains those "
+                     "un-augmented too, 300 epochs (pass --epochs 1000 for the reference's count)"))
+
+DSA_PROTOCOL = register_protocol(Protocol(
+    name="dsa", epochs=1000, dsa_align_corners=False,
+    source=DC_CODE + ". main.py --method DSA: epoch_eval_train 1000 with DiffAugment(dsa_strategy) on every "
+                     "training batch, per-sample parameters; README strategy color_crop_cutout_flip_scale_rotate"))
+
+DM = register_protocol(Protocol(
+    name="dm", epochs=1000, dsa_align_corners=False,
+    source=DC_CODE + ". main_DM.py: epoch_eval_train 1000 with DiffAugment(dsa_strategy) on every training batch "
+                     "(default strategy color_crop_cutout_flip_scale_rotate); the values of dsa"))
+
+LEGACY_NAMES = {("dc", "dsa"): "dsa", ("dc", "dm"): "dm"}
+"""(name a set recorded, its method) -> the protocol it means: before dsa and dm had their own, every DC, DSA and
+DM set named ``dc``, then 300 (dm: 1000) epochs with DSA; its method's protocol is the one its paper used."""
+
+
+def legacy_name(name: str, method: str | None) -> str:
+    """The protocol a set's recorded ``name`` means for its ``method`` (``LEGACY_NAMES``, else ``name``)."""
+    return LEGACY_NAMES.get((name, method or ""), name)
+
 
 DD0 = register_protocol(Protocol(
     name="dd0", extra_epochs=0, decay_offset=-1, reset_at_decay=False,

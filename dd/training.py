@@ -151,7 +151,7 @@ def eval_generator(seed: int) -> torch.Generator:
 
 def protocol_augment(protocol: Protocol) -> DSA | None:
     """The protocol's DSA, or None when it trains without augmentation."""
-    return DSA(protocol.dsa_strategy) if protocol.dsa_strategy else None
+    return protocol.augmentation()
 
 
 @dataclass(frozen=True)
@@ -165,15 +165,15 @@ class Score:
 
 
 class PeriodicTests:
-    """The periodic tests of one protocol run (``max_over_test_every`` = k: after every k-th epoch)."""
+    """The periodic tests of one protocol run (``max_over_test_every`` = k: after 0-based epochs 0, k, 2k, ...)."""
 
     def __init__(self, protocol: Protocol, test: tuple[torch.Tensor, torch.Tensor]) -> None:
-        self.every, self.test = protocol.max_over_test_every, test
+        self.protocol, self.every, self.test = protocol, protocol.max_over_test_every, test
         self.accuracies: list[float] = []
 
     def due(self, epoch: int) -> bool:
-        """Whether the run is tested after 0-based ``epoch``."""
-        return self.every > 0 and (epoch + 1) % self.every == 0
+        """Whether the run is tested after 0-based ``epoch``: 0, k, 2k, ... (``Protocol.tested_after``)."""
+        return self.protocol.tested_after(epoch)
 
     def record(self, model: nn.Module) -> None:
         """Test ``model`` now."""

@@ -227,3 +227,28 @@ def test_scale_and_rotate_draw_their_ranges():
     g = _after_group_draw(9)
     angle = (torch.rand(len(x), generator=g) * 2 - 1) * math.radians(15)
     assert torch.allclose(DSA("rotate")(x, gen(9)), affine(x, rotate_theta(angle)), atol=1e-6)
+
+
+def test_align_corners_by_hand_on_a_non_square_rotation():
+    """A 90-degree turn of a 2x4 image of ones. The source row of output column j is its normalised x coordinate
+    read in row pixels: align_corners=False (the DC/DSA/DM code) x = (2j+1)/4 - 1, row ((x+1)*2 - 1)/2 = -0.25,
+    0.25, 0.75, 1.25, so the outer columns take a quarter of zero padding: 0.75. align_corners=True (MTT):
+    x = -1 + 2j/3, row (x+1)/2 = 0, 1/3, 2/3, 1, all inside: ones."""
+    x = torch.ones(1, 1, 2, 4)
+    quarter = rotate_theta(torch.tensor([math.pi / 2]))
+    edge = torch.tensor([0.75, 1.0, 1.0, 0.75])
+    assert torch.allclose(affine(x, quarter, align_corners=False)[0, 0], edge.expand(2, 4), atol=1e-6)
+    assert torch.allclose(affine(x, quarter, align_corners=True), x, atol=1e-6)
+
+
+def test_align_corners_reaches_scale_and_rotate_and_matters_only_off_the_square():
+    g = _after_group_draw(9)
+    angle = (torch.rand(6, generator=g) * 2 - 1) * math.radians(15)
+    wide = batch(h=8, w=12)
+    dc_code = DSA("rotate", DSAParams(align_corners=False))
+    assert torch.allclose(dc_code(wide, gen(9)), affine(wide, rotate_theta(angle), align_corners=False), atol=1e-6)
+    assert not torch.allclose(dc_code(wide, gen(9)), DSA("rotate")(wide, gen(9)), atol=1e-3)
+    square = batch()
+    for op in ("scale", "rotate"):  # same sampling points on square images: only rounding differs
+        assert torch.allclose(DSA(op, DSAParams(align_corners=False))(square, gen(3)), DSA(op)(square, gen(3)),
+                              atol=1e-5)

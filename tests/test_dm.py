@@ -1,13 +1,13 @@
 """DM (dd.distill.dm): one iteration against a hand-written reference (per-class mean embeddings under one
 siamese DSA draw per class, the loss and the updated images), BatchNorm networks embedding all classes in one
-batch, and a run without any buffer whose set dd.eval reads under protocol dc."""
+batch, and a run without any buffer whose set dd.eval reads under protocol dm."""
 
 import json
 
 import pytest
 import torch
 
-from dd.augment import DSA
+from dd.augment import DSA, DSAParams
 from dd.distill.__main__ import main as distill_main
 from dd.distill.dm import DM, DMConfig, class_mean_embeddings
 from dd.eval.__main__ import main as eval_main
@@ -22,7 +22,7 @@ def test_one_dm_iteration_equals_a_hand_written_reference(tmp_path):
     x = run.images.detach().clone().requires_grad_(True)
     seed = int(torch.randint(2**31 - 1, (1,), generator=g))
     model = create_model("ConvNetW32", 1, 10, (8, 8), seed=seed).train()
-    dsa = DSA(config.dsa_strategy)
+    dsa = DSA(config.dsa_strategy, DSAParams(align_corners=False))  # the DC code's DiffAugment
     loss = 0.0
     for c in range(10):
         pool = run.pools[c]
@@ -72,5 +72,5 @@ def test_dm_runs_without_a_buffer_and_dd_eval_reads_its_set(tmp_path, monkeypatc
                       "--out", str(out), "--device", "cpu"]) == 0
     runs = json.loads((out / "results.json").read_text())["runs"]
     mine = [r for r in runs if r["source"] == "distilled"]
-    assert mine and all(r["method"] == "dm" and r["protocol"]["name"] == "dc" for r in mine)
+    assert mine and all(r["method"] == "dm" and r["protocol"]["name"] == "dm" for r in mine)
     assert all(r["protocol"]["lr"] == pytest.approx(0.01) and 0 <= r["accuracy"] <= 1 for r in mine)

@@ -203,3 +203,34 @@ def test_batched_seeds_give_the_sequential_records(tmp_path, synset_dir, monkeyp
     on, off = sorted(read_runs(tmp_path / "on"), key=key), sorted(read_runs(tmp_path / "off"), key=key)
     assert [key(r) for r in on] == [key(r) for r in off] and len(on) == 6
     assert [r["accuracy"] for r in on] == pytest.approx([r["accuracy"] for r in off], abs=2 / 360)
+
+
+def test_a_set_trains_under_its_methods_protocol_and_random_real_images_beside_it_too(tmp_path):
+    """A DC set: protocol dc, no augmentation, for it and for the random baseline (the DC paper's random rows);
+    a DSA set written before dsa had a protocol of its own (it says dc): protocol dsa; --protocol overrides."""
+    dc = make_set(tmp_path / "dc", soft=False, method="dc", protocol="dc")
+    old_dsa = make_set(tmp_path / "dsa", soft=False, pick=1, method="dsa", protocol="dc")
+    flags = ["--runs", "1", "--epochs", "2", "--device", "cpu", "--baseline", "random"]
+    assert eval_main(["--synset", str(dc), *flags, "--out", str(tmp_path / "a")]) == 0
+    runs = read_runs(tmp_path / "a")
+    assert sorted(r["source"] for r in runs) == ["distilled", "random"]
+    assert all(r["protocol"]["name"] == "dc" and r["protocol"]["augment"] == "none" for r in runs)
+    assert eval_main(["--synset", str(old_dsa), *flags, "--out", str(tmp_path / "b")]) == 0
+    runs = read_runs(tmp_path / "b")
+    assert all(r["protocol"]["name"] == "dsa" and r["protocol"]["augment"] != "none" for r in runs)
+    assert all(r["protocol"]["dsa_align_corners"] is False for r in runs)
+    assert eval_main(["--synset", str(old_dsa), *flags, "--protocol", "mtt", "--out", str(tmp_path / "c")]) == 0
+    assert {r["protocol"]["name"] for r in read_runs(tmp_path / "c")} == {"mtt"}
+
+
+def test_protocol_dc_says_where_the_dc_code_augmented():
+    from dd.eval.__main__ import dc_augmentation_notes
+    from dd.protocols import get_protocol
+
+    dc = {"dc": {"none": get_protocol("dc")}}
+    assert dc_augmentation_notes(dc, "digits", ["ConvNet"]) == []
+    (note,) = dc_augmentation_notes(dc, "mnist", ["ConvNet", "ConvNetBN"])
+    assert "dataset mnist and ConvNetBN without augmentation" in note and "1000 epochs" in note
+    assert dc_augmentation_notes({"dsa": {"dsa": get_protocol("dsa")}}, "mnist", ["ConvNetBN"]) == []
+    with_dsa = {"dc": {"dsa": get_protocol("dc", dsa_strategy="crop")}}  # --dsa-strategy given: not DC's rule
+    assert dc_augmentation_notes(with_dsa, "mnist", ["ConvNet"]) == []

@@ -3,6 +3,8 @@ layer-wise distance on a hand case, one iteration against a hand-written referen
 network update between rounds included), siamese DSA parameters, resume equal to an uninterrupted run, and
 bad input as one error line."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +15,7 @@ from dd.distill import condense
 from dd.distill.__main__ import main as distill_main
 from dd.distill.checkpoint import save_checkpoint
 from dd.distill.condense import siamese
+from dd.distill.dm import DM, DMConfig
 from dd.distill.gradmatch import LOOPS, GradMatch, GradMatchConfig, layer_distance, loops
 from dd.distill.synset import load_synset
 from dd.models import create_model
@@ -134,8 +137,8 @@ def test_resume_equals_an_uninterrupted_run(method, tmp_path, monkeypatch):
     assert distill_main([*common, "--run-dir", str(tmp_path / "resumed"), "--resume"]) == 0
     straight, resumed = load_synset(tmp_path / "straight" / "synset"), load_synset(tmp_path / "resumed" / "synset")
     torch.testing.assert_close(resumed.images, straight.images, rtol=0, atol=0)
-    assert straight.meta["iteration"] == 4 and straight.meta["method"] == method
-    assert straight.meta["protocol"] == "dc" and straight.lr == pytest.approx(0.01)
+    assert straight.meta["iteration"] == 5 and straight.meta["method"] == method  # iterations + 1 updates
+    assert straight.meta["protocol"] == method and straight.lr == pytest.approx(0.01)
     assert torch.equal(straight.labels, torch.arange(10))
     assert (tmp_path / "straight" / "synset_best").is_dir()
 
@@ -159,3 +162,45 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
     line = one_error_line(capsys, distill_main, [*run, "--method", "dc", "--iterations", "1", "--lr-img", "0.2",
                                                  "--resume"])
     assert "--lr-img 0.1 (checkpoint) vs 0.2 (now)" in line
+
+
+def test_a_run_makes_iterations_plus_one_updates_and_evaluates_at_iterations(tmp_path, capsys):
+    """The reference's range(Iteration + 1): updates 1..3 for --iterations 2; the evaluations at the multiples of
+    eval_every and at iterations (the reference evaluates the set before that iteration's update), never after
+    the extra one, whose set is the last one saved."""
+    run = tmp_path / "run"
+    assert distill_main(["--method", "dc", *TINY, "--iterations", "2", "--eval-every", "1", "--run-dir",
+                         str(run)]) == 0
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in lines if "loss" in r] == [1, 2, 3]
+    assert [r["iteration"] for r in lines if "val/ConvNetW32" in r] == [1, 2]
+    assert load_synset(run / "synset").meta["iteration"] == 3
+    assert load_synset(run / "synset_best").meta["iteration"] in (1, 2)
+    assert distill_main(["--method", "dc", *TINY, "--iterations", "2", "--eval-every", "1", "--run-dir", str(run),
+                         "--resume"]) == 0  # a finished run resumes to nothing more
+    assert load_synset(run / "synset").meta["iteration"] == 3
+    line = one_error_line(capsys, distill_main, ["--method", "dc", *TINY, "--iterations", "1", "--run-dir", str(run),
+                                                 "--resume"])
+    assert "holds iteration 3, past --iterations 1; pass --iterations 2 or more" in line
+
+
+# method -> (protocol, epochs, augmentation) of the in-run evaluations by default (docs/reference-dc-dsa-dm.md)
+IN_RUN = {"dc": ("dc", 300, "none"), "dsa": ("dsa", 1000, "crop_flip"), "dm": ("dm", 1000, "crop_flip")}
+
+
+@pytest.mark.parametrize("method", sorted(IN_RUN))
+def test_in_run_evaluations_train_under_the_methods_protocol(method, tmp_path, monkeypatch):
+    name, epochs, augment = IN_RUN[method]
+    cls, config_cls = (DM, DMConfig) if method == "dm" else (GradMatch, GradMatchConfig)
+    config = config_cls(method=method, model="ConvNetW32", eval_models="ConvNetW32", dsa_strategy="crop_flip",
+                        device="cpu", run_dir=str(tmp_path))
+    run = cls(config)
+    seen = []
+    monkeypatch.setattr(condense, "train_and_test_seeds", lambda *a, **k: seen.append(a[7]) or [0.5])
+    run.evaluate()
+    (protocol,) = seen
+    assert (protocol.name, protocol.epochs, protocol.dsa_strategy) == (name, epochs, augment)
+    assert protocol.augmentation() is None or protocol.augmentation().params.align_corners is False
+    assert run.synset().meta["protocol"] == name
+    config.eval_epochs, config.eval_batch_size = 7, 16
+    assert (run.protocol().epochs, run.protocol().batch_size) == (7, 16)

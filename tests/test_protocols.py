@@ -16,7 +16,7 @@ from dd.errors import DDError
 from dd.functional import flatten_params
 from dd.models import create_model
 from dd.multiseed import train_and_score_seeds
-from dd.protocols import Protocol, get_protocol, list_protocols
+from dd.protocols import Protocol, get_protocol, legacy_name, list_protocols
 from dd.training import PeriodicTests, eval_generator, train_and_score, train_and_test, train_model
 
 MLP = ("MLP", 1, 10, (8, 8))
@@ -53,14 +53,15 @@ def record_epochs(monkeypatch) -> list[dict]:
 
 # name -> (lr factor, momentum after the decay, weight decay, batch size); epochs=6 for all: 7 run, decay after 4
 EXPECTED = {"mtt": (0.1, 0.9, 5e-4, 256), "datm": (0.1, 0.9, 5e-4, 128), "ast": (0.5, 0.8, 1e-3, 256),
-            "dc": (0.1, 0.9, 5e-4, 256)}
+            "dc": (0.1, 0.9, 5e-4, 256), "dsa": (0.1, 0.9, 5e-4, 256), "dm": (0.1, 0.9, 5e-4, 256)}
 
 
 def test_the_registry():
     assert list_protocols() == sorted([*EXPECTED, "dd0"])
     assert Protocol() == get_protocol("mtt")  # the class defaults are the mtt protocol
     assert all(get_protocol(name).source for name in list_protocols())
-    assert [get_protocol(name).epochs for name in ("mtt", "datm", "ast", "dc")] == [1000, 1000, 1000, 300]
+    assert [get_protocol(name).epochs for name in ("mtt", "datm", "ast", "dc", "dsa", "dm")] == [
+        1000, 1000, 1000, 300, 1000, 1000]
     assert get_protocol("ast").max_over_test_every == 20 and get_protocol("mtt").max_over_test_every == 0
     with pytest.raises(DDError, match="unknown evaluation protocol 'nope'"):
         get_protocol("nope")
@@ -147,7 +148,8 @@ def test_describe_tells_every_protocol_and_every_setting_apart():
     changed = {"name": "other", "epochs": 300, "extra_epochs": 0, "decay_after": 3, "decay_offset": 0,
                "decay_factor": 0.5,
                "reset_at_decay": False, "momentum": 0.5, "momentum_after_decay": 0.8, "weight_decay": 1e-3,
-               "batch_size": 128, "dsa_strategy": "none", "max_over_test_every": 20, "amp": "bf16"}
+               "batch_size": 128, "dsa_strategy": "none", "dsa_align_corners": False, "max_over_test_every": 20,
+               "amp": "bf16"}
     assert set(changed) == {f.name for f in dataclasses.fields(Protocol)} - {"source"}  # every result-changing field
     for field, value in changed.items():
         assert dataclasses.replace(base, **{field: value}).describe(0.01) != base.describe(0.01), field
@@ -157,8 +159,15 @@ def test_describe_tells_every_protocol_and_every_setting_apart():
 def test_periodic_tests_of_ast():
     tests = PeriodicTests(get_protocol("ast"), (torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.long)))
     due = [e for e in range(get_protocol("ast").epochs_run) if tests.due(e)]
-    assert due == list(range(19, 1000, 20))  # every 20th of the 1001 epochs; the final test comes on top
+    assert due == list(range(0, 1001, 20))  # AST's ep % 20 == 0 over range(1001): 0, 20, ..., 1000 (the last)
     assert not any(PeriodicTests(get_protocol("mtt"), tests.test).due(e) for e in range(1001))
+
+
+def test_ast_records_name_their_test_epochs_so_earlier_ones_never_merge_with_them():
+    """Records before this semantics tested after epochs 19, 39, ... with the same max_over_test_every: the key
+    max_over_test_epochs (only where max_over_test_every > 0) keeps them apart; mtt's records keep theirs."""
+    assert get_protocol("ast").describe(0.01)["max_over_test_epochs"] == "0,20,40,..."
+    assert "max_over_test_epochs" not in get_protocol("mtt").describe(0.01)
 
 
 def test_ast_score_keeps_the_final_accuracy_as_headline(digits):
@@ -188,6 +197,34 @@ def test_each_method_names_the_protocol_its_sets_expect():
     from dd.distill.methods import METHODS
     assert {name: cls.protocol for name, cls in METHODS.items()} == {"mtt": "mtt", "ftd": "mtt", "datm": "datm",
                                                                      "ast": "ast", "tesla": "mtt"}
+
+
+# name -> (epochs run, 0-based epoch after which the lr decays, augmentation, align_corners in the record), by hand
+# from the DC code: main.py epoch_eval_train 300 for DC without augmentation, 1000 with DSA (DSA, main_DM.py).
+DC_FAMILY = {"dc": (301, 151, "none", None), "dsa": (1001, 501, "color_crop_cutout_flip_scale_rotate", False),
+             "dm": (1001, 501, "color_crop_cutout_flip_scale_rotate", False)}
+
+
+@pytest.mark.parametrize("name", sorted(DC_FAMILY))
+def test_dc_dsa_dm_protocols_pin_epochs_augmentation_and_schedule(name):
+    epochs_run, decay, augment, align = DC_FAMILY[name]
+    described = get_protocol(name).describe(0.01)
+    assert described == {
+        "name": name, "epochs": epochs_run - 1, "epochs_run": epochs_run, "optimizer": "sgd", "lr": 0.01,
+        "lr_decay_after_epoch": decay, "lr_decay_factor": 0.1, "reset_at_decay": True, "momentum": 0.9,
+        "momentum_after_decay": 0.9, "weight_decay": 5e-4, "batch_size": 256, "augment": augment,
+        "soft_label_loss": "soft_ce", "max_over_test_every": 0,
+        **({} if align is None else {"dsa_align_corners": align})}
+    dsa = get_protocol(name).augmentation()
+    assert (dsa is None) == (augment == "none")
+    assert dsa is None or (dsa.strategy == augment and dsa.params.align_corners is False)
+    assert get_protocol("mtt").augmentation().params.align_corners is True  # MTT's DiffAugment passes True
+
+
+def test_a_dsa_or_dm_set_that_names_dc_means_its_methods_protocol():
+    """Sets written before dsa and dm had protocols named dc for all three methods."""
+    assert [legacy_name("dc", m) for m in ("dc", "dsa", "dm", None)] == ["dc", "dsa", "dm", "dc"]
+    assert legacy_name("mtt", "dsa") == "mtt" and legacy_name("dsa", "dsa") == "dsa"
 
 
 def test_datm_and_mtt_train_the_same_network_on_sets_of_at_most_128_images():

@@ -80,22 +80,23 @@ def check_resume(run_dir: Path, stored: dict[str, Any], requested: dict[str, Any
     return {k: v for k, v in changes.items() if k != "resume"}
 
 
-def open_run(run_dir: Path, resume: bool, config: dict[str, Any], defaults: dict[str, Any] | None = None
+def open_run(run_dir: Path, resume: bool, config: dict[str, Any], defaults: dict[str, Any] | None = None,
+             extra: int = 0
              ) -> tuple[tuple[dict[str, torch.Tensor], dict[str, Any]] | None, dict[str, tuple[Any, Any]], MetricsLog]:
     """Check ``run_dir`` (held by this process, see ``dd.lock``) against ``config``, open its ``metrics.jsonl``
     and only then write its ``config.json``. Returns (its last checkpoint or None, the run-control changes of a
     resume, also logged, and the log). Refuses a folder with a checkpoint unless ``resume``, a checkpoint of
     another run (``check_resume``, with the config class's ``defaults`` for settings newer than the checkpoint),
-    and one past the requested iterations."""
+    and one past the requested iterations (plus ``extra``: DC/DSA/DM run one more)."""
     found = load_checkpoint(run_dir)
     if found is not None and not resume:
         raise DDError(f"{run_dir} already holds a run; pass --resume to continue it (with the same flags) or "
                       "choose another --run-dir")
     iteration = found[1]["iteration"] if found is not None else 0
     changes = check_resume(run_dir, found[1]["config"], config, defaults) if found is not None else {}
-    if iteration > config["iterations"]:
+    if iteration > config["iterations"] + extra:
         raise DDError(f"{run_dir} holds iteration {iteration}, past --iterations {config['iterations']}; "
-                      f"pass --iterations {iteration} or more")
+                      f"pass --iterations {iteration - extra} or more")
     log = MetricsLog(run_dir / "metrics.jsonl", config["wandb"], config, resume_from=iteration)
     atomic_write_json(run_dir / "config.json", config)
     if changes:

@@ -5,10 +5,15 @@ synthetic images of that class under a freshly initialised network, with no expe
 ``Condenser`` holds the real data on the device, the per-class pools, the synthetic images (labels fixed,
 ``ipc`` consecutive images per class) and their SGD (momentum 0.5, as the reference ``optimizer_img``), draws
 every random choice from one CPU generator (fresh-network seeds, real batches, DSA), and runs over
-``dd.distill.runloop``. Its sets are ordinary synthetic sets with ``protocol: dc`` and the evaluation lr
-``lr_net`` (these methods learn no lr). ``siamese`` is DSA's shared augmentation of the real and the synthetic
-batch. The methods live in ``dd.distill.gradmatch`` (dc, dsa) and ``dd.distill.dm``; the values and their
-sources are in docs/reference-dc-dsa-dm.md.
+``dd.distill.runloop``. Its sets are ordinary synthetic sets naming their method's evaluation protocol (``dc``:
+300 epochs without augmentation; ``dsa``, ``dm``: 1000 epochs with DSA; ``dd.protocols``), which the in-run
+evaluations use too, and the evaluation lr ``lr_net`` (these methods learn no lr). As the reference's
+``range(Iteration + 1)``, a run makes ``iterations + 1`` image updates: the evaluations fall on the multiples of
+``eval_every`` and on ``iterations`` (the reference evaluates before the update of those iterations), and the
+last set saved is that of update ``iterations + 1``. ``siamese`` is DSA's shared augmentation of the real and
+the synthetic batch, with the DC code's resampling (``align_corners`` False). The methods live in
+``dd.distill.gradmatch`` (dc, dsa) and ``dd.distill.dm``; the values and their sources are in
+docs/reference-dc-dsa-dm.md.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import torch
 from torch import nn
 from torch.func import vmap
 
-from dd.augment import DEFAULT_STRATEGY, DSA
+from dd.augment import DEFAULT_STRATEGY, DSA, DSAParams
 from dd.cli import check_flags
 from dd.config import build_parser, opt, parse_config, to_dict
 from dd.data import CHANNELS_HELP, IMAGE_SIZE_HELP, class_indices, list_datasets
@@ -36,7 +41,7 @@ from dd.io import pack_state, unpack_state
 from dd.metrics import check_wandb
 from dd.models import create_model, list_models
 from dd.multiseed import train_and_test_seeds
-from dd.protocols import get_protocol
+from dd.protocols import Protocol, get_protocol
 from dd.realdata import prepare_data
 from dd.viz import save_grid
 
@@ -67,7 +72,8 @@ class CondenseConfig:
     eval_every: int = opt(500, "evaluate every k iterations (0: only at the end)")
     eval_models: str = opt("ConvNet", "comma-separated architectures for the evaluations during the run")
     eval_runs: int = opt(1, "networks trained per architecture at each evaluation")
-    eval_epochs: int = opt(300, "epochs of each evaluation network (protocol dc)")
+    eval_epochs: int | None = opt(None, "epochs of each evaluation network (default: the method's protocol's: dc 300, "
+                                  "dsa and dm 1000)")
     eval_batch_size: int | None = opt(None, "batch size of each evaluation network (default: the protocol's)")
     log_every: int = opt(10, "write metrics every k iterations")
     checkpoint_every: int = opt(100, "save the set and a resumable checkpoint every k iterations")
@@ -113,9 +119,27 @@ def siamese(dsa: DSA, batches: Sequence[torch.Tensor], generator: torch.Generato
 
 
 class Condenser(RunLoop):
-    """State, data, outputs and checkpoints of one DC/DSA/DM run; a method adds ``step``."""
+    """State, data, outputs and checkpoints of one DC/DSA/DM run; a method adds ``step``. The method's evaluation
+    protocol has the method's name (dc, dsa, dm)."""
 
     divergence_fix = "--lr-img is likely too high"
+
+    @property
+    def final_iteration(self) -> int:
+        """``iterations + 1`` updates, as the reference's ``range(Iteration + 1)``."""
+        return self.config.iterations + 1
+
+    def protocol(self) -> Protocol:
+        """The method's protocol under the run's settings: ``eval_epochs`` and ``eval_batch_size`` when given,
+        and the run's ``dsa_strategy`` for a protocol that augments (dsa, dm; the reference evaluates with the
+        strategy it distilled with)."""
+        cfg = self.config
+        protocol = get_protocol(cfg.method)
+        overrides = {k: v for k, v in (("epochs", cfg.eval_epochs), ("batch_size", cfg.eval_batch_size))
+                     if v is not None}
+        if protocol.augmented:
+            overrides["dsa_strategy"] = cfg.dsa_strategy
+        return get_protocol(cfg.method, **overrides)
 
     def __init__(self, config: CondenseConfig, argv: Sequence[str] | None = None) -> None:
         validate(config)
@@ -132,7 +156,7 @@ class Condenser(RunLoop):
                 raise DDError(f"--ipc {config.ipc} is larger than class {c} of {spec.name}, which has {len(idx)} "
                               "training images; lower --ipc")
         self.generator = make_generator(config.seed)
-        self.dsa = DSA(config.dsa_strategy)
+        self.dsa = DSA(config.dsa_strategy, DSAParams(align_corners=False))  # the DC code's DiffAugment
         self.labels = torch.arange(spec.num_classes, device=self.device).repeat_interleave(config.ipc)
         if config.pix_init == "real":
             images = torch.cat([self.real_batch(c, config.ipc) for c in range(spec.num_classes)])
@@ -175,7 +199,7 @@ class Condenser(RunLoop):
         return SynSet(images=self.images.detach().cpu(), labels=self.labels.cpu(), lr=cfg.lr_net,
                       meta={"dataset": cfg.dataset, "ipc": cfg.ipc, "method": cfg.method, "model": cfg.model,
                             "iteration": self.iteration, "config": to_dict(cfg), "preprocess_meta": meta,
-                            "protocol": "dc", "splits": self.data.splits(), "selected_on": "val"},
+                            "protocol": cfg.method, "splits": self.data.splits(), "selected_on": "val"},
                       preprocess={k: v.cpu() for k, v in tensors.items()})
 
     def save_set(self, suffix: str = "") -> None:
@@ -196,11 +220,10 @@ class Condenser(RunLoop):
         self.generator.set_state(tensors["generator"])
 
     def evaluate(self, progress: Progress | None = None) -> dict[str, list[float]]:
-        """Validation accuracy of fresh networks trained on the set under protocol dc (``eval_epochs``); the
+        """Validation accuracy of fresh networks trained on the set under the method's protocol (``protocol``); the
         seeds of one model count as one step of ``progress``."""
         cfg, spec = self.config, self.data.spec
-        batch = {} if cfg.eval_batch_size is None else {"batch_size": cfg.eval_batch_size}
-        protocol = get_protocol("dc", epochs=cfg.eval_epochs, **batch)
+        protocol = self.protocol()
         seeds = [cfg.seed + run for run in range(cfg.eval_runs)]
         models = cfg.eval_models.split(",")
         results: dict[str, list[float]] = {}

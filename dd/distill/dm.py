@@ -32,7 +32,6 @@ class DMConfig(CondenseConfig):
     pix_init: str = opt("real", "initial images: Gaussian noise or random real images of the class",
                         choices=("noise", "real"))
     eval_every: int = opt(2000, "evaluate every k iterations (0: only at the end)")
-    eval_epochs: int = opt(1000, "epochs of each evaluation network (protocol dc)")
 
 
 def class_mean_embeddings(model: nn.Module, batches: Sequence[torch.Tensor], together: bool) -> torch.Tensor:

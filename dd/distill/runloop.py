@@ -98,7 +98,7 @@ class RunLoop:
         """Check the run folder (held by this process) against the config, restore its checkpoint when resuming
         (else ``start``), and return its metrics log."""
         found, changes, log = open_run(self.run_dir, self.config.resume, to_dict(self.config),
-                                       to_dict(type(self.config)()))
+                                       to_dict(type(self.config)()), self.final_iteration - self.config.iterations)
         if found is not None:
             self.restore(*found, changes)
         else:
@@ -114,6 +114,12 @@ class RunLoop:
         if distributed.is_main():
             print(f"resumed {self.run_dir} at iteration {self.iteration}")
 
+    @property
+    def final_iteration(self) -> int:
+        """The iteration the run ends at: ``iterations`` (DC/DSA/DM: one more, as their reference's loop). The
+        end-of-run evaluation stays at ``iterations``."""
+        return self.config.iterations
+
     # -- the loop ---------------------------------------------------------------------------------
     def run_state(self) -> dict[str, Any]:
         """The loop's part of a checkpoint's state: counters, best accuracies and the config."""
@@ -127,7 +133,7 @@ class RunLoop:
         self.checkpointed = self.iteration
 
     def run(self) -> None:
-        """Run (or resume) to ``iterations`` as the only writer of the run folder. An interrupt (SIGINT, SIGTERM
+        """Run (or resume) to ``final_iteration`` as the only writer of the run folder. An interrupt (SIGINT, SIGTERM
         under ``dd.cli.run_cli``) first saves the last finished iteration."""
         main = distributed.is_main()
         with hold(self.run_dir, f"run folder {self.run_dir}") if main else contextlib.nullcontext():
@@ -164,7 +170,7 @@ class RunLoop:
 
     def _is_eval_point(self, iteration: int) -> bool:
         every = getattr(self.config, "eval_every", None)
-        if every is None:
+        if every is None or iteration > self.config.iterations:  # DC/DSA/DM's extra update is not evaluated
             return False
         return iteration == self.config.iterations or (every > 0 and iteration % every == 0)
 
@@ -209,21 +215,22 @@ class RunLoop:
 
     def _loop(self, log: MetricsLog) -> None:
         cfg = self.config
-        bar = self._bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=self._label(), unit="it",
+        final = self.final_iteration
+        bar = self._bar = tqdm(total=final, initial=self.iteration, desc=self._label(), unit="it",
                                disable=not distributed.is_main())
         try:  # a divergence error prints below a closed bar, not inside it
             if self.evaluated < self.iteration and self._is_eval_point(self.iteration):
                 self._evaluate(log)  # resumed from a checkpoint whose evaluation had not finished
             loss_sum: torch.Tensor | None = None  # on the loss's device: no host sync per iteration
             count, tic = 0, time.perf_counter()
-            while self.iteration < cfg.iterations:
+            while self.iteration < final:
                 with uninterruptible():  # an interrupt waits for the iteration and its log line: no half state
                     loss = self.step()
                     loss_sum = loss if loss_sum is None else loss_sum + loss
                     self.iteration += 1
                     count += 1
                     bar.update(1)
-                    if self.iteration % cfg.log_every == 0 or self.iteration == cfg.iterations:
+                    if self.iteration % cfg.log_every == 0 or self.iteration == final:
                         mean = (loss_sum / count).item()  # the only host sync of the loop, every log_every iterations
                         self._check_finite(mean)
                         log.write({"iteration": self.iteration, "loss": mean, **self.log_fields(),
@@ -232,7 +239,7 @@ class RunLoop:
                         loss_sum = None
                         count, tic = 0, time.perf_counter()
                 evaluate_now = self._is_eval_point(self.iteration)
-                if evaluate_now or self.iteration % cfg.checkpoint_every == 0 or self.iteration == cfg.iterations:
+                if evaluate_now or self.iteration % cfg.checkpoint_every == 0 or self.iteration == final:
                     paused = time.perf_counter()
                     self._check_finite(0.0)
                     self.save()  # before the evaluation: a failing or interrupted one loses nothing
