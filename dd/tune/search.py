@@ -24,6 +24,7 @@ from dd.cli import Interrupted
 from dd.config import load_yaml, make_config, opt
 from dd.errors import DDError
 from dd.io import atomic_write_bytes, atomic_write_json, read_json, sha256_file
+from dd.lock import Lock
 from dd.tune import trial as trials
 from dd.tune.space import EVAL_LR, Param, parse_space
 
@@ -115,6 +116,9 @@ def open_study(optuna: Any, out: Path, identity: dict[str, Any], config: TuneCon
     db = out / "study.db"
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=config.startup_trials) if config.pruner == "median"
               else optuna.pruners.NopPruner())
+    lock = Lock(out / ".study.lock")  # processes starting together would each create the tables
+    while not lock.acquire():
+        time.sleep(0.1)
     try:
         with warnings.catch_warnings():  # the heartbeat (which fails the trials of a killed process) is "experimental"
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -122,13 +126,15 @@ def open_study(optuna: Any, out: Path, identity: dict[str, Any], config: TuneCon
                                                  engine_kwargs={"connect_args": {"timeout": 120}})
         study = optuna.create_study(study_name=STUDY, storage=storage, direction="maximize", load_if_exists=True,
                                     pruner=pruner)
+        found = study.user_attrs.get("search")
+        if found is None:
+            study.set_user_attr("search", identity)
     except Exception as e:  # sqlalchemy's and optuna's errors for a file that is no study of dd.tune
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise DDError(f"{db} is not a dd.tune study ({first}); choose another --out") from None
-    found = study.user_attrs.get("search")
-    if found is None:
-        study.set_user_attr("search", identity)
-    elif found != identity:
+    finally:
+        lock.release()
+    if found is not None and found != identity:
         differ = ", ".join(k for k in identity if found.get(k) != identity[k]) or "its settings"
         raise DDError(f"{db} holds another search (its {differ} differ); rerun with that search's flags to resume "
                       "it, or choose another --out for this one")
