@@ -115,6 +115,7 @@ def test_search_finds_the_planted_optimum_prunes_and_writes_table_preset_and_plo
     rows = search(preset(tmp_path, MTT), ["lr_img=log:1..10000", "syn_steps=10,20,40"],
                   TuneConfig(trials=24, seed=0, out=str(out)), scorer=planted)
     assert len(rows) == 24
+    assert rows[0]["preset"] and rows[0]["params"] == {"lr_img": 1000.0, "syn_steps": 20}  # the preset, compared
     complete = [r for r in rows if r["state"] == "complete"]
     best = max(complete, key=lambda r: r["val_mean"])
     assert best["params"]["syn_steps"] == 20 and abs(math.log10(best["params"]["lr_img"]) - 2) < 0.5

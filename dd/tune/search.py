@@ -110,8 +110,11 @@ def search_identity(preset: Path, params: list[Param], config: TuneConfig) -> di
             "val_epochs": config.val_epochs}
 
 
-def open_study(optuna: Any, out: Path, identity: dict[str, Any], config: TuneConfig) -> Any:
-    """The study in ``out/study.db`` (created or resumed); DDError when it holds another search."""
+def open_study(optuna: Any, out: Path, identity: dict[str, Any], config: TuneConfig,
+               first: dict[str, Any] | None = None) -> Any:
+    """The study in ``out/study.db`` (created or resumed); DDError when it holds another search. A new study
+    starts with the trial ``first`` (the preset's values), so the table compares the tuned config with the preset
+    at the same budget."""
     out.mkdir(parents=True, exist_ok=True)
     db = out / "study.db"
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=config.startup_trials) if config.pruner == "median"
@@ -129,6 +132,8 @@ def open_study(optuna: Any, out: Path, identity: dict[str, Any], config: TuneCon
         found = study.user_attrs.get("search")
         if found is None:
             study.set_user_attr("search", identity)
+            if first is not None:
+                study.enqueue_trial(first, user_attrs={"preset": True})
     except Exception as e:  # sqlalchemy's and optuna's errors for a file that is no study of dd.tune
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise DDError(f"{db} is not a dd.tune study ({first}); choose another --out") from None
@@ -139,6 +144,17 @@ def open_study(optuna: Any, out: Path, identity: dict[str, Any], config: TuneCon
         raise DDError(f"{db} holds another search (its {differ} differ); rerun with that search's flags to resume "
                       "it, or choose another --out for this one")
     return study
+
+
+def preset_point(preset: Path, params: list[Param]) -> dict[str, Any] | None:
+    """The preset's own values of the searched keys when they lie in the space (None otherwise, or when
+    ``eval_lr`` is searched: a preset holds no evaluation lr)."""
+    method = trials.preset_method(preset)
+    values = make_config(trials.config_class(method), load_yaml(preset), source=f"preset {preset}")
+    point = {p.name: getattr(values, p.name) for p in params if p.name != EVAL_LR}
+    if len(point) < len(params) or not all(p.holds(point[p.name]) for p in params):
+        return None
+    return point
 
 
 def sampler_for(optuna: Any, config: TuneConfig, k: int) -> Any:
@@ -170,7 +186,7 @@ def search(preset: str | Path, space: list[str], config: TuneConfig, scorer: Sco
     check(config, params)
     out = Path(config.out) if config.out else default_out(preset)
     optuna = require_optuna()
-    study = open_study(optuna, out, search_identity(preset, params, config), config)
+    study = open_study(optuna, out, search_identity(preset, params, config), config, preset_point(preset, params))
     score = scorer or distill_and_validate(preset, config)
 
     def objective(trial: Any) -> float:
@@ -237,12 +253,12 @@ def row_of(trial: Any) -> dict[str, Any]:
             "val_mean": attrs.get("val_mean"), "val_std": attrs.get("val_std"),
             "last_reported": reported[max(reported)] if reported else None, "iterations": attrs.get("iterations"),
             "pruned": trial.state.name == "PRUNED", "seconds": attrs.get("seconds"), "run_dir": attrs.get("run_dir"),
-            "error": attrs.get("error")}
+            "error": attrs.get("error"), "preset": bool(attrs.get("preset"))}
 
 
 def trial_line(row: dict[str, Any]) -> str:
     values = " ".join(f"{k}={_short(v)}" for k, v in row["params"].items())
-    return f"trial {row['number']}: {row['state']} {_val(row)} {values}"
+    return f"trial {row['number']}{' (preset)' if row['preset'] else ''}: {row['state']} {_val(row)} {values}"
 
 
 def _short(value: Any) -> str:
@@ -274,6 +290,7 @@ def markdown(rows: list[dict[str, Any]], best: int | None) -> str:
              "|---|" + "---|" * len(keys) + "---|---|---|---|"]
     for r in rows:
         name = f"**{r['number']}**" if r["number"] == best else str(r["number"])
+        name += " (preset)" if r["preset"] else ""
         state = r["state"] if r["state"] not in ("complete", "pruned") else ""
         cells = [_short(r["params"].get(k, "–")) for k in keys]
         seconds = "–" if r["seconds"] is None else f"{r['seconds']:.0f}"

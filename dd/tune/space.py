@@ -43,6 +43,12 @@ class Param:
             return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
         return trial.suggest_float(self.name, self.low, self.high, log=self.log)
 
+    def holds(self, value: Any) -> bool:
+        """Whether ``value`` is a point of this parameter's space."""
+        if self.kind == "choice":
+            return value in self.choices
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
+
     def text(self) -> str:
         """The ``--space`` spec that gives this parameter (normalised: what a search's identity compares)."""
         if self.kind == "choice":
