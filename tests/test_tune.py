@@ -22,7 +22,7 @@ from dd.realdata import PreparedData
 from dd.report.plots import plot_tuning
 from dd.tune import Score, TuneConfig, search
 from dd.tune.__main__ import main
-from dd.tune.search import require_optuna
+from dd.tune.search import require_optuna, summary
 from dd.tune.space import parse_param, parse_space
 
 MTT = {"method": "mtt", "dataset": "digits", "ipc": 1, "iterations": 4, "eval_every": 2}
@@ -131,6 +131,14 @@ def test_search_finds_the_planted_optimum_prunes_and_writes_table_preset_and_plo
     assert "| yes |" in (out / "trials.md").read_text()
     plot_tuning(out, out / "tuning.png")
     assert (out / "tuning.png").stat().st_size > 0
+
+
+def test_summary_counts_the_seconds_pruning_saved():
+    rows = [{"state": "complete", "pruned": False, "seconds": s} for s in (10.0, 30.0, 20.0)]
+    rows += [{"state": "pruned", "pruned": True, "seconds": 5.0}, {"state": "pruned", "pruned": True, "seconds": 25.0}]
+    counts = summary(rows)
+    assert (counts["complete"], counts["pruned"], counts["seconds"]) == (3, 2, 90.0)
+    assert counts["saved_seconds"] == 15.0  # median complete 20 s: 15 s saved by the first, none by the second
 
 
 def test_an_interrupted_search_resumes_without_repeating_finished_trials(tmp_path):

@@ -39,7 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(markdown(rows, None if best is None else best["number"]))
     counts = summary(rows)
     print(f"{counts['trials']} trials ({counts['complete']} complete, {counts['pruned']} pruned), "
-          f"{counts['seconds']:.0f} s of trials in all; table: {out / 'trials.md'}")
+          f"{counts['seconds']:.0f} s of trials in all (pruning saved about {counts['saved_seconds']:.0f} s); "
+          f"table: {out / 'trials.md'}")
     if best is None:
         print("no trial completed, so no best.yaml")
         return 0

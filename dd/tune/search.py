@@ -367,9 +367,13 @@ def test_once(out: Path, rows: list[dict[str, Any]], config: TuneConfig) -> dict
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counts and seconds of the table: what pruning saved is visible as the pruned trials' share of the time."""
+    """Counts and seconds of the table. ``saved_seconds`` estimates what pruning saved: for each pruned trial, the
+    median seconds of a complete trial less its own."""
     seconds = [r["seconds"] for r in rows if r["seconds"] is not None]
+    full = [r["seconds"] for r in rows if r["state"] == "complete" and r["seconds"] is not None]
+    median = statistics.median(full) if full else None
+    saved = sum(max(median - r["seconds"], 0.0) for r in rows if r["pruned"] and r["seconds"] is not None) \
+        if median is not None else 0.0
     return {"trials": len(rows), "pruned": sum(r["pruned"] for r in rows),
             "complete": sum(r["state"] == "complete" for r in rows), "seconds": sum(seconds),
-            "median_seconds": statistics.median(seconds) if seconds else None}
-
+            "median_complete_seconds": median, "saved_seconds": saved}
