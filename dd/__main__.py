@@ -13,6 +13,8 @@ STAGES = (
     ("dd.buffer", "train expert networks on real data and store their trajectories (buffers/...)"),
     ("dd.distill", "learn a small synthetic set whose training matches the experts' (--method "
                    f"{', '.join([*METHODS, 'krr_st'])})"),
+    ("dd.tune", "search a preset's keys on the validation split: resumable, parallel, pruned (Optuna: "
+                "pip install 'dd[tune]')"),
     ("dd.eval", "train fresh networks on a set (and on random real images) and tabulate the test accuracy"),
     ("dd.report", "curves, image history and tables of run folders and buffers (report.md, report.html)"),
 )

@@ -144,3 +144,39 @@ def plot_buffer(buffer: Buffer, path: Path) -> None:
     _style(ax, f"expert test accuracy: {model} on {dataset} (mean ± std over experts)", "test accuracy (%)")
     ax.set_xlabel("epoch")
     _save(fig, path)
+
+
+def plot_tuning(folder: str | Path, path: Path) -> None:
+    """``tuning.png`` of a ``dd.tune`` folder (its ``trials.json``, no Optuna needed): one panel per searched key,
+    the validation mean (± std) of each complete trial against the key's value (log axis for a log range), the
+    pruned trials at their last in-run validation accuracy (crosses); the best trial ringed."""
+    from dd.io import read_json
+
+    table = read_json(Path(folder) / "trials.json", "tuning table")
+    rows, space = table["trials"], (table.get("search") or {}).get("space", [])
+    keys = [text.split("=", 1)[0] for text in space] or list(dict.fromkeys(k for r in rows for k in r["params"]))
+    logs = {text.split("=", 1)[0] for text in space if text.split("=", 1)[1].startswith("log:")}
+    fig = _figure(3.4 * max(len(keys), 1), 3.2)
+    axes = fig.subplots(1, max(len(keys), 1), squeeze=False)[0]
+    for ax, key in zip(axes, keys, strict=False):
+        done = [r for r in rows if r["state"] == "complete" and key in r["params"]]
+        pruned = [r for r in rows if r["pruned"] and r["last_reported"] is not None and key in r["params"]]
+        categorical = any(isinstance(r["params"][key], (str, bool)) for r in done + pruned)
+        x = (lambda v: str(v)) if categorical else (lambda v: v)
+        ax.errorbar([x(r["params"][key]) for r in done], [100 * r["val_mean"] for r in done],
+                    yerr=[100 * (r["val_std"] or 0) for r in done], fmt="o", color="C0", markersize=4, capsize=2,
+                    label="complete")
+        ax.plot([x(r["params"][key]) for r in pruned], [100 * r["last_reported"] for r in pruned], "x", color="C3",
+                label="pruned (last in-run)")
+        best = [r for r in done if r["number"] == table.get("best")]
+        if best:
+            ax.plot([x(best[0]["params"][key])], [100 * best[0]["val_mean"]], "o", markersize=11, fillstyle="none",
+                    color="C2", label="best")
+        if key in logs:
+            ax.set_xscale("log")
+            ax.tick_params(axis="x", which="minor", labelbottom=False)
+        _style(ax, key, "validation accuracy (%)")
+        ax.set_xlabel(key)
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"dd.tune: {len(rows)} trials, validation split", fontsize=10)
+    _save(fig, path)
