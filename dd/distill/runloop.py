@@ -24,6 +24,7 @@ from tqdm import tqdm
 from dd import distributed
 from dd.cli import Interrupted, resume_command, uninterruptible
 from dd.config import to_dict
+from dd.device import retain_freed_memory
 from dd.distill.checkpoint import EVAL_KEYS, open_run
 from dd.errors import DDError
 from dd.lock import hold
@@ -129,6 +130,7 @@ class RunLoop:
     def run(self) -> None:
         """Run (or resume) to ``iterations`` as the only writer of the run folder. An interrupt (SIGINT, SIGTERM
         under ``dd.cli.run_cli``) first saves the last finished iteration."""
+        retain_freed_memory()  # a library caller has no run_cli: each iteration's large blocks are reused
         main = distributed.is_main()
         with hold(self.run_dir, f"run folder {self.run_dir}") if main else contextlib.nullcontext():
             log = self.open_run_dir()
