@@ -41,7 +41,8 @@ class BufferConfig:
     lr_decay_factor: float = opt(0.6, "lr factor of the one decay (AST: 0.6)")
     loss_warmup: bool = opt(False, "AST clipping-loss warm-up: CE x 0.5, 0.55, ..., 0.95 in epochs 0-9")
     gp_lambda: float = opt(0.0, "AST gradient penalty weight on the clean batch (AST: 2; 0 = off)")
-    test_every: int = opt(1, "measure test accuracy every k epochs (0: only after the last epoch)")
+    test_every: int = opt(10, "measure test accuracy every k epochs and after the last (0: only after the last); "
+                          "each test reads the whole test split")
     teacher: str = opt("none", "none = train experts; barlow_twins = train one self-supervised teacher encoder for "
                        "KRR-ST instead (SGD with --lr, --momentum, --weight-decay, --batch-size, --epochs)",
                        choices=("none", "barlow_twins"))
