@@ -237,7 +237,7 @@ class RunLoop:
                         loss_sum = None
                         count, tic = 0, time.perf_counter()
                         shown = tic
-                    elif time.perf_counter() - shown >= BAR_LOSS_EVERY_S:  # and at most one a second between them
+                    elif not bar.disable and time.perf_counter() - shown >= BAR_LOSS_EVERY_S:  # at most 1/s between
                         bar.set_postfix(loss=f"{(loss_sum / count).item():.4f}", **self.bar_fields(),
                                         **self._shown_eval)
                         shown = time.perf_counter()
