@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from dd.device import retain_freed_memory
 from dd.errors import DDError
 
 
@@ -102,7 +103,9 @@ def os_error_line(e: OSError) -> str:
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
     """Run a stage's ``main``: a ``DDError`` or an uncaught ``OSError`` becomes one line ``error: ...`` on
     stderr and exit status 2; SIGINT and SIGTERM stop the stage (which saves what it finished) with
-    exit status 130 and 143 and the stage's line on what was kept."""
+    exit status 130 and 143 and the stage's line on what was kept. Freed memory is kept for reuse from the
+    start (``dd.device.retain_freed_memory``): every stage allocates the same large tensors again and again."""
+    retain_freed_memory()
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         code = main(argv)

@@ -33,6 +33,7 @@ from dd.training import (
     Score,
     augmented_batch,
     classification_loss,
+    epoch_progress,
     eval_generator,
     iterate_batches,
     mixed_precision,
@@ -58,10 +59,11 @@ def _copy_back(per_model: list[dict[str, torch.Tensor]], stacked: dict[str, torc
 
 
 def _train_stacked(models: list[nn.Module], train: tuple[torch.Tensor, torch.Tensor], lr: float,
-                   protocol: Protocol, seeds: Sequence[int], tests: Sequence[PeriodicTests] | None = None) -> None:
+                   protocol: Protocol, seeds: Sequence[int], name: str,
+                   tests: Sequence[PeriodicTests] | None = None) -> None:
     """Train ``models`` (one per seed, same architecture) in place, all seeds in each vmapped step, under the
     protocol's schedule (``dd.schedule.sgd_epochs``, as the sequential run); ``tests[i]`` records seed i's
-    periodic tests."""
+    periodic tests; ``name`` labels the epoch bar."""
     images, labels = train
     per_model = [dict(m.named_parameters()) for m in models]
     stacked = {name: torch.stack([p[name].detach() for p in per_model]).requires_grad_() for name in per_model[0]}
@@ -85,13 +87,17 @@ def _train_stacked(models: list[nn.Module], train: tuple[torch.Tensor, torch.Ten
             loss.backward()  # seed s's loss: its slice only
             optimizer.step()
 
-    def after_epoch(epoch: int) -> None:
-        if tests and tests[0].due(epoch):
-            _copy_back(per_model, stacked)
-            for seed_tests, model in zip(tests, models, strict=True):
-                seed_tests.record(model)
+    schedule = protocol.schedule(lr)
+    with epoch_progress(schedule.epochs, f"{name} seeds {', '.join(map(str, seeds))}") as count:
 
-    sgd_epochs(stacked.values(), protocol.schedule(lr), run_epoch, after_epoch)
+        def after_epoch(epoch: int) -> None:
+            if tests and tests[0].due(epoch):
+                _copy_back(per_model, stacked)
+                for seed_tests, model in zip(tests, models, strict=True):
+                    seed_tests.record(model)
+            count(epoch)
+
+        sgd_epochs(stacked.values(), schedule, run_epoch, after_epoch)
     _copy_back(per_model, stacked)
 
 
@@ -116,7 +122,7 @@ def train_seeds(
     if not (batched and can_batch(models[0])):
         return [train_model(model_name, channels, num_classes, im_size, train, lr, protocol, seed,
                             None if tests is None else tests[i]) for i, seed in enumerate(seeds)]
-    _train_stacked(models, train, lr, protocol, seeds, tests)
+    _train_stacked(models, train, lr, protocol, seeds, model_name, tests)
     return models
 
 

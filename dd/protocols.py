@@ -82,6 +82,11 @@ class Protocol:
         for field in ("extra_epochs", "max_over_test_every"):
             if getattr(self, field) < 0:
                 raise DDError(f"protocol {self.name}: {field} must be >= 0, got {getattr(self, field)}")
+        if self.decay_epoch < 0:  # every epoch would train at the decayed lr while the record names the given one
+            fix = "set decay_after >= 0" if self.decay_after is not None else \
+                f"pass --epochs {-2 * self.decay_offset} or more"
+            raise DDError(f"protocol {self.name} with epochs {self.epochs} would decay the lr after epoch "
+                          f"{self.decay_epoch}, before the first one (every epoch at lr x {self.decay_factor}); {fix}")
 
     @property
     def epochs_run(self) -> int:

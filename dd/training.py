@@ -16,7 +16,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
+from dd import distributed
 from dd.augment import DSA
 from dd.device import make_generator
 from dd.models import create_model
@@ -143,6 +145,20 @@ def fit(
     sgd_epochs(model.parameters(), schedule, run_epoch, after_epoch)
 
 
+PROGRESS_DELAY_S = 30.0  # a training that ends sooner shows no epoch bar: tests and in-run evaluations stay quiet
+PROGRESS_EVERY_S = 1.0  # at most one redraw a second: a log file gets a line per second, not per epoch
+
+
+@contextmanager
+def epoch_progress(epochs: int, desc: str) -> Iterator[Callable[[int], None]]:
+    """A bar of the epochs of one training (``desc``: what is trained), nested under the stage's bar; it appears once
+    the training has run ``PROGRESS_DELAY_S`` (a full-data network of minutes an epoch otherwise shows nothing for
+    hours) and is cleared when it ends. Yields ``after_epoch(epoch)``, which counts one epoch."""
+    with tqdm(total=epochs, desc=desc, unit="epoch", leave=False, delay=PROGRESS_DELAY_S,
+              mininterval=PROGRESS_EVERY_S, disable=not distributed.is_main()) as bar:
+        yield lambda epoch: bar.update(1)
+
+
 def eval_generator(seed: int) -> torch.Generator:
     """The generator of a protocol run with ``seed``: epoch permutations and DSA parameters (the model's
     initialisation draws from ``seed`` itself)."""
@@ -200,13 +216,16 @@ def train_model(
     ``lr``, on the images' device; ``tests`` records its periodic tests. All randomness (init, order, DSA) comes
     from ``seed``."""
     model = create_model(model_name, channels, num_classes, im_size, seed=seed).to(train[0].device)
+    schedule = protocol.schedule(lr)
+    with epoch_progress(schedule.epochs, f"{model_name} seed {seed}") as count:
 
-    def after_epoch(epoch: int) -> None:
-        if tests is not None and tests.due(epoch):
-            tests.record(model)
+        def after_epoch(epoch: int) -> None:
+            if tests is not None and tests.due(epoch):
+                tests.record(model)
+            count(epoch)
 
-    fit(model, train, protocol.schedule(lr), protocol.batch_size, protocol_augment(protocol), eval_generator(seed),
-        after_epoch=after_epoch, amp=protocol.amp)
+        fit(model, train, schedule, protocol.batch_size, protocol_augment(protocol), eval_generator(seed),
+            after_epoch=after_epoch, amp=protocol.amp)
     return model
 
 

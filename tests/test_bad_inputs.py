@@ -146,6 +146,9 @@ CASES = {
     "ipc larger than a class (random baseline)": (
         eval_main, lambda i: ["--baseline", "random", "--ipc", "1000", "--epochs", "1", "--out", str(i.tmp / "ev"),
                               "--device", "cpu"], ["--ipc 1000 is larger than class"]),
+    "dd0 with one epoch (decay before it)": (
+        eval_main, lambda i: ["--baseline", "random", "--ipc", "1", "--protocol", "dd0", "--epochs", "1", "--out",
+                              str(i.tmp / "ev"), "--device", "cpu"], ["dd0 with epochs 1", "pass --epochs 2 or more"]),
     "ipc larger than a class (real init)": (distill_main, lambda i: i.distill("--ipc", "1000"),
                                             ["--ipc 1000 is larger than class", "lower --ipc"]),
     "truncated expert": (distill_main, lambda i: i.distill(buffer=i.damaged_store("truncate")),

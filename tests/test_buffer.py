@@ -94,3 +94,59 @@ def test_import_records_a_gsam_or_ast_recipe_from_a_preset(tmp_path):
     assert gsam["origin"] == ast["origin"] == "imported replay_buffer" and "gsam" in roots["digits_gsam"].name
     with pytest.raises(DDError, match="is for ConvNet on digits, not ConvNetD1"):
         buffer_main([*argv[:4], "--model", "ConvNetD1", *argv[6:]])
+
+
+TINY_MLP = ["--model", "MLP", "--num-experts", "3", "--epochs", "1", "--device", "cpu"]
+
+
+def test_an_interrupt_names_the_stored_experts_and_the_command_on_a_line_of_its_own(tmp_path, monkeypatch, capsys):
+    from dd.buffer import __main__ as stage
+    from dd.cli import Interrupted, run_cli
+
+    real, calls = stage.train_expert, []
+
+    def interrupted_at_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Interrupted()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stage, "train_expert", interrupted_at_the_second)
+    argv = [*TINY_MLP, "--buffer-dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(buffer_main, argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 130
+    last = err.rstrip("\n").split("\n")[-1]  # the bar was closed first: the line is not glued to its end
+    assert last.startswith("interrupted (SIGINT): 1/3 experts are stored in ") and (
+        last.endswith("rerun the same command to train the rest: python -m dd.buffer " + " ".join(argv)))
+
+
+def test_an_interrupt_while_loading_says_nothing_was_trained_and_the_command(tmp_path, monkeypatch, capsys):
+    from dd.buffer import __main__ as stage
+    from dd.cli import Interrupted, run_cli
+
+    def loading(*args, **kwargs):
+        raise Interrupted()
+
+    monkeypatch.setattr(stage, "prepare_data", loading)
+    with pytest.raises(SystemExit):
+        run_cli(buffer_main, [*TINY_MLP, "--buffer-dir", str(tmp_path)])
+    assert capsys.readouterr().err.strip().endswith(
+        "no expert was trained before the interrupt; rerun the same command to train them: python -m dd.buffer "
+        + " ".join([*TINY_MLP, "--buffer-dir", str(tmp_path)]))
+
+
+def test_by_default_an_expert_is_tested_every_10_epochs_and_after_the_last_and_says_which(monkeypatch):
+    from dd.buffer import experts
+    from dd.buffer.config import BufferConfig
+    from dd.data import load_dataset
+
+    tested = []
+    monkeypatch.setattr(experts, "accuracy", lambda model, images, labels: tested.append(1) or 0.5)
+    raw = load_dataset("digits")
+    recipe = experts.ExpertRecipe(epochs=12, batch_size=64, dsa_strategy="none")
+    _, record = experts.train_expert("MLP", 1, 10, (8, 8), (raw.train_images[:64], raw.train_labels[:64]),
+                                     (raw.test_images, raw.test_labels), recipe, 0, BufferConfig().test_every)
+    assert len(tested) == 2 and record["tested_epochs"] == [10, 12]
+    assert [epoch for epoch, acc in enumerate(record["test_acc"]) if acc is not None] == [10, 12]

@@ -94,3 +94,30 @@ def test_no_seeds_is_an_error(digits):
     train, test = digits
     with pytest.raises(DDError, match="no seeds"):
         train_and_test_seeds(*ARGS, train, test, 0.01, PROTOCOL, [])
+
+
+def epoch_counts(err: str, desc: str) -> list[str]:
+    """The ``done/total`` of every redraw of the epoch bar labelled ``desc`` in captured stderr."""
+    return [part.split("|")[2].split()[0] for part in err.replace("\r", "\n").split("\n") if part.startswith(desc)]
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_long_training_reports_its_epochs(batched, digits, capsys, monkeypatch):
+    import dd.training as training
+
+    monkeypatch.setattr(training, "PROGRESS_DELAY_S", 0.0)  # every training counts as long here
+    monkeypatch.setattr(training, "PROGRESS_EVERY_S", 0.0)
+    train, _ = digits
+    train_seeds(*ARGS, train, 0.01, PROTOCOL, [0, 1], batched=batched)
+    err = capsys.readouterr().err
+    if batched:
+        assert epoch_counts(err, "ConvNetW32 seeds 0, 1:") == [f"{n}/5" for n in range(6)]
+    else:
+        for seed in (0, 1):
+            assert epoch_counts(err, f"ConvNetW32 seed {seed}:") == [f"{n}/5" for n in range(6)]
+
+
+def test_a_short_training_prints_no_bar(digits, capsys):
+    train, _ = digits
+    train_model(*ARGS, train, 0.01, PROTOCOL, 0)  # far shorter than PROGRESS_DELAY_S
+    assert capsys.readouterr().err == ""

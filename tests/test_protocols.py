@@ -236,3 +236,26 @@ def test_datm_and_mtt_train_the_same_network_on_sets_of_at_most_128_images():
         nets = [flatten_params(train_model(*MLP, train, 0.01, get_protocol(name, epochs=2), seed=1))
                 for name in ("mtt", "datm")]
         assert torch.equal(*nets) is same
+
+
+@pytest.mark.parametrize("name", list_protocols())
+def test_small_epochs_train_at_the_given_lr_or_are_refused_with_the_smallest_valid_count(name):
+    """A schedule whose decay falls before the first epoch would train every epoch at lr x factor while the record
+    says lr: such an epoch count is refused, naming the smallest one that works; every other one starts at lr."""
+    for epochs in range(1, 5):
+        try:
+            protocol = get_protocol(name, epochs=epochs)
+        except DDError as e:
+            smallest = int(str(e).split("--epochs ")[1].split()[0])
+            assert epochs < smallest and f"epochs {epochs}" in str(e)
+            assert get_protocol(name, epochs=smallest).schedule(0.01).lr_at(0) == 0.01
+            continue
+        assert protocol.schedule(0.01).lr_at(0) == 0.01 and protocol.decay_epoch >= 0
+
+
+def test_dd0_with_one_epoch_is_refused_and_two_decay_after_the_first():
+    with pytest.raises(DDError, match=r"dd0 with epochs 1 would decay the lr after epoch -1.*pass --epochs 2 or more"):
+        get_protocol("dd0", epochs=1)
+    assert [get_protocol("dd0", epochs=2).schedule(0.01).lr_at(e) for e in range(2)] == pytest.approx([0.01, 0.001])
+    with pytest.raises(DDError, match="set decay_after >= 0"):
+        get_protocol("mtt", decay_after=-1)

@@ -38,6 +38,17 @@ def train_main(argv: Sequence[str] | None) -> int:
         if config.train_per_class is not None:
             raise DDError("--train-per-class applies to experts, not to a --teacher; drop one of them")
         return train_teacher(config)
+    try:
+        return train_store(config, argv)
+    except KeyboardInterrupt as e:
+        if getattr(e, "kept", ""):
+            raise
+        raise Interrupted.of(e, "no expert was trained before the interrupt; rerun the same command to train them: "
+                                f"{resume_command('dd.buffer', argv, flag=None)}") from None
+
+
+def train_store(config: BufferConfig, argv: Sequence[str] | None) -> int:
+    """Train the experts that the store of ``config`` is missing; an interrupt names what is kept."""
     validate(config)
     device = distributed.setup(config.device)
     data = prepare_data(config.dataset, device, config.data_path, config.download,
@@ -93,6 +104,8 @@ def train_main(argv: Sequence[str] | None) -> int:
         kept = config.num_experts - len(store.missing(config.num_experts))
         raise Interrupted.of(e, f"{kept}/{config.num_experts} experts are stored in {store.root}; rerun the same "
                                 f"command to train the rest: {resume_command('dd.buffer', argv, flag=None)}") from None
+    finally:
+        bar.close()  # before any line that follows, an interrupt's included: a line of its own, not the bar's end
     if trained:
         who = f"rank {distributed.rank()}" if distributed.world_size() > 1 else "this process"
         print(f"{who} trained experts {', '.join(map(str, trained))}")

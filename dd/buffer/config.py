@@ -44,7 +44,8 @@ class BufferConfig:
     train_per_class: int | None = opt(None, "train the experts on this many images of every class of the training "
                                             "split, the same for every expert (default: the whole split)")
     train_subset_seed: int = opt(0, "seed of the --train-per-class draw")
-    test_every: int = opt(1, "measure test accuracy every k epochs (0: only after the last epoch)")
+    test_every: int = opt(10, "measure test accuracy every k epochs and after the last (0: only after the last); "
+                          "each test reads the whole test split")
     teacher: str = opt("none", "none = train experts; barlow_twins = train one self-supervised teacher encoder for "
                        "KRR-ST instead (SGD with --lr, --momentum, --weight-decay, --batch-size, --epochs)",
                        choices=("none", "barlow_twins"))

@@ -125,7 +125,7 @@ def train_expert(
     on_epoch: Callable[[int, float | None], None] | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Train one expert and return its trajectory [epochs+1, P] (row 0 = init, on CPU) and a record
-    (seed, per-epoch test accuracy or None where not measured, the lr of each epoch, seconds).
+    (seed, per-epoch test accuracy or None where not measured, the epochs tested, the lr of each epoch, seconds).
     ``test_every`` = k tests every k epochs; the last epoch is always tested. ``on_epoch(epochs done, test
     accuracy or None)`` follows each epoch (for a progress bar)."""
     model = create_model(model_name, channels, num_classes, im_size, seed=seed).to(train[0].device)
@@ -144,6 +144,7 @@ def train_expert(
     fit(model, train, schedule, recipe.batch_size, DSA(recipe.dsa_strategy), make_generator(seed), recipe.step,
         after_epoch)
     record = {"seed": seed, "test_acc": test_acc, "final_test_acc": test_acc[-1],
+              "tested_epochs": [epoch for epoch, acc in enumerate(test_acc) if acc is not None],
               "lr": [schedule.lr_at(e) for e in range(recipe.epochs)],
               "train_seconds": round(time.perf_counter() - start, 3)}
     return torch.stack(snapshots), record

@@ -22,14 +22,16 @@ import torch
 from tqdm import tqdm
 
 from dd import distributed
-from dd.cli import Interrupted, resume_command, uninterruptible
+from dd.cli import Interrupted, flag, resume_command, uninterruptible
 from dd.config import to_dict
+from dd.device import retain_freed_memory
 from dd.distill.checkpoint import EVAL_KEYS, open_run
 from dd.errors import DDError
 from dd.lock import hold
 from dd.metrics import MetricsLog
 
 Progress = Callable[[int, int, str], None]  # (networks done, networks in all, what is being trained)
+BAR_LOSS_EVERY_S = 1.0  # the bar's loss is the running mean of the log window, fetched at most this often
 
 
 class RunLoop:
@@ -112,7 +114,8 @@ class RunLoop:
         self.evaluated = int(state.get("evaluated", self.iteration))
         self.best = {} if EVAL_KEYS & changes.keys() else dict(state.get("best", {}))
         if distributed.is_main():
-            print(f"resumed {self.run_dir} at iteration {self.iteration}")
+            changed = "; ".join(f"{flag(k)} {old} -> {new}" for k, (old, new) in changes.items())
+            print(f"resumed {self.run_dir} at iteration {self.iteration}" + (f" with {changed}" if changed else ""))
 
     @property
     def final_iteration(self) -> int:
@@ -135,6 +138,7 @@ class RunLoop:
     def run(self) -> None:
         """Run (or resume) to ``final_iteration`` as the only writer of the run folder. An interrupt (SIGINT, SIGTERM
         under ``dd.cli.run_cli``) first saves the last finished iteration."""
+        retain_freed_memory()  # a library caller has no run_cli: each iteration's large blocks are reused
         main = distributed.is_main()
         with hold(self.run_dir, f"run folder {self.run_dir}") if main else contextlib.nullcontext():
             log = self.open_run_dir()
@@ -223,6 +227,7 @@ class RunLoop:
                 self._evaluate(log)  # resumed from a checkpoint whose evaluation had not finished
             loss_sum: torch.Tensor | None = None  # on the loss's device: no host sync per iteration
             count, tic = 0, time.perf_counter()
+            shown = tic  # when the bar's loss was last brought up to date
             while self.iteration < final:
                 with uninterruptible():  # an interrupt waits for the iteration and its log line: no half state
                     loss = self.step()
@@ -231,13 +236,18 @@ class RunLoop:
                     count += 1
                     bar.update(1)
                     if self.iteration % cfg.log_every == 0 or self.iteration == final:
-                        mean = (loss_sum / count).item()  # the only host sync of the loop, every log_every iterations
+                        mean = (loss_sum / count).item()  # a host sync every log_every iterations
                         self._check_finite(mean)
                         log.write({"iteration": self.iteration, "loss": mean, **self.log_fields(),
                                    "seconds_per_iteration": (time.perf_counter() - tic) / count})
                         bar.set_postfix(loss=f"{mean:.4f}", **self.bar_fields(), **self._shown_eval)
                         loss_sum = None
                         count, tic = 0, time.perf_counter()
+                        shown = tic
+                    elif not bar.disable and time.perf_counter() - shown >= BAR_LOSS_EVERY_S:  # at most 1/s between
+                        bar.set_postfix(loss=f"{(loss_sum / count).item():.4f}", **self.bar_fields(),
+                                        **self._shown_eval)
+                        shown = time.perf_counter()
                 evaluate_now = self._is_eval_point(self.iteration)
                 if evaluate_now or self.iteration % cfg.checkpoint_every == 0 or self.iteration == final:
                     paused = time.perf_counter()
