@@ -203,7 +203,8 @@ def test_trials_distil_and_score_on_validation_and_never_read_the_test_split(tmp
     for row in rows:
         run_dir = Path(row["run_dir"])
         assert (run_dir / "synset_best").is_dir() and (run_dir / "checkpoint.safetensors").is_file()
-        assert row["state"] == "complete" and row["iterations"] == 4 and row["last_reported"] is not None
+        # (DM makes iterations + 1 updates, as its reference's range(Iteration + 1))
+        assert row["state"] == "complete" and row["iterations"] == 5 and row["last_reported"] is not None
         records = read_json(run_dir / "val" / "results.json")["runs"]
         assert {r["split"] for r in records} == {"val"} and len(records) == 2
         assert {r["protocol"]["lr"] for r in records} == {row["params"]["eval_lr"]}
