@@ -335,6 +335,18 @@ class TrajectoryStore:
         pairs = [(i, self.record(i)["sha256"]) for i in sorted(indices)]
         return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
 
+    def discard_damaged(self) -> list[str]:
+        """Uncommit every complete expert whose file fails its checksum (truncated, corrupted), so that a resumed
+        run trains it again rather than keep it; one line per expert discarded."""
+        problems = []
+        for index in self.completed():
+            try:
+                self.verify_expert(index)
+            except DDError:
+                self.record_path(index).unlink(missing_ok=True)
+                problems.append(f"expert {index}'s file {self.tensor_path(index).name} failed its checksum")
+        return problems
+
     def verify(self) -> list[str]:
         """Check every complete expert's file against its record; one line per problem, [] when healthy."""
         problems = []

@@ -175,6 +175,7 @@ class Condenser(RunLoop):
         return SynSet(images=self.images.detach().cpu(), labels=self.labels.cpu(), lr=cfg.lr_net,
                       meta={"dataset": cfg.dataset, "ipc": cfg.ipc, "method": cfg.method, "model": cfg.model,
                             "iteration": self.iteration, "config": to_dict(cfg), "preprocess_meta": meta,
+                            "data": self.data.fingerprint(),
                             "protocol": "dc", "splits": self.data.splits(), "selected_on": "val"},
                       preprocess={k: v.cpu() for k, v in tensors.items()})
 

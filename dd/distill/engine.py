@@ -38,6 +38,7 @@ from dd.distill.synset import SynSet, save_synset
 from dd.distill.unroll import make_plan, make_unroll
 from dd.errors import DDError
 from dd.functional import has_batchnorm
+from dd.identity import check_data, data_flags, describe
 from dd.io import atomic_write_json
 from dd.metrics import MetricsLog, check_wandb
 from dd.models import create_model, list_models
@@ -107,6 +108,15 @@ def check_image_shape(store: TrajectoryStore, spec, image_size: int | None) -> N
                   "use the dataset and folder they were trained on")
 
 
+def check_classes(store: TrajectoryStore, data) -> None:
+    """The data must have the experts' class count (their last layer's width), checked before any work."""
+    stored = store.header["dataset"]["num_classes"]
+    if stored != data.spec.num_classes:
+        raise DDError(f"the data ({data.spec.name}) has {data.spec.num_classes} classes, but the experts in "
+                      f"{store.root} were trained on {stored}; pass the data they were trained on (--data-path), or a "
+                      "store of this data")
+
+
 def check_split(config: DistillConfig, model: torch.nn.Module, num_images: int) -> None:
     """A minibatch split into chunks or across processes must give the whole minibatch's gradient: no
     BatchNorm (its statistics span the minibatch), and every process gets at least one image of the
@@ -171,6 +181,11 @@ class Distiller(RunLoop):
                             config.image_size, config.val_fraction, config.val_seed, config.channels)
         spec = data.spec
         check_image_shape(store, spec, config.image_size)
+        check_classes(store, data)
+        self.data_check = check_data(store.header.get("data"), data.fingerprint(), f"the experts in {store.root}",
+                                     "were trained on", data_flags(config.dataset, config.data_path,
+                                                                   config.image_size, config.channels),
+                                     config.allow_other_data)
         check_eval_models(config, spec)
         model = create_model(config.model, spec.channels, spec.num_classes, spec.size, seed=config.seed)
         model = model.to(self.device).train()
@@ -211,7 +226,16 @@ class Distiller(RunLoop):
         tensors.update({f"method.{k}": v for k, v in self.method.state_tensors().items()})
         return tensors
 
+    def run_state(self) -> dict:
+        """The loop's state plus the fingerprint of the run's data, which a resume must match."""
+        return {**super().run_state(), "data": self.ctx.data.fingerprint()}
+
     def load(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
+        stored = state.get("data")  # absent in checkpoints older than data fingerprints
+        if isinstance(stored, dict) and stored.get("sha256") != self.ctx.data.fingerprint()["sha256"]:
+            raise DDError(f"the checkpoint in {self.run_dir} was made on {describe(stored)}, but this resume's data is "
+                          f"{describe(self.ctx.data.fingerprint())}; resume with the run's own data (its "
+                          "--data-path), or pass a new --run-dir")
         with torch.no_grad():
             self.images.copy_(tensors["images"].to(self.device))
             self.labels.copy_(tensors["labels"].to(self.device))
@@ -235,7 +259,8 @@ class Distiller(RunLoop):
             images=images.detach().cpu(), labels=self.labels.detach().cpu(), lr=self.syn_lr.item(),
             meta={"dataset": cfg.dataset, "ipc": cfg.ipc, "method": cfg.method + (f"-{name}" if name else ""),
                   "model": cfg.model, "iteration": self.iteration, "buffer": str(self.ctx.store.root),
-                  "experts_sha256": self.experts_sha256,
+                  "experts_sha256": self.experts_sha256, "data": self.ctx.data.fingerprint(),
+                  "store_data": self.ctx.store.header.get("data"), "data_check": self.data_check,
                   "config": to_dict(cfg), "preprocess_meta": meta, "protocol": self.method.protocol,
                   "splits": self.ctx.data.splits(), "selected_on": "val"},
             preprocess={k: v.cpu() for k, v in tensors.items()},

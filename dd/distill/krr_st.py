@@ -268,7 +268,7 @@ class KRRDistiller(RunLoop):
                             "num_images": cfg.num_images, "model": cfg.model, "teacher": str(self.teacher.root),
                             "teacher_model": self.teacher.manifest["model"]["name"],
                             "target_dim": self.teacher.output_dim, "targets": cfg.targets,
-                            "iteration": self.iteration,
+                            "iteration": self.iteration, "data": self.data.fingerprint(),
                             "config": to_dict(cfg), "preprocess_meta": meta},
                       preprocess=dict(tensors))
 

@@ -28,10 +28,11 @@ class Run:
     synset: dict[str, Any] | None  # synset/synset.json, when the set was saved
     grids: list[tuple[int, Path]]  # (iteration, grids/grid_<iteration>.png), or the last grid.png alone
     results: dict[Path, list[dict[str, Any]]] = field(default_factory=dict)  # results.json path -> records
+    label: str = ""  # the name shown in a report, where folder names alone would collide
 
     @property
     def name(self) -> str:
-        return self.path.name
+        return self.label or self.path.name
 
     @property
     def iteration(self) -> int:
@@ -56,10 +57,22 @@ class Run:
         return statistics.median(values) if values else None
 
     def test_records(self) -> list[dict[str, Any]]:
-        """The ``dd.eval`` records (any results.json in the folder) of this run's final set."""
+        """The ``dd.eval`` records (any results.json in the folder) of this run's final set on the run's own data:
+        the set's checksum, and the set's data fingerprint where it records one (``dd.identity``)."""
+        return [r for r in self.set_records() if self.own_data(r)]
+
+    def set_records(self) -> list[dict[str, Any]]:
+        """Every ``dd.eval`` record of this run's final set (by checksum), on whatever data."""
         sha = (self.synset or {}).get("sha256")
         return [r for records in self.results.values() for r in records
                 if r.get("source") == "distilled" and (r.get("set") or {}).get("sha256") == sha]
+
+    def own_data(self, record: dict[str, Any]) -> bool:
+        """Whether ``record`` trained on the data the run distilled on: its data check passed (``verified``) for a
+        set that records its data; a set without a fingerprint matches by checksum alone (recorded unverified)."""
+        if not isinstance((self.synset or {}).get("data"), dict):
+            return True
+        return (record.get("set") or {}).get("data_check", "verified") == "verified"
 
 
 @dataclass
