@@ -23,10 +23,10 @@ import torch
 from dd import distributed
 from dd.augment import DSA
 from dd.buffer.store import TrajectoryStore
-from dd.cli import check_flags
+from dd.cli import Interrupted, check_flags
 from dd.config import to_dict
 from dd.data import Preprocessor, list_datasets, shape_flags
-from dd.device import make_generator
+from dd.device import check_seed, make_generator, physical_memory
 from dd.distill.checkpoint import config_changes, load_checkpoint, open_run, save_checkpoint
 from dd.distill.config import DistillConfig
 from dd.distill.context import Context
@@ -61,8 +61,12 @@ def validate(config: DistillConfig) -> None:
                                   "image_size", "lr_img", "lr_teacher", "threshold"),
                 nonnegative=("lr_lr", "lr_y", "eval_every", "expert_cache_mb", "lr_step_limit"))
     check_wandb(config.wandb)
-    if Path(default_run_dir(config)).is_file():
-        raise DDError(f"--run-dir {default_run_dir(config)} is a file; pass a folder")
+    if config.syn_steps * PLAN_BYTES_PER_STEP > (physical_memory() or float("inf")):
+        raise DDError(f"--syn-steps {config.syn_steps}: the inner plan alone would need more than this machine's "
+                      f"{physical_memory() / 2**30:.3g} GiB of memory; lower --syn-steps")
+    check_run_dir(default_run_dir(config))
+    check_seed("--seed", config.seed, offsets=config.eval_runs)
+    check_seed("--val-seed", config.val_seed)
     if not 0 <= config.min_start_epoch < config.max_start_epoch:
         raise DDError(f"need 0 <= --min-start-epoch < --max-start-epoch, got {config.min_start_epoch} and "
                       f"{config.max_start_epoch}")
@@ -70,6 +74,18 @@ def validate(config: DistillConfig) -> None:
         raise DDError(f"--lr-step-limit must be below 1 (a fraction of the lr), got {config.lr_step_limit:g}")
     make_unroll("checkpointed" if config.unroll == "auto" else config.unroll, config.unroll_snapshot_every,
                 config.unroll_chunk)  # raises on a bad unroll, stride or chunk
+
+
+PLAN_BYTES_PER_STEP = 256
+"""A lower bound of the host bytes one inner step's plan holds (its minibatch indices and seed)."""
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """The run folder, and every folder above it, must not be a file (checked before anything is printed)."""
+    for path in (run_dir, *run_dir.parents):
+        if path.is_file():
+            where = "is a file" if path == run_dir else f"lies under {path}, which is a file"
+            raise DDError(f"--run-dir {run_dir} {where}; pass a folder")
 
 
 def default_run_dir(config: DistillConfig) -> Path:
@@ -274,6 +290,14 @@ class Distiller(RunLoop):
     def step(self) -> torch.Tensor:
         """One outer iteration; returns the matching loss (a 0-d tensor, not synced to the host)."""
         cfg = self.config
+        drawn = self.generator.get_state()
+        try:
+            return self._step(cfg)
+        except Interrupted:  # abandoned inside the unroll (dd.distill.unroll): nothing but the draws had changed
+            self.generator.set_state(drawn)
+            raise
+
+    def _step(self, cfg: DistillConfig) -> torch.Tensor:
         _, trajectory = self.experts.sample(self.generator)
         start = self.method.start_epoch(self.iteration, self.generator)
         w_start = self.method.start_params(trajectory, start, self.generator)

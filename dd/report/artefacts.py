@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dd import schema
 from dd.errors import DDError
+from dd.eval.results import read_runs
 from dd.io import read_json
+from dd.schema import check_schema
 from dd.viz import grid_history
 
 
@@ -132,19 +135,25 @@ def read_run(path: Path) -> Run:
     evaluations = [r for r in records if any(k.startswith(("val/", "test/")) for k in r)]
     steps = [r for r in records if "loss" in r]
     config = read_json(path / "config.json", "run config") if (path / "config.json").is_file() else {}
+    check_schema(config, schema.RUN_CONFIG, path / "config.json", "run config", "restore it or leave the run out")
     synset_file = path / "synset" / "synset.json"
     synset = read_json(synset_file, "set metadata") if synset_file.is_file() else None
+    if synset is not None:
+        check_schema(synset, schema.SYNSET_META, synset_file, "set metadata", "restore it or leave the run out")
     grids = grid_history(path / "grids") or ([(int((synset or {}).get("iteration", 0)), path / "grid.png")]
                                             if (path / "grid.png").is_file() else [])
-    results = {p: read_json(p, "results file").get("runs", []) for p in sorted(path.rglob("results.json"))}
+    results = {p: read_runs(p) for p in sorted(path.rglob("results.json"))}
     return Run(path, config, steps, evaluations, synset, grids, results)
 
 
 def read_buffer(path: Path) -> Buffer:
     """The trajectory store at ``path`` (``dd.buffer``): the manifest and each finished expert's record."""
     manifest = read_json(path / "manifest.json", "buffer manifest")
-    experts = [read_json(p, "expert record") for p in sorted(path.glob("expert_*.json"))
-               if p.with_suffix(".safetensors").is_file()]
+    check_schema(manifest, schema.MANIFEST, path / "manifest.json", "buffer manifest", "restore it or leave it out")
+    experts = []
+    for record_path in sorted(p for p in path.glob("expert_*.json") if p.with_suffix(".safetensors").is_file()):
+        experts.append(read_json(record_path, "expert record"))
+        check_schema(experts[-1], schema.EXPERT_RECORD, record_path, "expert record", "delete it or leave it out")
     return Buffer(path, manifest, experts)
 
 
