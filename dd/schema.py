@@ -95,11 +95,15 @@ def check_schema(obj: Any, schema: dict[str, Kind], path: str | Path, what: str,
             raise DDError(f"{what} {path}: field '{dotted}' should be {problem}, got {shown}; {fix}")
 
 
-MANIFEST = {"dataset": mapping, "dataset.name": text, "dataset.channels": positive_integer,
-            "dataset.size": image_size, "dataset.num_classes": positive_integer, "model": mapping, "model.name": text,
-            "recipe": mapping, "num_epochs": positive_integer, "data": optional(fingerprint),
+MANIFEST = {"dataset": mapping, "dataset.name": text, "dataset.channels": optional(positive_integer),
+            "dataset.size": optional(image_size), "dataset.num_classes": optional(positive_integer), "model": mapping,
+            "model.name": text, "recipe": mapping, "num_epochs": positive_integer, "data": optional(fingerprint),
             "seed": optional(integer)}
 """A store's ``manifest.json`` (the parameter layout is checked by ``ParamSpec.from_json``)."""
+
+DISTILLABLE = {**MANIFEST, "dataset.channels": positive_integer, "dataset.size": image_size,
+               "dataset.num_classes": positive_integer}
+"""A store that ``dd.distill`` matches: one whose manifest also says the experts' image shape and class count."""
 
 EXPERT_RECORD = {"index": integer, "sha256": text, "seed": optional(integer), "test_acc": optional(sequence),
                  "final_test_acc": optional(number)}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from dd import distributed
+from dd import distributed, schema
 from dd.augment import DSA
 from dd.buffer.store import TrajectoryStore
 from dd.cli import Interrupted, check_flags
@@ -45,6 +45,7 @@ from dd.models import create_model, list_models
 from dd.multiseed import train_and_test_seeds
 from dd.protocols import get_protocol
 from dd.realdata import prepare_data
+from dd.schema import check_schema
 from dd.viz import class_names, grid_history, save_grid, save_history_gif
 
 
@@ -95,6 +96,8 @@ def default_run_dir(config: DistillConfig) -> Path:
 def check_store(store: TrajectoryStore, config: DistillConfig) -> None:
     """The experts must be of the dataset and model being distilled, and long enough for the window."""
     header = store.header
+    check_schema(header, schema.DISTILLABLE, store.root / "manifest.json", "buffer manifest",
+                 "restore it, or delete the folder and rerun dd.buffer")
     if header["dataset"]["name"] != config.dataset or header["model"]["name"] != config.model:
         raise DDError(f"the buffer at {store.root} holds {header['model']['name']} experts on "
                       f"{header['dataset']['name']}, not {config.model} on {config.dataset}; pass the matching "

@@ -148,6 +148,7 @@ def sets_legend(runs: list[dict[str, Any]]) -> str:
         if run["source"] != "distilled" or not isinstance(found, dict):
             continue
         verified = "" if found.get("verified", True) else ", NOT verified (--no-verify)"
+        verified += f", data {found['data_check']}" if found.get("data_check") else ""
         lines.append(f"- {names[key]}: `{found.get('path')}` (sha256 {found.get('sha256', '?')[:16]}…, iteration "
                      f"{found.get('iteration')}, lr {run.get('protocol', {}).get('lr', 0):.4g}{verified})")
     return "\n".join(lines) + "\n" if lines else ""
