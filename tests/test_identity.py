@@ -60,7 +60,7 @@ def other_sha(obj: dict, key: str = "data") -> None:
 
 def own_set(i: Inputs, **extra) -> Path:
     """A digits set that records the fingerprint of digits."""
-    return make_set(i.tmp / "own", soft=False, data=digits_fingerprint(), **extra)
+    return make_set(i.tmp / "own", soft=False, **extra)
 
 
 def results_with(i: Inputs, **fields) -> str:
@@ -207,7 +207,7 @@ def test_a_set_on_data_of_another_class_count_blames_the_data(tmp_path):
 
 def test_eval_with_allow_other_data_records_it_and_a_set_without_fingerprint_as_unverified(tmp_path, capsys):
     other = edited(make_set(tmp_path / "o", soft=False, data=digits_fingerprint()) / "synset.json", other_sha)
-    old = make_set(tmp_path / "old", soft=False, pick=1)
+    old = make_set(tmp_path / "old", soft=False, pick=1, data=None)
     assert eval_main(["--synset", other, "--synset", str(old), *EVAL, "--allow-other-data",
                       "--out", str(tmp_path / "ev")]) == 0
     runs = json.loads((tmp_path / "ev" / "results.json").read_text())["runs"]
