@@ -101,6 +101,15 @@ def physical_memory() -> int:
         return 0
 
 
+def check_fits(flag: str, count: int, bytes_each: int, what: str) -> None:
+    """DDError when ``count`` (the value of ``flag``) items of at least ``bytes_each`` bytes (``what`` holds them)
+    would not fit this machine's memory: a count that could never run is refused before any work."""
+    have = physical_memory()
+    if have and count * bytes_each > have:
+        raise DDError(f"{flag} {count}: {what} alone would need more than this machine's {have / 2**30:.3g} GiB of "
+                      f"memory; lower {flag}")
+
+
 MAX_SEED = 2**63 - 1
 """The largest seed a generator takes (``torch.Generator.manual_seed`` overflows past it)."""
 

@@ -46,6 +46,11 @@ def sequence(value: Any) -> str | None:
     return None if isinstance(value, list) else "a list"
 
 
+def accuracies(value: Any) -> str | None:
+    ok = isinstance(value, list) and all(v is None or number(v) is None for v in value)
+    return None if ok else "a list of numbers (null where not measured)"
+
+
 def image_size(value: Any) -> str | None:
     ok = isinstance(value, list) and len(value) == 2 and all(_is_int(v) and v > 0 for v in value)
     return None if ok else "a list of two positive integers [height, width]"
@@ -105,7 +110,7 @@ DISTILLABLE = {**MANIFEST, "dataset.channels": positive_integer, "dataset.size":
                "dataset.num_classes": positive_integer}
 """A store that ``dd.distill`` matches: one whose manifest also says the experts' image shape and class count."""
 
-EXPERT_RECORD = {"index": integer, "sha256": text, "seed": optional(integer), "test_acc": optional(sequence),
+EXPERT_RECORD = {"index": integer, "sha256": text, "seed": optional(integer), "test_acc": optional(accuracies),
                  "final_test_acc": optional(number)}
 """A store's ``expert_<i>.json``."""
 

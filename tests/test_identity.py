@@ -24,6 +24,7 @@ from dd.eval.__main__ import main as eval_main
 from dd.eval.report import context_title, improvement_table, improvements
 from dd.identity import OTHER, UNVERIFIED, check_data
 from dd.realdata import PreparedData, prepare_data
+from dd.report.__main__ import main as report_main
 from dd.report.artefacts import Run
 from dd.report.build import label_apart
 from tests.conftest import TINY_BUFFER_FLAGS
@@ -69,6 +70,13 @@ def results_with(i: Inputs, **fields) -> str:
     (i.tmp / "ev").mkdir()
     (i.tmp / "ev" / "results.json").write_text(json.dumps({"runs": [record]}))
     return str(i.tmp / "ev")
+
+
+def run_folder(i: Inputs, config_text: str) -> str:
+    """A run folder holding only ``config.json`` with ``config_text``."""
+    (i.tmp / "r").mkdir()
+    (i.tmp / "r" / "config.json").write_text(config_text)
+    return str(i.tmp / "r")
 
 
 def buffer_flags(i: Inputs, *extra: str, change=None) -> list[str]:
@@ -124,6 +132,11 @@ CASES = {
     "results.json protocol a string": (
         eval_main, lambda i: ["--synset", str(i.synset), *EVAL, "--out", results_with(i, protocol="mtt")],
         ["(record 0): field 'protocol' should be an object, got 'mtt'"]),
+    "report on an expert record with a string accuracy": (
+        report_main, lambda i: [edited(Path(store_copy(i)) / "expert_00000.json", lambda r: r.update(test_acc=["x"]))],
+        ["expert_00000.json: field 'test_acc' should be a list of numbers"]),
+    "report on a run whose config.json is a list": (
+        report_main, lambda i: [run_folder(i, "[]")], ["run config", "is not a JSON object"]),
     # numbers past what the machine or a generator takes
     "buffer seed past the per-expert seed's range": (
         buffer_main, lambda i: ["--seed", "99999999999999", "--num-experts", "1"], ["--seed must be in 0..", "got 99"]),
@@ -146,6 +159,17 @@ CASES = {
     "distill syn-steps past the machine's memory": (
         distill_main, lambda i: i.distill("--syn-steps", "99999999999999"), ["--syn-steps 99999999999999",
                                                                              "lower --syn-steps"]),
+    "distill eval-runs past the machine's memory": (
+        distill_main, lambda i: i.distill("--eval-runs", "99999999999999"), ["lower --eval-runs"]),
+    "distill label temperature 0": (
+        distill_main, lambda i: i.distill("--label-temperature", "0"), ["--label-temperature must be positive"]),
+    "distill EMA decay above 1": (distill_main, lambda i: i.distill("--ema-decay", "5"), ["--ema-decay must be in"]),
+    "distill inner momentum 1": (
+        distill_main, lambda i: i.distill("--inner-momentum", "1"), ["--inner-momentum must be in [0, 1)"]),
+    "eval runs past the machine's memory": (
+        eval_main, lambda i: ["--synset", str(i.synset), *EVAL, "--runs", "99999999999999"], ["lower --runs"]),
+    "buffer experts past the machine's memory": (
+        buffer_main, lambda i: ["--num-experts", "99999999999999"], ["lower --num-experts"]),
     # traps
     "run dir under a file": (
         distill_main, lambda i: i.distill("--run-dir", str(Path(i.file("f", "x")) / "r")),

@@ -26,7 +26,7 @@ from dd.buffer.store import MANIFEST, TrajectoryStore
 from dd.cli import Interrupted, resume_command, run_cli
 from dd.config import build_parser, load_yaml, make_config, opt, parse_config
 from dd.data import get_spec
-from dd.device import check_seed
+from dd.device import check_fits, check_seed
 from dd.errors import DDError
 from dd.lock import Lock
 from dd.realdata import prepare_data
@@ -36,6 +36,7 @@ def train_main(argv: Sequence[str] | None) -> int:
     config, _ = parse_config(BufferConfig, argv, build_parser(BufferConfig, "python -m dd.buffer", __doc__,
                                                                 "experiments/buffer/digits.yaml"))
     check_seed("--seed", config.seed, 1_000_003, config.num_experts)
+    check_fits("--num-experts", config.num_experts, 256, "the list of experts")
     if config.teacher != "none":
         return train_teacher(config)
     validate(config)

@@ -26,7 +26,7 @@ from dd.buffer.store import TrajectoryStore
 from dd.cli import Interrupted, check_flags
 from dd.config import to_dict
 from dd.data import Preprocessor, list_datasets, shape_flags
-from dd.device import check_seed, make_generator, physical_memory
+from dd.device import check_fits, check_seed, make_generator
 from dd.distill.checkpoint import config_changes, load_checkpoint, open_run, save_checkpoint
 from dd.distill.config import DistillConfig
 from dd.distill.context import Context
@@ -59,12 +59,15 @@ def validate(config: DistillConfig) -> None:
             raise DDError(f"unknown model '{name}'; see dd.models.list_models() for the choices")
     check_flags(config, positive=("ipc", "iterations", "syn_steps", "expert_epochs", "eval_runs", "eval_epochs",
                                   "eval_batch_size", "log_every", "checkpoint_every", "batch_syn",
-                                  "image_size", "lr_img", "lr_teacher", "threshold"),
+                                  "image_size", "lr_img", "lr_teacher", "threshold", "label_temperature"),
                 nonnegative=("lr_lr", "lr_y", "eval_every", "expert_cache_mb", "lr_step_limit"))
     check_wandb(config.wandb)
-    if config.syn_steps * PLAN_BYTES_PER_STEP > (physical_memory() or float("inf")):
-        raise DDError(f"--syn-steps {config.syn_steps}: the inner plan alone would need more than this machine's "
-                      f"{physical_memory() / 2**30:.3g} GiB of memory; lower --syn-steps")
+    check_fits("--syn-steps", config.syn_steps, PLAN_BYTES_PER_STEP, "the inner plan")
+    check_fits("--eval-runs", config.eval_runs, PLAN_BYTES_PER_STEP, "the list of evaluation seeds")
+    if not 0 <= config.ema_decay <= 1:
+        raise DDError(f"--ema-decay must be in [0, 1], got {config.ema_decay:g}")
+    if not 0 <= config.inner_momentum < 1:
+        raise DDError(f"--inner-momentum must be in [0, 1), got {config.inner_momentum:g}")
     check_run_dir(default_run_dir(config))
     check_seed("--seed", config.seed, offsets=config.eval_runs)
     check_seed("--val-seed", config.val_seed)
@@ -78,7 +81,8 @@ def validate(config: DistillConfig) -> None:
 
 
 PLAN_BYTES_PER_STEP = 256
-"""A lower bound of the host bytes one inner step's plan holds (its minibatch indices and seed)."""
+"""A lower bound of the host bytes one inner step's plan (its minibatch indices and seed), or one evaluation seed,
+holds."""
 
 
 def check_run_dir(run_dir: Path) -> None:

@@ -51,7 +51,7 @@ from dd.augment import DSA
 from dd.cli import run_cli
 from dd.config import build_parser, opt, parse_config, parse_list, peek_option, to_dict
 from dd.data import CHANNELS, DatasetSpec, Preprocessor, list_datasets, shape_flags
-from dd.device import check_seed, use_deterministic
+from dd.device import check_fits, check_seed, use_deterministic
 from dd.distill.synset import SynSet, load_synset
 from dd.errors import DDError
 from dd.eval import pools, transfer
@@ -149,6 +149,7 @@ def validate(config: EvalConfig) -> list[str]:
     if config.seed < 0:
         raise DDError(f"--seed must be 0 or more, got {config.seed}")
     check_seed("--seed", config.seed, offsets=config.runs)
+    check_fits("--runs", config.runs, 256, "the list of runs")
     if config.val_seed is not None:
         check_seed("--val-seed", config.val_seed)
     if config.lr is not None:
