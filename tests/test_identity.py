@@ -308,3 +308,20 @@ def test_prepared_data_built_by_hand_has_a_fingerprint():
     data = prepare_data("digits", torch.device("cpu"))
     manual = PreparedData(data.spec, data.preprocessor, *data.train, *data.test)
     assert manual.fingerprint()["sha256"] and manual.fingerprint()["num_classes"] == 10
+
+
+def test_a_full_disk_reported_by_a_library_is_one_line_and_other_errors_pass(tmp_path):
+    from dd.io import atomic_write
+
+    def full(path):
+        raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    with pytest.raises(DDError, match="no space left on the device while writing"):
+        atomic_write(tmp_path / "x", full)
+
+    def broken(path):
+        raise RuntimeError("something else")
+
+    with pytest.raises(RuntimeError, match="something else"):
+        atomic_write(tmp_path / "x", broken)
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind
