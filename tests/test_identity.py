@@ -325,3 +325,17 @@ def test_a_full_disk_reported_by_a_library_is_one_line_and_other_errors_pass(tmp
     with pytest.raises(RuntimeError, match="something else"):
         atomic_write(tmp_path / "x", broken)
     assert list(tmp_path.iterdir()) == []  # no temporary file left behind
+
+
+def test_an_abandoned_iteration_leaves_the_generator_as_it_was(tmp_path, digits_buffer):
+    from dd.distill.config import DistillConfig
+    from dd.distill.engine import Distiller
+
+    config = DistillConfig(buffer_dir=str(digits_buffer), run_dir=str(tmp_path / "run"), iterations=2, syn_steps=4,
+                           expert_epochs=2, max_start_epoch=2, eval_every=0, device="cpu")
+    distiller = Distiller(config)
+    before = distiller.generator.get_state()
+    with pytest.raises(Interrupted), uninterruptible():
+        cli._on_signal(signal.SIGTERM, None)
+        distiller.step()
+    assert torch.equal(distiller.generator.get_state(), before) and cli._held["pending"] == 0
