@@ -54,6 +54,15 @@ def uninterruptible() -> Iterator[None]:
         raise Interrupted(signum)
 
 
+def check_interrupt() -> None:
+    """Raise a SIGINT or SIGTERM that ``uninterruptible`` holds now: called inside a long step that its caller can
+    abandon whole (undoing what it changed), so that a step of any length answers an interrupt within one inner
+    step."""
+    if _held["pending"]:
+        signum, _held["pending"] = _held["pending"], 0
+        raise Interrupted(signum)
+
+
 def resume_command(module: str, argv: Sequence[str] | None, flag: str | None = "--resume") -> str:
     """The shell command that reruns ``python -m <module>`` with ``argv`` (default: this process's), plus ``flag``."""
     args = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--no-resume"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from dd.errors import DDError
@@ -89,3 +91,34 @@ def use_deterministic(on: bool) -> None:
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
+
+
+def physical_memory() -> int:
+    """Bytes of this machine's memory (0 when the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_fits(flag: str, count: int, bytes_each: int, what: str) -> None:
+    """DDError when ``count`` (the value of ``flag``) items of at least ``bytes_each`` bytes (``what`` holds them)
+    would not fit this machine's memory: a count that could never run is refused before any work."""
+    have = physical_memory()
+    if have and count * bytes_each > have:
+        raise DDError(f"{flag} {count}: {what} alone would need more than this machine's {have / 2**30:.3g} GiB of "
+                      f"memory; lower {flag}")
+
+
+MAX_SEED = 2**63 - 1
+"""The largest seed a generator takes (``torch.Generator.manual_seed`` overflows past it)."""
+
+
+def check_seed(flag: str, seed: int, scale: int = 1, offsets: int = 0) -> None:
+    """DDError unless ``flag``'s ``seed`` is an int with ``seed * scale + offsets`` (the largest seed derived from
+    it) within 0..``MAX_SEED``."""
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise DDError(f"{flag} must be an integer, got {seed!r}")
+    top = (MAX_SEED - offsets) // scale
+    if not 0 <= seed <= top:
+        raise DDError(f"{flag} must be in 0..{top}, got {seed}; pass a smaller seed")

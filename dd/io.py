@@ -49,6 +49,14 @@ def temp_file_beside(path: Path) -> Path:
     return Path(tmp)
 
 
+def _disk_full(error: Exception) -> bool:
+    """Whether ``error`` says that the device is full (an OSError, or a library's error carrying the OS's text)."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(error)
+    return f"os error {errno.ENOSPC}" in text or "No space left on device" in text
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Write ``path`` through ``write(tmp_path)`` then fsync and rename, so a crash or a full
     disk mid-write leaves the previous file (or no file) in place, never a partial one."""
@@ -62,8 +70,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
-    except OSError as e:
-        if e.errno != errno.ENOSPC:
+    except Exception as e:  # safetensors reports a full disk as its own error type, with the OS error in the text
+        if not _disk_full(e):
             raise
         raise DDError(f"no space left on the device while writing {path} (the previous file is intact); "
                       "free some space and rerun the same command") from None

@@ -18,6 +18,7 @@ from dd.data import DatasetSpec, Preprocessor, class_indices, load_dataset
 from dd.data.folder import folder_class_names
 from dd.device import make_generator
 from dd.errors import DDError
+from dd.identity import data_fingerprint
 from dd.io import sha256_tensors
 
 SPLITS = ("val", "test")
@@ -39,6 +40,7 @@ class PreparedData:
     val_fraction: float = 0.0
     val_seed: int = 0
     class_names: list[str] | None = None  # the class folders' names of a folder dataset, by class id
+    source: dict[str, Any] | None = None  # the data as loaded, before splitting and preprocessing (dd.identity)
     _identity: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -78,6 +80,14 @@ class PreparedData:
         return {"train": int(self.train_labels.shape[0]),
                 "val": 0 if self.val_labels is None else int(self.val_labels.shape[0]),
                 "test": int(self.test_labels.shape[0]), "val_fraction": self.val_fraction, "val_seed": self.val_seed}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The fingerprint of the data as loaded (``dd.identity``): what artefacts record and consumers check;
+        the same whatever the validation split and preprocessing."""
+        if self.source is None:
+            self.source = data_fingerprint(self.spec.name, self.spec.channels, self.spec.size, self.spec.num_classes,
+                                           *self.train_and_val, *self.test)
+        return self.source
 
     def identity(self) -> dict[str, Any]:
         """What a result record says of the real data: name, shape, split sizes, preprocessing and the
@@ -125,6 +135,8 @@ def prepare_data(
         val_fraction=val_fraction,
         val_seed=val_seed,
         class_names=names,
+        source=data_fingerprint(raw.spec.name, raw.spec.channels, raw.spec.size, raw.spec.num_classes,
+                                raw.train_images, raw.train_labels, raw.test_images, raw.test_labels),
     )
 
 

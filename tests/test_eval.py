@@ -14,9 +14,13 @@ from dd.training import soft_cross_entropy
 
 def make_set(folder, soft: bool, pick: int = 0, **extra):
     """One real digit per class (the ``pick``-th of each) as a set; ``soft``: [10, 10] logits whose argmax
-    is the true class; ``extra`` adds metadata."""
+    is the true class; ``extra`` adds metadata. The set records the fingerprint of digits, as dd.distill's do
+    (``data=None``: a set made before fingerprints)."""
     from dd.data import Preprocessor, load_dataset
+    from dd.identity import data_fingerprint
     raw = load_dataset("digits")
+    extra.setdefault("data", data_fingerprint("digits", 1, (8, 8), 10, raw.train_images, raw.train_labels,
+                                              raw.test_images, raw.test_labels))
     pre = Preprocessor.fit("standard", raw.spec, raw.train_images)
     tensors, meta = pre.state()
     idx = torch.cat([torch.nonzero(raw.train_labels == c)[pick : pick + 1, 0] for c in range(10)])

@@ -18,14 +18,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dd import distributed
-from dd.buffer.config import BufferConfig, store_header, store_root, validate
+from dd.buffer.config import BufferConfig, check_reopened, check_trajectory_size, store_header, store_root, validate
 from dd.buffer.experts import ExpertRecipe, expert_seed, train_expert
 from dd.buffer.legacy import import_legacy
 from dd.buffer.ssl import train_teacher
-from dd.buffer.store import TrajectoryStore
+from dd.buffer.store import MANIFEST, TrajectoryStore
 from dd.cli import Interrupted, resume_command, run_cli
 from dd.config import build_parser, load_yaml, make_config, opt, parse_config
 from dd.data import get_spec
+from dd.device import check_fits, check_seed
 from dd.errors import DDError
 from dd.lock import Lock
 from dd.realdata import prepare_data, random_subset
@@ -34,6 +35,8 @@ from dd.realdata import prepare_data, random_subset
 def train_main(argv: Sequence[str] | None) -> int:
     config, _ = parse_config(BufferConfig, argv, build_parser(BufferConfig, "python -m dd.buffer", __doc__,
                                                                 "experiments/buffer/digits.yaml"))
+    check_seed("--seed", config.seed, 1_000_003, config.num_experts)
+    check_fits("--num-experts", config.num_experts, 256, "the list of experts")
     if config.teacher != "none":
         if config.train_per_class is not None:
             raise DDError("--train-per-class applies to experts, not to a --teacher; drop one of them")
@@ -57,10 +60,18 @@ def train_store(config: BufferConfig, argv: Sequence[str] | None) -> int:
     recipe = config.recipe()
     train = data.train if recipe.train_per_class is None else random_subset(
         data, recipe.train_per_class, recipe.train_subset_seed, flag="--train-per-class")
-    store = TrajectoryStore.create(store_root(config.buffer_dir, spec.name, config.model, recipe.to_dict()),
-                                   store_header(spec, config.model, recipe.to_dict(), data.preprocessor.describe()))
+    header = store_header(spec, config.model, recipe.to_dict(), data.preprocessor.describe(),
+                          data=data.fingerprint(), seed=config.seed)
+    check_trajectory_size(recipe.epochs, header)
+    root = store_root(config.buffer_dir, spec.name, config.model, recipe.to_dict())
+    if (root / MANIFEST).is_file():
+        check_reopened(TrajectoryStore.open(root), data.fingerprint(), config.seed)
+    store = TrajectoryStore.create(root, header)
     if distributed.is_main() and store.load_preprocess() is None:
         store.save_preprocess(*data.preprocessor.state())
+    if distributed.is_main():
+        for problem in store.discard_damaged():
+            print(f"buffer: {problem}; training it again")
     todo = store.missing(config.num_experts)
     done = config.num_experts - len(todo)
     # Every rank lists the missing experts before any rank adds one and starts with every world-th of them,

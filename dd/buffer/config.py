@@ -6,13 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from dd.buffer.experts import STEPS, ExpertRecipe
-from dd.buffer.store import recipe_tag
+from dd.buffer.experts import STEPS, ExpertRecipe, expert_seed
+from dd.buffer.store import TrajectoryStore, recipe_tag
 from dd.cli import check_flags
 from dd.config import opt
 from dd.data import CHANNELS_HELP, IMAGE_SIZE_HELP, list_datasets
+from dd.device import physical_memory
 from dd.errors import DDError
-from dd.functional import param_spec
+from dd.functional import ParamSpec, param_spec
+from dd.identity import check_data
 from dd.models import create_model, list_models
 
 
@@ -88,7 +90,8 @@ def store_root(buffer_dir: str, dataset: str, model: str, recipe: dict) -> Path:
 
 
 def store_header(spec, model_name: str, recipe: dict, preprocess: dict, **extra) -> dict:
-    """The manifest header of a store: dataset, model, parameter layout and recipe."""
+    """The manifest header of a store: dataset, model, parameter layout and recipe; ``extra`` entries (the data's
+    fingerprint ``data`` and the base ``seed`` of trained experts, the files of imported ones) follow."""
     model = create_model(model_name, spec.channels, spec.num_classes, spec.size, seed=0)
     return {
         "dataset": {"name": spec.name, "channels": spec.channels, "size": list(spec.size),
@@ -99,3 +102,30 @@ def store_header(spec, model_name: str, recipe: dict, preprocess: dict, **extra)
         "num_epochs": recipe["epochs"],
         **extra,
     }
+
+
+def check_reopened(store: TrajectoryStore, data: dict, seed: int) -> None:
+    """A store that already exists takes more experts only of the same data and base seed, so that it never
+    mixes experts of two datasets or seed series (expert i is determined by recipe, data, seed and i). A store
+    made before dd recorded these is checked through its experts' recorded seeds, and its data with a warning."""
+    fix = "use another --buffer-dir, or the store's own data"
+    check_data(store.header.get("data"), data, f"the buffer at {store.root}", "was trained on",
+               "the data of this run", allow=False, fix=fix)
+    stored = store.header.get("seed")
+    if stored is None:
+        stray = [r for r in store.records() if r.get("seed") != expert_seed(seed, r["index"])]
+        stored = None if not stray else (stray[0].get("seed", 0) - stray[0]["index"]) // 1_000_003
+    if stored is not None and stored != seed:
+        raise DDError(f"the buffer at {store.root} holds experts of --seed {stored}, not --seed {seed}; rerun with "
+                      f"--seed {stored} to add to it, or pass another --buffer-dir for the other seed series")
+
+
+def check_trajectory_size(epochs: int, header: dict) -> None:
+    """An expert's trajectory [epochs+1, P] float32 is held in memory while it trains: refuse ``--epochs`` whose
+    trajectory would not fit this machine's memory, before any work."""
+    numel = ParamSpec.from_json(header["param_spec"]).numel
+    need, have = (epochs + 1) * numel * 4, physical_memory()
+    if have and need > have:
+        raise DDError(f"--epochs {epochs} makes each expert's trajectory {need / 2**30:.3g} GiB ({epochs + 1} rows of "
+                      f"{numel} parameters), more than this machine's {have / 2**30:.3g} GiB of memory; "
+                      "lower --epochs")

@@ -28,6 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as save_safetensors_bytes
 
+from dd import schema
 from dd.errors import DDError
 from dd.functional import ParamSpec
 from dd.io import (
@@ -38,6 +39,7 @@ from dd.io import (
     save_tensors,
     temp_file_beside,
 )
+from dd.schema import check_schema
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -187,6 +189,9 @@ class TrajectoryStore:
         if not isinstance(header, dict):
             raise DDError(f"buffer manifest {manifest} is not a JSON object; delete the folder and rerun dd.buffer")
         version = header.get("format_version")
+        if version == FORMAT_VERSION:
+            check_schema(header, schema.MANIFEST, manifest, "buffer manifest",
+                         "restore it, or delete the folder and rerun dd.buffer")
         if version != FORMAT_VERSION:
             raise DDError(f"buffer {root} has format version {version}, this dd reads version {FORMAT_VERSION}; "
                           "regenerate it with this dd's python -m dd.buffer")
@@ -278,7 +283,8 @@ class TrajectoryStore:
             raise DDError(f"expert {index} is not finished in the buffer at {self.root} (no {path.name}); "
                           f"{_REGENERATE}")
         record = read_json(path, "expert record")
-        if not isinstance(record, dict) or record.get("index") != index or "sha256" not in record:
+        check_schema(record, schema.EXPERT_RECORD, path, "expert record", f"delete it and {_REGENERATE}")
+        if record.get("index") != index:
             raise DDError(f"expert record {path} is malformed; delete it and {_REGENERATE}")
         return record
 
@@ -336,6 +342,18 @@ class TrajectoryStore:
         matched (experts retrained from the same recipe and seeds can differ in their last bits)."""
         pairs = [(i, self.record(i)["sha256"]) for i in sorted(indices)]
         return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
+
+    def discard_damaged(self) -> list[str]:
+        """Uncommit every complete expert whose file fails its checksum (truncated, corrupted), so that a resumed
+        run trains it again rather than keep it; one line per expert discarded."""
+        problems = []
+        for index in self.completed():
+            try:
+                self.verify_expert(index)
+            except DDError:
+                self.record_path(index).unlink(missing_ok=True)
+                problems.append(f"expert {index}'s file {self.tensor_path(index).name} failed its checksum")
+        return problems
 
     def verify(self) -> list[str]:
         """Check every complete expert's file against its record; one line per problem, [] when healthy."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from dd.device import physical_memory
 from dd.errors import DDError
 
 
@@ -83,6 +84,8 @@ def load_dataset(name: str, data_path: str | None = None, download: bool = False
     spec = get_spec(name)
     if image_size is not None and image_size <= 0:
         raise DDError(f"--image-size must be positive, got {image_size}")
+    if image_size is not None and 3 * 4 * image_size**2 > (physical_memory() or float("inf")):
+        raise DDError(f"--image-size {image_size}: one image would not fit this machine's memory; pass a smaller size")
     if channels not in (None, *CHANNELS):
         raise DDError(f"--channels must be 1 (grey) or 3 (colour), got {channels}")
     data = _REGISTRY[name][1](spec, data_path, download, image_size)
@@ -129,6 +132,13 @@ def convert_channels(data: RealData, channels: int) -> RealData:
 
 def resize(data: RealData, image_size: int) -> RealData:
     """``data`` with both splits resized to ``image_size`` squared and the spec updated to match."""
+
+    count = data.train_images.shape[0] + data.test_images.shape[0]
+    need = count * data.spec.channels * image_size**2 * 4
+    if need > (physical_memory() or float("inf")):
+        raise DDError(f"--image-size {image_size}: the {count} images of {data.spec.name} would take "
+                      f"{need / 2**30:.3g} GiB, more than this machine's {physical_memory() / 2**30:.3g} GiB of "
+                      "memory; pass a smaller size")
 
     def go(x: torch.Tensor) -> torch.Tensor:
         out = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)

@@ -89,6 +89,10 @@ def open_run(run_dir: Path, resume: bool, config: dict[str, Any], defaults: dict
     another run (``check_resume``, with the config class's ``defaults`` for settings newer than the checkpoint),
     and one past the requested iterations (plus ``extra``: DC/DSA/DM run one more)."""
     found = load_checkpoint(run_dir)
+    if found is None and resume and any(run_dir.glob("synset*/synset.json")):
+        raise DDError(f"--resume: {run_dir} holds a set but no {CHECKPOINT}, so its run cannot be continued (starting "
+                      "over would overwrite the set and its metrics.jsonl); restore the checkpoint, or pass a new "
+                      "--run-dir")
     if found is not None and not resume:
         raise DDError(f"{run_dir} already holds a run; pass --resume to continue it (with the same flags) or "
                       "choose another --run-dir")

@@ -31,9 +31,9 @@ from dd.augment import DEFAULT_STRATEGY, DSA, DSAParams
 from dd.cli import check_flags
 from dd.config import build_parser, opt, parse_config, to_dict
 from dd.data import CHANNELS_HELP, IMAGE_SIZE_HELP, class_indices, list_datasets
-from dd.device import make_generator, resolve_device
+from dd.device import check_seed, make_generator, resolve_device
 from dd.distill.checkpoint import save_checkpoint
-from dd.distill.engine import check_eval_models
+from dd.distill.engine import check_eval_models, check_run_dir
 from dd.distill.runloop import Progress, RunLoop
 from dd.distill.synset import SynSet, save_synset
 from dd.errors import DDError
@@ -103,8 +103,9 @@ def validate(config: CondenseConfig) -> None:
                       f"got {config.val_fraction}")
     DSA(config.dsa_strategy)  # raises on an unknown op
     check_wandb(config.wandb)
-    if default_run_dir(config).is_file():
-        raise DDError(f"--run-dir {default_run_dir(config)} is a file; pass a folder")
+    check_run_dir(default_run_dir(config))
+    check_seed("--seed", config.seed, offsets=config.eval_runs)
+    check_seed("--val-seed", config.val_seed)
 
 
 def siamese(dsa: DSA, batches: Sequence[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
@@ -199,6 +200,7 @@ class Condenser(RunLoop):
         return SynSet(images=self.images.detach().cpu(), labels=self.labels.cpu(), lr=cfg.lr_net,
                       meta={"dataset": cfg.dataset, "ipc": cfg.ipc, "method": cfg.method, "model": cfg.model,
                             "iteration": self.iteration, "config": to_dict(cfg), "preprocess_meta": meta,
+                            "data": self.data.fingerprint(),
                             "protocol": cfg.method, "splits": self.data.splits(), "selected_on": "val"},
                       preprocess={k: v.cpu() for k, v in tensors.items()})
 

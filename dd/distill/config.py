@@ -29,6 +29,8 @@ class DistillConfig:
                                     "digits_gsam.yaml): picks its store when several recipes exist (default: "
                                     "none; --buffer or the only store)")
     buffer_dir: str = opt("buffers", "root of the trajectory stores")
+    allow_other_data: bool = opt(False, "distil from experts trained on other data than --dataset/--data-path give "
+                                 "(refused by default: the data fingerprints differ); the set records it")
     ipc: int = opt(1, "synthetic images per class")
     iterations: int = opt(5000, "outer iterations")
     syn_steps: int = opt(20, "inner SGD steps of the student on the synthetic set (N)")

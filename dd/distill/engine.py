@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from dd import distributed
+from dd import distributed, schema
 from dd.augment import DSA
 from dd.buffer.store import TrajectoryStore
-from dd.cli import check_flags
+from dd.cli import Interrupted, check_flags
 from dd.config import to_dict
 from dd.data import Preprocessor, list_datasets, shape_flags
-from dd.device import make_generator
+from dd.device import check_fits, check_seed, make_generator
 from dd.distill.checkpoint import config_changes, load_checkpoint, open_run, save_checkpoint
 from dd.distill.config import DistillConfig
 from dd.distill.context import Context
@@ -38,12 +38,14 @@ from dd.distill.synset import SynSet, save_synset
 from dd.distill.unroll import make_plan, make_unroll
 from dd.errors import DDError
 from dd.functional import has_batchnorm
+from dd.identity import check_data, data_flags, describe
 from dd.io import atomic_write_json
 from dd.metrics import MetricsLog, check_wandb
 from dd.models import create_model, list_models
 from dd.multiseed import train_and_test_seeds
 from dd.protocols import get_protocol
 from dd.realdata import prepare_data
+from dd.schema import check_schema
 from dd.viz import class_names, grid_history, save_grid, save_history_gif
 
 
@@ -57,11 +59,18 @@ def validate(config: DistillConfig) -> None:
             raise DDError(f"unknown model '{name}'; see dd.models.list_models() for the choices")
     check_flags(config, positive=("ipc", "iterations", "syn_steps", "expert_epochs", "eval_runs", "eval_epochs",
                                   "eval_batch_size", "log_every", "checkpoint_every", "batch_syn",
-                                  "image_size", "lr_img", "lr_teacher", "threshold"),
+                                  "image_size", "lr_img", "lr_teacher", "threshold", "label_temperature"),
                 nonnegative=("lr_lr", "lr_y", "eval_every", "expert_cache_mb", "lr_step_limit"))
     check_wandb(config.wandb)
-    if Path(default_run_dir(config)).is_file():
-        raise DDError(f"--run-dir {default_run_dir(config)} is a file; pass a folder")
+    check_fits("--syn-steps", config.syn_steps, PLAN_BYTES_PER_STEP, "the inner plan")
+    check_fits("--eval-runs", config.eval_runs, PLAN_BYTES_PER_STEP, "the list of evaluation seeds")
+    if not 0 <= config.ema_decay <= 1:
+        raise DDError(f"--ema-decay must be in [0, 1], got {config.ema_decay:g}")
+    if not 0 <= config.inner_momentum < 1:
+        raise DDError(f"--inner-momentum must be in [0, 1), got {config.inner_momentum:g}")
+    check_run_dir(default_run_dir(config))
+    check_seed("--seed", config.seed, offsets=config.eval_runs)
+    check_seed("--val-seed", config.val_seed)
     if not 0 <= config.min_start_epoch < config.max_start_epoch:
         raise DDError(f"need 0 <= --min-start-epoch < --max-start-epoch, got {config.min_start_epoch} and "
                       f"{config.max_start_epoch}")
@@ -71,6 +80,19 @@ def validate(config: DistillConfig) -> None:
                 config.unroll_chunk)  # raises on a bad unroll, stride or chunk
 
 
+PLAN_BYTES_PER_STEP = 256
+"""A lower bound of the host bytes one inner step's plan (its minibatch indices and seed), or one evaluation seed,
+holds."""
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """The run folder, and every folder above it, must not be a file (checked before anything is printed)."""
+    for path in (run_dir, *run_dir.parents):
+        if path.is_file():
+            where = "is a file" if path == run_dir else f"lies under {path}, which is a file"
+            raise DDError(f"--run-dir {run_dir} {where}; pass a folder")
+
+
 def default_run_dir(config: DistillConfig) -> Path:
     return Path(config.run_dir or f"runs/{config.method}-{config.dataset}-ipc{config.ipc}")
 
@@ -78,6 +100,8 @@ def default_run_dir(config: DistillConfig) -> Path:
 def check_store(store: TrajectoryStore, config: DistillConfig) -> None:
     """The experts must be of the dataset and model being distilled, and long enough for the window."""
     header = store.header
+    check_schema(header, schema.DISTILLABLE, store.root / "manifest.json", "buffer manifest",
+                 "restore it, or delete the folder and rerun dd.buffer")
     if header["dataset"]["name"] != config.dataset or header["model"]["name"] != config.model:
         raise DDError(f"the buffer at {store.root} holds {header['model']['name']} experts on "
                       f"{header['dataset']['name']}, not {config.model} on {config.dataset}; pass the matching "
@@ -105,6 +129,15 @@ def check_image_shape(store: TrajectoryStore, spec, image_size: int | None) -> N
     raise DDError(f"{given} gives {got[0]}x{got[1]}x{got[2]} images, but the experts in {store.root} were trained "
                   f"on {want[0]}x{want[1]}x{want[2]}; pass {' '.join(shape_flags(want, got))} (the experts' data) or "
                   "use the dataset and folder they were trained on")
+
+
+def check_classes(store: TrajectoryStore, data) -> None:
+    """The data must have the experts' class count (their last layer's width), checked before any work."""
+    stored = store.header["dataset"]["num_classes"]
+    if stored != data.spec.num_classes:
+        raise DDError(f"the data ({data.spec.name}) has {data.spec.num_classes} classes, but the experts in "
+                      f"{store.root} were trained on {stored}; pass the data they were trained on (--data-path), or a "
+                      "store of this data")
 
 
 def check_split(config: DistillConfig, model: torch.nn.Module, num_images: int) -> None:
@@ -171,6 +204,11 @@ class Distiller(RunLoop):
                             config.image_size, config.val_fraction, config.val_seed, config.channels)
         spec = data.spec
         check_image_shape(store, spec, config.image_size)
+        check_classes(store, data)
+        self.data_check = check_data(store.header.get("data"), data.fingerprint(), f"the experts in {store.root}",
+                                     "were trained on", data_flags(config.dataset, config.data_path,
+                                                                   config.image_size, config.channels),
+                                     config.allow_other_data)
         check_eval_models(config, spec)
         model = create_model(config.model, spec.channels, spec.num_classes, spec.size, seed=config.seed)
         model = model.to(self.device).train()
@@ -211,7 +249,16 @@ class Distiller(RunLoop):
         tensors.update({f"method.{k}": v for k, v in self.method.state_tensors().items()})
         return tensors
 
+    def run_state(self) -> dict:
+        """The loop's state plus the fingerprint of the run's data, which a resume must match."""
+        return {**super().run_state(), "data": self.ctx.data.fingerprint()}
+
     def load(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
+        stored = state.get("data")  # absent in checkpoints older than data fingerprints
+        if isinstance(stored, dict) and stored.get("sha256") != self.ctx.data.fingerprint()["sha256"]:
+            raise DDError(f"the checkpoint in {self.run_dir} was made on {describe(stored)}, but this resume's data is "
+                          f"{describe(self.ctx.data.fingerprint())}; resume with the run's own data (its "
+                          "--data-path), or pass a new --run-dir")
         with torch.no_grad():
             self.images.copy_(tensors["images"].to(self.device))
             self.labels.copy_(tensors["labels"].to(self.device))
@@ -235,7 +282,8 @@ class Distiller(RunLoop):
             images=images.detach().cpu(), labels=self.labels.detach().cpu(), lr=self.syn_lr.item(),
             meta={"dataset": cfg.dataset, "ipc": cfg.ipc, "method": cfg.method + (f"-{name}" if name else ""),
                   "model": cfg.model, "iteration": self.iteration, "buffer": str(self.ctx.store.root),
-                  "experts_sha256": self.experts_sha256,
+                  "experts_sha256": self.experts_sha256, "data": self.ctx.data.fingerprint(),
+                  "store_data": self.ctx.store.header.get("data"), "data_check": self.data_check,
                   "config": to_dict(cfg), "preprocess_meta": meta, "protocol": self.method.protocol,
                   "splits": self.ctx.data.splits(), "selected_on": "val"},
             preprocess={k: v.cpu() for k, v in tensors.items()},
@@ -249,6 +297,14 @@ class Distiller(RunLoop):
     def step(self) -> torch.Tensor:
         """One outer iteration; returns the matching loss (a 0-d tensor, not synced to the host)."""
         cfg = self.config
+        drawn = self.generator.get_state()
+        try:
+            return self._step(cfg)
+        except Interrupted:  # abandoned inside the unroll (dd.distill.unroll): nothing but the draws had changed
+            self.generator.set_state(drawn)
+            raise
+
+    def _step(self, cfg: DistillConfig) -> torch.Tensor:
         _, trajectory = self.experts.sample(self.generator)
         start = self.method.start_epoch(self.iteration, self.generator)
         w_start = self.method.start_params(trajectory, start, self.generator)

@@ -7,22 +7,32 @@ from pathlib import Path
 
 import torch
 
-from dd.buffer.store import ExpertFile, TrajectoryStore
+from dd.buffer.store import ExpertFile, TrajectoryStore, recipe_tag
 from dd.errors import DDError
 
 
 def find_store(buffer: str | None, buffer_dir: str, dataset: str, model: str,
                buffer_config: str | None = None) -> TrajectoryStore:
     """Open ``buffer`` if given; else the store that the buffer preset ``buffer_config`` writes; else the
-    single store under ``<buffer_dir>/<dataset>/<model>/``."""
-    if buffer:
-        return TrajectoryStore.open(buffer)
+    single store under ``<buffer_dir>/<dataset>/<model>/``. Given both, the store's recipe must be the preset's
+    (the run records both), else DDError."""
     if buffer_config:
         from dd.buffer.config import BufferConfig, store_root
         from dd.config import load_yaml, make_config
 
-        recipe = make_config(BufferConfig, load_yaml(buffer_config), f"buffer preset {buffer_config}")
-        return TrajectoryStore.open(store_root(buffer_dir, dataset, model, recipe.recipe().to_dict()))
+        preset = make_config(BufferConfig, load_yaml(buffer_config), f"buffer preset {buffer_config}")
+        recipe = preset.recipe().to_dict()
+        if not buffer:
+            return TrajectoryStore.open(store_root(buffer_dir, dataset, model, recipe))
+        store = TrajectoryStore.open(buffer)
+        stored = {k: v for k, v in store.header["recipe"].items() if k != "origin"}  # imported experts: same recipe
+        if recipe_tag(stored) != recipe_tag(recipe):
+            raise DDError(f"--buffer {buffer} holds experts of recipe {recipe_tag(stored)}, but --buffer-config "
+                          f"{buffer_config} (the preset's store) is {recipe_tag(recipe)}; pass --buffer-config none to "
+                          "match the experts of --buffer, or drop --buffer")
+        return store
+    if buffer:
+        return TrajectoryStore.open(buffer)
     parent = Path(buffer_dir) / dataset / model
     candidates = sorted(p for p in parent.glob("*") if (p / "manifest.json").is_file())
     if not candidates:

@@ -35,8 +35,9 @@ from dd.buffer.ssl import TARGETS, Teacher, find_teacher
 from dd.cli import check_flags
 from dd.config import build_parser, opt, parse_config, to_dict
 from dd.data import CHANNELS_HELP, IMAGE_SIZE_HELP, list_datasets
-from dd.device import make_generator, resolve_device
+from dd.device import check_seed, make_generator, resolve_device
 from dd.distill.checkpoint import save_checkpoint
+from dd.distill.engine import check_run_dir
 from dd.distill.runloop import RunLoop
 from dd.distill.synset import SynSet, save_synset
 from dd.errors import DDError
@@ -186,8 +187,8 @@ def validate(config: KRRConfig) -> None:
     if config.lr_end_factor > 1:
         raise DDError(f"--lr-end-factor must lie in (0, 1], got {config.lr_end_factor}")
     check_wandb(config.wandb)
-    if Path(run_dir_of(config)).is_file():
-        raise DDError(f"--run-dir {run_dir_of(config)} is a file; pass a folder")
+    check_run_dir(Path(run_dir_of(config)))
+    check_seed("--seed", config.seed)
 
 
 def run_dir_of(config: KRRConfig) -> Path:
@@ -268,7 +269,7 @@ class KRRDistiller(RunLoop):
                             "num_images": cfg.num_images, "model": cfg.model, "teacher": str(self.teacher.root),
                             "teacher_model": self.teacher.manifest["model"]["name"],
                             "target_dim": self.teacher.output_dim, "targets": cfg.targets,
-                            "iteration": self.iteration,
+                            "iteration": self.iteration, "data": self.data.fingerprint(),
                             "config": to_dict(cfg), "preprocess_meta": meta},
                       preprocess=dict(tensors))
 

@@ -25,6 +25,7 @@ from torch.utils.data import TensorDataset
 from dd.data import Preprocessor
 from dd.errors import DDError
 from dd.io import atomic_write_json, load_tensors_and_metadata, read_json, save_tensors, sha256_file
+from dd.schema import SYNSET_META, check_schema
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)  # format 1 lacks the bound header; its metadata is checked against the tensors only
@@ -108,6 +109,8 @@ def load_synset(path: str | Path, device: torch.device | str = "cpu", verify: bo
         version = meta.get("format_version") if isinstance(meta, dict) else None
         raise DDError(f"synthetic set {folder} has format {version}, expected one of {READABLE_FORMATS}; "
                       "regenerate it with dd.distill")
+    check_schema(meta, SYNSET_META, folder / META_FILE, "synthetic-set metadata",
+                 "restore it or regenerate the set with dd.distill")
     recorded = meta.get("sha256")
     if recorded is None and verify:
         raise DDError(f"synthetic set {folder} has no checksum (sha256 in {META_FILE}), so damage or edits cannot "

@@ -23,6 +23,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from dd.augment import DSA
+from dd.cli import check_interrupt
 from dd.device import make_generator
 from dd.distributed import share, sum_over_ranks, world_size
 from dd.errors import DDError
@@ -40,12 +41,21 @@ class InnerPlan:
     seeds: list[int]
 
 
+def _answer_interrupt() -> None:
+    """A held interrupt abandons the iteration at the next inner step (the engine undoes its draws), so a long
+    unroll answers SIGTERM at once; across processes the step finishes first (a rank alone must not leave a
+    collective the others are in)."""
+    if world_size() == 1:
+        check_interrupt()
+
+
 def make_plan(num_images: int, batch_size: int, steps: int, generator: torch.Generator,
               device: torch.device | str = "cpu") -> InnerPlan:
     """Minibatches are consecutive chunks of fresh random permutations of the synthetic set (MTT).
     The indices are drawn on the CPU and moved to ``device`` in one copy, not one per step."""
     chunks: list[torch.Tensor] = []
     while len(chunks) < steps:
+        _answer_interrupt()
         chunks.extend(torch.randperm(num_images, generator=generator).split(batch_size))
     chunks = chunks[:steps]
     seeds = torch.randint(0, 2**62, (steps,), generator=generator).tolist()
@@ -129,6 +139,7 @@ def full_unroll(student: Student, w0: torch.Tensor, images: torch.Tensor, labels
     state = student.init_state(w0.detach().requires_grad_(True))
     captured = []
     for step, (index, seed) in enumerate(zip(plan.indices, plan.seeds, strict=True), start=1):
+        _answer_interrupt()
         state = student.step(state, images, labels, lr, index, seed)
         if step in capture:
             captured.append(state[0])
@@ -199,6 +210,7 @@ class _CheckpointedUnroll(torch.autograd.Function):
         state = tuple(s.detach() for s in student.init_state(w0.detach()))
         snapshots, captured = {0: state}, []
         for step in range(1, steps + 1):
+            _answer_interrupt()
             state = _replay(student, state, *data, plan, step, chunk)
             if step % snapshot_every == 0:
                 snapshots[step] = state
@@ -302,6 +314,7 @@ class _TeslaUnroll(torch.autograd.Function):
         data = (images.detach(), labels.detach(), lr.detach())
         state, captured = (w0.detach(),), []
         for step in range(1, len(plan.seeds) + 1):
+            _answer_interrupt()
             state = _replay(student, state, *data, plan, step)
             if step in capture:
                 captured.append(state[0])

@@ -52,12 +52,13 @@ from dd.augment import DSA
 from dd.cli import run_cli
 from dd.config import build_parser, opt, parse_config, parse_list, peek_option, to_dict
 from dd.data import CHANNELS, DatasetSpec, Preprocessor, list_datasets, shape_flags
-from dd.device import use_deterministic
+from dd.device import check_fits, check_seed, use_deterministic
 from dd.distill.synset import SynSet, load_synset
 from dd.errors import DDError
 from dd.eval import pools, transfer
 from dd.eval.report import augment_of, results_markdown, run_key, source_name
 from dd.eval.results import Results
+from dd.identity import VERIFIED, check_data, data_flags, describe, is_fingerprint
 from dd.io import atomic_write_bytes
 from dd.lock import hold
 from dd.multiseed import train_and_score_seeds
@@ -87,7 +88,10 @@ class EvalConfig:
     val_fraction: float | None = opt(None, "fraction of every class held out of the training split as validation "
                                      "(default: the set's, else 0.1)")
     val_seed: int | None = opt(None, "seed of the validation split's draw (default: the set's, else 0)")
-    zca: bool = opt(False, "ZCA-whiten (baselines-only runs; a set carries its own preprocessing)")
+    zca: bool = opt(False, "ZCA-whiten (baselines-only runs; a set carries its own preprocessing: refused with a set "
+                    "that is not ZCA-whitened)")
+    allow_other_data: bool = opt(False, "evaluate sets on other data than they were distilled on (refused by default: "
+                                 "the data fingerprints differ); the records say so")
     ipc: int | None = opt(None, "images per class of the random baseline (default: each set's)")
     protocol: str | None = opt(None, "evaluation protocol: " + ", ".join(list_protocols()) + " (see dd/protocols.py), "
                                "or transfer for a KRR-ST set (its own flags: --protocol transfer --help); default: "
@@ -145,6 +149,10 @@ def validate(config: EvalConfig) -> list[str]:
             raise DDError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
     if config.seed < 0:
         raise DDError(f"--seed must be 0 or more, got {config.seed}")
+    check_seed("--seed", config.seed, offsets=config.runs)
+    check_fits("--runs", config.runs, 256, "the list of runs")
+    if config.val_seed is not None:
+        check_seed("--val-seed", config.val_seed)
     if config.lr is not None:
         check_lr("--lr", config.lr)
     check_lr("--baseline-lr", config.baseline_lr)
@@ -241,6 +249,11 @@ def check_set(path: str, synset: SynSet, spec: DatasetSpec, image_size_given: bo
                 else "evaluate it on the dataset it was distilled on")
         raise DDError(f"the set at {path} holds {shape} images but {spec.name} gives {want}; {hint}")
     k, n = spec.num_classes, synset.images.shape[0]
+    ipc = synset.meta.get("ipc")
+    own = synset.labels.shape[1] if synset.soft else int(synset.labels.unique().numel())  # the set's classes
+    if own != k and isinstance(ipc, int) and not isinstance(ipc, bool) and ipc > 0 and n == ipc * own:
+        raise DDError(f"the set at {path} holds {own} classes of {ipc} images, but the data ({spec.name}) has {k} "
+                      "classes; evaluate it on the data it was distilled on (--data-path)")
     if synset.soft and synset.labels.shape[1] != k:
         raise DDError(f"the set at {path} has soft labels over {synset.labels.shape[1]} classes but {spec.name} has "
                       f"{k}; evaluate it on the dataset it was distilled on")
@@ -248,7 +261,6 @@ def check_set(path: str, synset: SynSet, spec: DatasetSpec, image_size_given: bo
     if not synset.soft and (int(labels.min()) < 0 or int(labels.max()) >= k):
         raise DDError(f"the set at {path} has labels {int(labels.min())}..{int(labels.max())} but {spec.name} has "
                       f"classes 0..{k - 1}; fix the set's labels")
-    ipc = synset.meta.get("ipc")
     if not isinstance(ipc, int) or isinstance(ipc, bool) or ipc <= 0 or n != ipc * k:
         raise DDError(f"the set at {path} holds {n} images for {k} classes but its metadata says ipc {ipc!r}; "
                       "restore synset.json or regenerate the set")
@@ -258,15 +270,34 @@ def check_set(path: str, synset: SynSet, spec: DatasetSpec, image_size_given: bo
     return ipc
 
 
-def set_identity(path: str, synset: SynSet) -> dict[str, Any]:
-    """What a record says of the set it trained on: checksum, path, method, iteration, verified."""
-    return {"sha256": synset.checksum, "path": str(Path(path)), "method": synset.meta.get("method"),
-            "iteration": synset.meta.get("iteration"), "verified": synset.verified}
+def set_identity(path: str, synset: SynSet, data_check: str = VERIFIED) -> dict[str, Any]:
+    """What a record says of the set it trained on: checksum, path, method, iteration, verified, and how its data
+    was checked when not verified (``dd.identity``: a set without a fingerprint, or other data allowed)."""
+    found = {"sha256": synset.checksum, "path": str(Path(path)), "method": synset.meta.get("method"),
+             "iteration": synset.meta.get("iteration"), "verified": synset.verified}
+    return found if data_check == VERIFIED else {**found, "data_check": data_check}
 
 
-def load_inputs(config: EvalConfig, device: torch.device) -> tuple[dict[str, SynSet], PreparedData, str]:
-    """The sets by path, the real data under their preprocessing and the dataset name."""
+def check_set_data(path: str, synset: SynSet, data: PreparedData, given: str, allow: bool) -> str:
+    """The data must be the set's own (``dd.identity.check_data``); another class count is refused even when other
+    data is allowed, naming the data, not the set."""
+    recorded = synset.meta.get("data")
+    if is_fingerprint(recorded) and recorded["num_classes"] != data.spec.num_classes:
+        raise DDError(f"{given} gives data of {data.spec.num_classes} classes, but the set at {path} was distilled on "
+                      f"{describe(recorded)}; pass the data it was distilled on")
+    return check_data(recorded, data.fingerprint(), f"the set at {path}", "was distilled on", given, allow)
+
+
+def load_inputs(config: EvalConfig, device: torch.device
+                ) -> tuple[dict[str, SynSet], PreparedData, str, dict[str, str]]:
+    """The sets by path, the real data under their preprocessing, the dataset name and how each set's data was
+    checked (``check_set_data``)."""
     sets = load_sets(config, device)
+    kinds = {path: s.meta.get("preprocess_meta", {}).get("kind", "standard") for path, s in sets.items()}
+    if config.zca and any(kind != "zca" for kind in kinds.values()):
+        path = next(p for p, kind in kinds.items() if kind != "zca")
+        raise DDError(f"--zca: the set at {path} was distilled under {kinds[path]} preprocessing, and a set is "
+                      "evaluated in its own input space; drop --zca (it applies to baselines-only runs)")
     named = {s.meta["dataset"] for s in sets.values() if s.meta.get("dataset")}
     if config.dataset is None and len(named) > 1:
         raise DDError(f"the sets were distilled on different datasets ({', '.join(sorted(named))}); evaluate them "
@@ -293,7 +324,9 @@ def load_inputs(config: EvalConfig, device: torch.device) -> tuple[dict[str, Syn
     channels = config.channels or set_default(sets, "channels", "--channels")
     data = prepare_data(dataset, device, data_path, config.download, preprocess, image_size, val_fraction, val_seed,
                         channels)
-    return sets, data, dataset
+    given = data_flags(dataset, data_path, image_size, channels)
+    checks = {path: check_set_data(path, synset, data, given, config.allow_other_data) for path, synset in sets.items()}
+    return sets, data, dataset, checks
 
 
 def first_of(*values: Any) -> Any:
@@ -345,9 +378,11 @@ def make_out(out: Path) -> None:
 
 
 def plan_jobs(config: EvalConfig, sets: dict[str, SynSet], ipcs: dict[str, int], data: PreparedData,
-              dataset: str, baselines: list[str], baseline_ipcs: list[int]) -> list[Job]:
+              dataset: str, baselines: list[str], baseline_ipcs: list[int],
+              data_checks: dict[str, str] | None = None) -> list[Job]:
     """Every run asked for: each set under its protocol, the baselines under every protocol used, per model,
-    seed, labels and augmentation setting."""
+    seed, labels and augmentation setting; ``data_checks`` (``load_inputs``) go into the sets' records."""
+    data_checks = data_checks or {}
     label_modes = parse_list(config.labels, LABELS, "--labels")
     labels = {path: label_settings(synset, label_modes, path) for path, synset in sets.items()}
     augments = parse_list(config.augment, AUGMENTS, "--augment")
@@ -369,7 +404,8 @@ def plan_jobs(config: EvalConfig, sets: dict[str, SynSet], ipcs: dict[str, int],
             lr = config.lr if config.lr is not None else synset.lr
             for name, set_labels in labels[path].items():
                 found.append(({"source": "distilled", "method": synset.meta.get("method", "unknown"),
-                               "ipc": ipcs[path], "labels": name, "lr": lr, "set": set_identity(path, synset)},
+                               "ipc": ipcs[path], "labels": name, "lr": lr,
+                               "set": set_identity(path, synset, data_checks.get(path, VERIFIED))},
                               lambda s=synset, y=set_labels: (s.images, y)))
         if "random" in baselines:
             for ipc in baseline_ipcs:
@@ -443,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     baselines = validate(config)
     use_deterministic(config.deterministic)
     device = distributed.setup(config.device)
-    sets, data, dataset = load_inputs(config, device)
+    sets, data, dataset, checks = load_inputs(config, device)
     ipcs = {path: check_set(path, synset, data.spec, config.image_size is not None) for path, synset in sets.items()}
     for path, synset in sets.items():
         if config.lr is None and not (math.isfinite(synset.lr) and synset.lr > 0):
@@ -455,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "random" in baselines:
         check_random_ipc(data, baseline_ipcs)
     data.split(config.split)  # a --split val without a validation split fails here, before any training
-    jobs = plan_jobs(config, sets, ipcs, data, dataset, baselines, baseline_ipcs)
+    jobs = plan_jobs(config, sets, ipcs, data, dataset, baselines, baseline_ipcs, checks)
     out = default_out(config, dataset)
     make_out(out)
     lock = ".lock" if distributed.rank() == 0 else f".lock.rank{distributed.rank()}"

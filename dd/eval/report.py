@@ -148,6 +148,7 @@ def sets_legend(runs: list[dict[str, Any]]) -> str:
         if run["source"] != "distilled" or not isinstance(found, dict):
             continue
         verified = "" if found.get("verified", True) else ", NOT verified (--no-verify)"
+        verified += f", data {found['data_check']}" if found.get("data_check") else ""
         lines.append(f"- {names[key]}: `{found.get('path')}` (sha256 {found.get('sha256', '?')[:16]}…, iteration "
                      f"{found.get('iteration')}, lr {run.get('protocol', {}).get('lr', 0):.4g}{verified})")
     return "\n".join(lines) + "\n" if lines else ""
@@ -157,30 +158,37 @@ def context_title(run: dict[str, Any]) -> str:
     """``digits (test split) · epochs 1000, momentum 0.9, ...``: what every run of a section shares."""
     protocol = ", ".join(f"{k} {v}" for k, v in _protocol_without_lr(run).items())
     data = run.get("data") or {}
-    fingerprint = f", data {data['sha256'][:8]}" if data.get("sha256") else ""
+    kind = (data.get("preprocess") or {}).get("kind") if isinstance(data.get("preprocess"), dict) else None
+    fingerprint = (f", {kind}" if kind else "") + (f", data {data['sha256'][:8]}" if data.get("sha256") else "")
     return f"{run.get('dataset', '?')} ({run.get('split', 'test')} split{fingerprint}) · {protocol or 'protocol ?'}"
 
 
 def improvements(runs: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[float, float]]:
-    """(distilled mean, random mean) accuracy in [0, 1] per (model, distilled source name) where both exist.
+    """(distilled mean, random mean) accuracy in [0, 1] per (model, row name) where both exist.
 
-    ``runs`` share one context; random real images are matched on model, augmentation and ipc."""
+    ``runs`` share one context; a distilled source is compared with each random-real source (a whole identity:
+    its lr too) of the same model, augmentation and ipc, never with a mean over several. The row is the distilled
+    source's name, followed by ``vs <random source>`` where several random sources match."""
     names = source_names(runs)
-    distilled: dict[tuple[str, str], list[float]] = defaultdict(list)
-    ipcs: dict[tuple[str, str], Any] = {}
-    randoms: dict[tuple[str, str, Any], list[float]] = defaultdict(list)
+    accuracies: dict[tuple[str, str], list[float]] = defaultdict(list)  # (source key, model) -> accuracies
+    first: dict[str, dict[str, Any]] = {}
     for run in runs:
-        if run["source"] == "distilled":
-            name = names[source_key(run)]
-            distilled[(run["model"], name)].append(run["accuracy"])
-            ipcs[(run["model"], name)] = (augment_of(run), run.get("ipc"))
-        elif run["source"] == "random":
-            randoms[(run["model"], augment_of(run), run.get("ipc"))].append(run["accuracy"])
+        if run["source"] in ("distilled", "random"):
+            accuracies[(source_key(run), run["model"])].append(run["accuracy"])
+            first.setdefault(source_key(run), run)
+    match = defaultdict(list)  # (model, augmentation, ipc) -> random source keys
+    for (key, model) in accuracies:
+        if first[key]["source"] == "random":
+            match[(model, augment_of(first[key]), first[key].get("ipc"))].append(key)
     found = {}
-    for (model, name), accuracies in distilled.items():
-        baseline = randoms.get((model, *ipcs[(model, name)]))
-        if baseline:
-            found[(model, name)] = (statistics.fmean(accuracies), statistics.fmean(baseline))
+    for (key, model), ours in accuracies.items():
+        run = first[key]
+        if run["source"] != "distilled":
+            continue
+        randoms = match.get((model, augment_of(run), run.get("ipc")), [])
+        for random_key in randoms:
+            name = names[key] + (f" vs {names[random_key]}" if len(randoms) > 1 else "")
+            found[(model, name)] = (statistics.fmean(ours), statistics.fmean(accuracies[(random_key, model)]))
     return found
 
 

@@ -13,8 +13,9 @@ from typing import Any
 
 from dd import distributed
 from dd.errors import DDError
-from dd.eval.report import run_key
+from dd.eval.report import SOURCE_ORDER, run_key
 from dd.io import atomic_write_json, read_json
+from dd.schema import CLASSIFICATION_RECORD, RESULT_RECORD, check_schema
 
 RESULTS = "results.json"
 REQUIRED = ("source", "model", "seed", "accuracy")
@@ -31,7 +32,7 @@ def merge(*lists: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return merged
 
 
-def _runs(path: Path) -> list[dict[str, Any]]:
+def read_runs(path: Path) -> list[dict[str, Any]]:
     """The records of a results file, refusing one that is not dd's ``{"runs": [record, ...]}``."""
     if not path.is_file():
         return []
@@ -40,6 +41,9 @@ def _runs(path: Path) -> list[dict[str, Any]]:
     if not isinstance(runs, list) or not all(isinstance(r, dict) and set(REQUIRED) <= r.keys() for r in runs):
         raise DDError(f"results {path} is not a dd.eval results file (a list 'runs' of records with "
                       f"{', '.join(REQUIRED)}); move it away or pass another --out")
+    for n, run in enumerate(runs):
+        kind = CLASSIFICATION_RECORD if run.get("source") in SOURCE_ORDER else RESULT_RECORD
+        check_schema(run, kind, f"{path} (record {n})", "results", "restore it, or move it away")
     return runs
 
 
@@ -53,11 +57,11 @@ class Results:
         self.new: list[dict[str, Any]] = []
         parts = sorted(out.glob("results.rank*.json"))
         if distributed.is_main() and parts:
-            self._write(self.path, merge(_runs(self.path), *map(_runs, parts)))
+            self._write(self.path, merge(read_runs(self.path), *map(read_runs, parts)))
             for part in parts:
                 part.unlink()
         distributed.barrier()  # every rank reads the merged file; no rank writes a part before the old ones go
-        self.previous = _runs(self.path)
+        self.previous = read_runs(self.path)
 
     def _write(self, path: Path, runs: list[dict[str, Any]]) -> None:
         atomic_write_json(path, {"config": self.config, "runs": runs})

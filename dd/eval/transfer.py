@@ -46,6 +46,7 @@ from dd.eval.report import format_cell, run_key
 from dd.io import atomic_write_bytes, atomic_write_json, read_json
 from dd.models import backbone_state, create_model, head_name, list_models, load_backbone
 from dd.realdata import PreparedData, prepare_data, random_subset
+from dd.schema import RESULT_RECORD, check_schema, sequence
 from dd.training import StepFn, accuracy, train_epoch
 
 SOURCES = ("krr_st", "random", "none")
@@ -302,7 +303,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     out = Path(cfg.out or (Path(cfg.synset).parent / "eval-transfer" if cfg.synset else f"runs/eval-transfer-{source}"))
     results_path = out / "results.json"
-    runs = read_json(results_path, "results")["runs"] if results_path.is_file() else []
+    found = read_json(results_path, "results") if results_path.is_file() else {"runs": []}
+    check_schema(found, {"runs": sequence}, results_path, "results", "move it away or pass another --out")
+    runs = found["runs"]
+    for n, run in enumerate(runs):
+        check_schema(run, RESULT_RECORD, f"{results_path} (record {n})", "results", "restore it, or move it away")
 
     done = {run_key(r) for r in runs}
     identities = source_identities(cfg, synset, sets)

@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dd import schema
 from dd.errors import DDError
+from dd.eval.results import read_runs
 from dd.io import read_json
+from dd.schema import check_schema
 from dd.viz import grid_history
 
 
@@ -28,10 +31,11 @@ class Run:
     synset: dict[str, Any] | None  # synset/synset.json, when the set was saved
     grids: list[tuple[int, Path]]  # (iteration, grids/grid_<iteration>.png), or the last grid.png alone
     results: dict[Path, list[dict[str, Any]]] = field(default_factory=dict)  # results.json path -> records
+    label: str = ""  # the name shown in a report, where folder names alone would collide
 
     @property
     def name(self) -> str:
-        return self.path.name
+        return self.label or self.path.name
 
     @property
     def iteration(self) -> int:
@@ -56,10 +60,22 @@ class Run:
         return statistics.median(values) if values else None
 
     def test_records(self) -> list[dict[str, Any]]:
-        """The ``dd.eval`` records (any results.json in the folder) of this run's final set."""
+        """The ``dd.eval`` records (any results.json in the folder) of this run's final set on the run's own data:
+        the set's checksum, and the set's data fingerprint where it records one (``dd.identity``)."""
+        return [r for r in self.set_records() if self.own_data(r)]
+
+    def set_records(self) -> list[dict[str, Any]]:
+        """Every ``dd.eval`` record of this run's final set (by checksum), on whatever data."""
         sha = (self.synset or {}).get("sha256")
         return [r for records in self.results.values() for r in records
                 if r.get("source") == "distilled" and (r.get("set") or {}).get("sha256") == sha]
+
+    def own_data(self, record: dict[str, Any]) -> bool:
+        """Whether ``record`` trained on the data the run distilled on: its data check passed (``verified``) for a
+        set that records its data; a set without a fingerprint matches by checksum alone (recorded unverified)."""
+        if not isinstance((self.synset or {}).get("data"), dict):
+            return True
+        return (record.get("set") or {}).get("data_check", "verified") == "verified"
 
 
 @dataclass
@@ -119,19 +135,25 @@ def read_run(path: Path) -> Run:
     evaluations = [r for r in records if any(k.startswith(("val/", "test/")) for k in r)]
     steps = [r for r in records if "loss" in r]
     config = read_json(path / "config.json", "run config") if (path / "config.json").is_file() else {}
+    check_schema(config, schema.RUN_CONFIG, path / "config.json", "run config", "restore it or leave the run out")
     synset_file = path / "synset" / "synset.json"
     synset = read_json(synset_file, "set metadata") if synset_file.is_file() else None
+    if synset is not None:
+        check_schema(synset, schema.SYNSET_META, synset_file, "set metadata", "restore it or leave the run out")
     grids = grid_history(path / "grids") or ([(int((synset or {}).get("iteration", 0)), path / "grid.png")]
                                             if (path / "grid.png").is_file() else [])
-    results = {p: read_json(p, "results file").get("runs", []) for p in sorted(path.rglob("results.json"))}
+    results = {p: read_runs(p) for p in sorted(path.rglob("results.json"))}
     return Run(path, config, steps, evaluations, synset, grids, results)
 
 
 def read_buffer(path: Path) -> Buffer:
     """The trajectory store at ``path`` (``dd.buffer``): the manifest and each finished expert's record."""
     manifest = read_json(path / "manifest.json", "buffer manifest")
-    experts = [read_json(p, "expert record") for p in sorted(path.glob("expert_*.json"))
-               if p.with_suffix(".safetensors").is_file()]
+    check_schema(manifest, schema.MANIFEST, path / "manifest.json", "buffer manifest", "restore it or leave it out")
+    experts = []
+    for record_path in sorted(p for p in path.glob("expert_*.json") if p.with_suffix(".safetensors").is_file()):
+        experts.append(read_json(record_path, "expert record"))
+        check_schema(experts[-1], schema.EXPERT_RECORD, record_path, "expert record", "delete it or leave it out")
     return Buffer(path, manifest, experts)
 
 

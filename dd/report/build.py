@@ -55,10 +55,12 @@ def _test_cell(run: Run) -> str:
     """The final set's test-split dd.eval records of one setting (the run's own model and the set's own protocol
     first, then the first recorded), named by model and protocol; the other settings are counted, not merged."""
     records = [r for r in run.test_records() if r.get("split", "test") == "test"]
+    elsewhere = len([r for r in run.set_records() if r.get("split", "test") == "test"]) - len(records)
+    foreign = f"; {elsewhere} record{'s' * (elsewhere > 1)} on other data not shown" if elsewhere else ""
     own = (run.config.get("model"), (run.synset or {}).get("protocol"))
     records.sort(key=lambda r: (r["model"] != own[0], r.get("protocol", {}).get("name") != own[1]))  # stable
     if not records:
-        return "–"
+        return "–" + (f" ({foreign[2:]})" if foreign else "")
     first = _cell_key(records[0])
     values = [r["accuracy"] for r in records if _cell_key(r) == first]
     std = statistics.pstdev(values) if len(values) > 1 else 0.0
@@ -66,7 +68,7 @@ def _test_cell(run: Run) -> str:
     more = f"; {others} other setting{'s' * (others > 1)} below" if others else ""
     protocol = records[0].get("protocol", {}).get("name", "?")
     return (f"{_percent(statistics.fmean(values))} ± {100 * std:.2f} ({len(values)} seeds, {records[0]['model']}, "
-            f"protocol {protocol}{more})")
+            f"protocol {protocol}{more}{foreign})")
 
 
 def summary_table(runs: Sequence[Run]) -> str:
@@ -152,6 +154,19 @@ def buffer_section(buffer: Buffer, figure: Path, out: Path) -> str:
             + _recipe_table(buffer.manifest.get("recipe", {})))
 
 
+def label_apart(runs: Sequence[Run]) -> None:
+    """Runs whose folders share a name are labelled by their path below the runs' common folder (``a/r1``,
+    ``b/r1``), so that no two rows, curves or sections of a report carry one name."""
+    names = [run.path.name for run in runs]
+    clashing = [run for run in runs if names.count(run.path.name) > 1]
+    if not clashing:
+        return
+    common = Path(os.path.commonpath([run.path.resolve() for run in clashing]))
+    for run in clashing:
+        relative = run.path.resolve().relative_to(common).as_posix()
+        run.label = run.path.name if relative == "." else relative
+
+
 def make_report(paths: Sequence[str | Path], out: str | Path | None = None) -> Path:
     """Write the report on the run folders and buffers ``paths`` into ``out`` (default: ``default_out``):
     ``curves.png`` (runs), ``buffer_<n>_<name>.png`` (buffers), ``images/`` (copies of the runs' grids, so the
@@ -165,6 +180,7 @@ def make_report(paths: Sequence[str | Path], out: str | Path | None = None) -> P
     out.mkdir(parents=True, exist_ok=True)
     runs = [i for i in items if isinstance(i, Run)]
     buffers = [i for i in items if isinstance(i, Buffer)]
+    label_apart(runs)
     sections = ["# dd report\n"]
     if runs:
         plot_curves(runs, out / "curves.png")
