@@ -37,7 +37,7 @@ def train_main(argv: Sequence[str] | None) -> int:
     if config.teacher != "none":
         return train_teacher(config)
     validate(config)
-    device = distributed.setup(config.device)
+    device = distributed.setup(config.device, config.tf32)
     data = prepare_data(config.dataset, device, config.data_path, config.download,
                         "zca" if config.zca else "standard", config.image_size, channels=config.channels)
     spec = data.spec
@@ -81,7 +81,7 @@ def train_main(argv: Sequence[str] | None) -> int:
                 seed = expert_seed(config.seed, index)
                 trajectory, record = train_expert(config.model, spec.channels, spec.num_classes, spec.size,
                                                   data.train, data.test, recipe, seed, config.test_every, on_epoch)
-                store.write_expert(index, trajectory, record)
+                store.write_expert(index, trajectory, {**record, "device": str(device), "tf32": config.tf32})
                 trained.append(index)
             finally:
                 slot.release()

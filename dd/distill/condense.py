@@ -26,7 +26,7 @@ from dd.augment import DEFAULT_STRATEGY, DSA
 from dd.cli import check_flags
 from dd.config import build_parser, opt, parse_config, to_dict
 from dd.data import CHANNELS_HELP, IMAGE_SIZE_HELP, class_indices, list_datasets
-from dd.device import make_generator, resolve_device
+from dd.device import TF32_HELP, make_generator, setup_device
 from dd.distill.checkpoint import save_checkpoint
 from dd.distill.engine import check_eval_models
 from dd.distill.runloop import Progress, RunLoop
@@ -75,6 +75,7 @@ class CondenseConfig:
     resume: bool = opt(False, "continue the run in --run-dir from its last checkpoint")
     seed: int = opt(0, "seed of every random choice of the run")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    tf32: bool = opt(False, TF32_HELP)
     wandb: str = opt("off", "log to Weights & Biases", choices=("off", "offline", "online"))
 
 
@@ -119,9 +120,10 @@ class Condenser(RunLoop):
 
     def __init__(self, config: CondenseConfig, argv: Sequence[str] | None = None) -> None:
         validate(config)
+        self.device = setup_device(config.device, config.tf32)
+        config = dataclasses.replace(config, device=str(self.device))  # recorded: the device used
         super().__init__(config, default_run_dir(config), argv)
         self.name = f"{config.method} ipc{config.ipc}"
-        self.device = resolve_device(config.device)
         self.data = prepare_data(config.dataset, self.device, config.data_path, config.download, "standard",
                                  config.image_size, config.val_fraction, config.val_seed, config.channels)
         spec = self.data.spec

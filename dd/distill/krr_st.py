@@ -22,6 +22,7 @@ The result is a transfer set (``dd.distill.synset``, ``kind: transfer``, labels 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from dd.buffer.ssl import TARGETS, Teacher, find_teacher
 from dd.cli import check_flags
 from dd.config import build_parser, opt, parse_config, to_dict
 from dd.data import CHANNELS_HELP, IMAGE_SIZE_HELP, list_datasets
-from dd.device import make_generator, resolve_device
+from dd.device import TF32_HELP, make_generator, setup_device
 from dd.distill.checkpoint import save_checkpoint
 from dd.distill.runloop import RunLoop
 from dd.distill.synset import SynSet, save_synset
@@ -81,6 +82,7 @@ class KRRConfig:
     resume: bool = opt(False, "continue the run in --run-dir from its last checkpoint")
     seed: int = opt(0, "seed of every random choice of the run")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    tf32: bool = opt(False, TF32_HELP)
     wandb: str = opt("off", "log to Weights & Biases", choices=("off", "offline", "online"))
 
 
@@ -203,8 +205,9 @@ class KRRDistiller(RunLoop):
     def __init__(self, config: KRRConfig, argv: Sequence[str] | None = None) -> None:
         """``argv``: the command-line arguments of the run, for the resume command that an interrupt prints."""
         validate(config)
+        self.device = setup_device(config.device, config.tf32)
+        config = dataclasses.replace(config, device=str(self.device))  # recorded: the device used
         super().__init__(config, run_dir_of(config), argv)
-        self.device = resolve_device(config.device)
         self.teacher: Teacher = find_teacher(config.teacher, config.buffer_dir, config.dataset)
         self.teacher.encoder.to(self.device)
         trained_on = self.teacher.manifest["dataset"]["name"]
