@@ -139,7 +139,7 @@ def train_teacher(config) -> int:
         for idx in iterate_batches(pixels.shape[0], config.batch_size, generator):
             if len(idx) < 2:  # batch statistics need two samples
                 continue
-            a, b = two_views(views, pixels[idx.to(device)], generator)
+            a, b = two_views(views, pixels[idx.to(device, non_blocking=True)], generator)
             loss = barlow_twins_loss(projector(model.embed(preprocess(a))), projector(model.embed(preprocess(b))),
                                      config.bt_lambda)
             optimizer.zero_grad(set_to_none=True)

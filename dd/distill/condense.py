@@ -147,7 +147,8 @@ class Condenser(RunLoop):
     def real_batch(self, c: int, n: int) -> torch.Tensor:
         """``n`` random training images of class ``c`` without replacement (the whole class when smaller)."""
         pool = self.pools[c]
-        return self.data.train_images[pool[torch.randperm(len(pool), generator=self.generator)[:n].to(self.device)]]
+        pick = torch.randperm(len(pool), generator=self.generator)[:n].to(self.device, non_blocking=True)
+        return self.data.train_images[pool[pick]]
 
     def synthetic(self, c: int) -> torch.Tensor:
         """The synthetic images of class ``c`` (a view of the learned tensor)."""
@@ -158,8 +159,8 @@ class Condenser(RunLoop):
         """A newly initialised ``model`` in train mode, its seed drawn from the run's generator."""
         spec = self.data.spec
         seed = int(torch.randint(2**31 - 1, (1,), generator=self.generator))
-        return create_model(self.config.model, spec.channels, spec.num_classes, spec.size, seed=seed).to(
-            self.device).train()
+        model = create_model(self.config.model, spec.channels, spec.num_classes, spec.size, seed=seed)
+        return model.to(self.device, non_blocking=True).train()  # initialised on the CPU: the same on every device
 
     def outer_step(self, loss: torch.Tensor) -> None:
         """One SGD step of the images on ``loss``."""

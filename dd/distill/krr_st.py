@@ -91,23 +91,24 @@ def with_bias(features: torch.Tensor) -> torch.Tensor:
     return torch.cat([features, features.new_ones(features.shape[0], 1)], dim=1)
 
 
-def solve_psd(k: torch.Tensor, y: torch.Tensor, lam: float, retries: int = 8) -> torch.Tensor:
-    """(K + lam I)^-1 Y for a symmetric PSD K [n, n], by Cholesky in float64 (differentiable). When the
+def solve_psd(k: torch.Tensor, y: torch.Tensor, lam: float | torch.Tensor, retries: int = 8) -> torch.Tensor:
+    """(K + lam I)^-1 Y for a symmetric PSD K [n, n], by Cholesky in float64 (differentiable); ``lam`` a number or
+    a 0-d tensor (left on the device: reading the factorisation's status is the step's one host sync). When the
     factorisation fails, lam grows tenfold (at least to 1e-12 (tr K + 1)), up to ``retries`` times."""
-    k64, eye = k.double(), torch.eye(k.shape[0], dtype=torch.float64, device=k.device)
+    k64 = k.double()
     for _ in range(retries):
-        chol, info = torch.linalg.cholesky_ex(k64 + lam * eye)
+        chol, info = torch.linalg.cholesky_ex(torch.diagonal_scatter(k64, k64.diagonal() + lam))
         if int(info) == 0:
             return torch.cholesky_solve(y.double(), chol).to(y.dtype)
-        lam = max(10 * lam, 1e-12 * (float(k64.trace()) + 1))
-    raise DDError(f"the kernel matrix stays singular with ridge {lam:.3g}; raise --ridge or lower --lr")
+        lam = max(10 * float(lam), 1e-12 * (float(k64.trace()) + 1))
+    raise DDError(f"the kernel matrix stays singular with ridge {float(lam):.3g}; raise --ridge or lower --lr")
 
 
 def krr_predict(phi_s: torch.Tensor, phi_t: torch.Tensor, y_s: torch.Tensor, ridge: float) -> torch.Tensor:
     """Kernel ridge regression of Y_s [n, D] on features Phi_s [n, d], predicted at Phi_t [B, d]:
     K_ts (K_ss + lambda I)^-1 Y_s with K = Phi Phi^T and lambda = ridge * tr(K_ss) (a constant)."""
     k_ss = phi_s @ phi_s.T
-    return (phi_t @ phi_s.T) @ solve_psd(k_ss, y_s, ridge * float(k_ss.detach().trace()))
+    return (phi_t @ phi_s.T) @ solve_psd(k_ss, y_s, ridge * k_ss.detach().trace().double())
 
 
 class ModelPool:
@@ -247,7 +248,8 @@ class KRRDistiller(RunLoop):
         i = self.pool.sample()
         h = self.pool.models[i].eval()
         real = self.data.train_images
-        idx = torch.randperm(real.shape[0], generator=self.generator)[: cfg.batch_real].to(self.device)
+        idx = torch.randperm(real.shape[0], generator=self.generator)[: cfg.batch_real]
+        idx = idx.to(self.device, non_blocking=True)
         x_t = crop_flip(real[idx], self.generator) if cfg.augment else real[idx]
         with torch.no_grad():
             y_t = self.teacher.represent(x_t, targets=cfg.targets)
