@@ -196,7 +196,6 @@ def unroll_rows(device: torch.device, ipcs: list[int], syn_steps: int, repeats: 
                 return row
             rows.append(guarded({"name": "unroll", "ipc": ipc, "syn_steps": syn_steps, "unroll": unroll}, case,
                                 device))
-            print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -222,7 +221,8 @@ def inner_step_profile(device: torch.device, shape: tuple[int, int, int], ipc: i
         found[steps] = (len(ops), len(top), seconds, len(kernels), sum(e.device_time for e in kernels) / 1e6)
     per_step = [(b - a) / 2 for a, b in zip(found[2], found[4], strict=True)]
     row = {"shape": "x".join(map(str, shape)), "ipc": ipc, "dsa": dsa, "aten_ops": round(per_step[0]),
-           "top_level_ops": round(per_step[1]), "host_ms": round(1000 * per_step[2], 3)}
+           "top_level_ops": round(per_step[1]), "host_ms": round(1000 * per_step[2], 3),
+           "iteration_ms_2_4_steps": [round(1000 * found[2][2], 2), round(1000 * found[4][2], 2)]}
     if device.type == "cuda":
         row.update(kernels=round(per_step[3]), gpu_busy_ms=round(1000 * per_step[4], 3),
                    gpu_busy_fraction=round(per_step[4] / per_step[2], 3) if per_step[2] > 0 else None)
