@@ -8,6 +8,9 @@ import torch
 
 from dd.errors import DDError
 
+TF32_HELP = ("TensorFloat-32 in CUDA matrix products and convolutions: faster on Ampere and later GPUs, about 1e-3 "
+             "relative error (off: CUDA runs match the CPU's float32 to rounding)")
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when available, else CPU; anything else must be a valid torch device."""
@@ -20,6 +23,76 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DDError(f"device '{name}' asked for but CUDA is not available; use --device cpu")
     return device
+
+
+def auto_fallback_warning(name: str, device: torch.device) -> str | None:
+    """The warning for ``--device auto`` landing on the CPU although this torch was built with CUDA (a driver too
+    old for it, no GPU visible, ``CUDA_VISIBLE_DEVICES`` empty); None otherwise (a CPU-only torch is no surprise)."""
+    if name != "auto" or device.type != "cpu" or torch.version.cuda is None:
+        return None
+    return (f"warning: --device auto found no usable GPU although torch {torch.__version__} was built with CUDA "
+            f"{torch.version.cuda} (driver, visible devices?); running on the CPU")
+
+
+def configure_backends(tf32: bool, deterministic: bool = False) -> None:
+    """The one place that sets torch's numerical backend switches of a stage: TF32 in matrix products and cuDNN
+    convolutions exactly as ``tf32`` says (torch's own defaults differ between the two), and either the
+    deterministic settings (``use_deterministic``) or cuDNN's autotuner (``cudnn.benchmark``: each new input shape
+    is timed once, then the fastest kernel runs)."""
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    if deterministic:
+        use_deterministic(True)
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def setup_device(name: str, tf32: bool = False, deterministic: bool = False, quiet: bool = False) -> torch.device:
+    """Resolve ``name`` (``resolve_device``; plain ``cuda`` becomes ``cuda:N``, the current GPU), apply
+    ``configure_backends`` and print the device actually used in one line (``auto_fallback_warning``'s text instead
+    when it applies) unless ``quiet``. Stages record ``str`` of the result as their config's ``device``."""
+    configure_backends(tf32, deterministic)
+    device = resolve_device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if not quiet:
+        print(auto_fallback_warning(name, device) or f"device: {describe_device(device)}", flush=True)
+    return device
+
+
+def describe_device(device: torch.device) -> str:
+    """``cpu``, or ``cuda:N (GPU name)``."""
+    if device.type != "cuda":
+        return str(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
+def runtime_facts(device: torch.device) -> dict:
+    """What decides a run's numbers besides its config: the device used, torch, CUDA, cuDNN and driver versions,
+    TF32, cuDNN autotuning and deterministic mode (for config.json, records and benchmark notes)."""
+    facts = {"device": describe_device(device), "torch": torch.__version__, "cuda": torch.version.cuda,
+             "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+             "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+             "cudnn_benchmark": torch.backends.cudnn.benchmark,
+             "deterministic": torch.are_deterministic_algorithms_enabled()}
+    if device.type == "cuda":
+        facts["driver"] = cuda_driver_version()
+        facts["gpu_memory_gib"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
+    return facts
+
+
+def cuda_driver_version() -> str | None:
+    """The NVIDIA driver's version as /proc/driver/nvidia/version states it, else the CUDA version the driver
+    supports; None without either."""
+    try:
+        with open("/proc/driver/nvidia/version") as f:
+            words = f.readline().split()
+        return next((w for w in words if w[:1].isdigit() and "." in w), None)
+    except OSError:
+        pass
+    version = getattr(torch._C, "_cuda_getDriverVersion", lambda: 0)() if torch.version.cuda else 0
+    return f"CUDA API {version // 1000}.{version % 1000 // 10}" if version else None
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -42,7 +115,11 @@ def describe_machine() -> str:
         pass
     text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
     if torch.cuda.is_available():
-        text += f", {torch.cuda.get_device_name()}"
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        text += (f", {props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}, cuDNN "
+                 f"{torch.backends.cudnn.version()}, driver {cuda_driver_version()}, TF32 matmul "
+                 f"{'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'} / cuDNN "
+                 f"{'on' if torch.backends.cudnn.allow_tf32 else 'off'}")
     return text
 
 

@@ -5,11 +5,17 @@ minibatch split across ranks (``share``) with its sums taken over them (``sum_ov
 LOCAL_RANK set; ``setup`` then joins them in one process group (gloo on CPU, NCCL on CUDA, each rank
 on GPU LOCAL_RANK). A plain ``python -m`` run is one process and never touches torch.distributed:
 every helper here is then the single-process identity (rank 0 of 1, barrier a no-op).
+
+Ranks wait for each other at the end of ``dd.buffer`` (barrier) and in ``dd.eval``'s results gather, possibly for
+as long as the longest job of another rank (uneven experts, a full-data baseline): the process group's timeout,
+after which NCCL's watchdog (or gloo) kills a waiting rank, is ``DD_DIST_TIMEOUT_MINUTES`` (default
+``DEFAULT_TIMEOUT_MINUTES``), not torch's 10 (NCCL) or 30 (gloo) minutes.
 """
 
 from __future__ import annotations
 
 import atexit
+import datetime
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
@@ -17,9 +23,13 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from dd.device import resolve_device
+from dd.device import setup_device
+from dd.errors import DDError
 
 T = TypeVar("T")
+
+DEFAULT_TIMEOUT_MINUTES = 12 * 60  # the longest single job we run (a full-data 300-epoch baseline) fits with room
+TIMEOUT_ENV = "DD_DIST_TIMEOUT_MINUTES"
 
 
 def launched() -> bool:
@@ -27,19 +37,37 @@ def launched() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
-def setup(device: str = "auto") -> torch.device:
-    """The device of this process, after joining the process group when launched by torchrun.
+def timeout() -> datetime.timedelta:
+    """How long a rank waits for the others in a collective: ``DD_DIST_TIMEOUT_MINUTES`` (a positive number) or
+    ``DEFAULT_TIMEOUT_MINUTES``."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return datetime.timedelta(minutes=DEFAULT_TIMEOUT_MINUTES)
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = -1.0
+    if not minutes > 0:
+        raise DDError(f"{TIMEOUT_ENV}={text!r} is not a positive number of minutes; unset it for the default "
+                      f"{DEFAULT_TIMEOUT_MINUTES}")
+    return datetime.timedelta(minutes=minutes)
 
-    Under torchrun ``auto`` and ``cuda`` mean ``cuda:LOCAL_RANK`` when CUDA is available."""
+
+def setup(device: str = "auto", tf32: bool = False, deterministic: bool = False) -> torch.device:
+    """The device of this process (``dd.device.setup_device``: backends set, device printed once), after joining
+    the process group, with ``timeout()``, when launched by torchrun.
+
+    Under torchrun ``auto`` and ``cuda`` mean ``cuda:LOCAL_RANK`` when CUDA is available; only rank 0 prints."""
     if not launched():
-        return resolve_device(device)
-    resolved = resolve_device(device)
-    if resolved.type == "cuda" and resolved.index is None:
-        resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return setup_device(device, tf32, deterministic)
+    wait = timeout()
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    resolved = setup_device(device, tf32, deterministic, quiet=os.environ.get("RANK") != "0")
     if not dist.is_initialized():
         if resolved.type == "cuda":
             torch.cuda.set_device(resolved)
-        dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo", timeout=wait)
         atexit.register(_teardown)
     return resolved
 

@@ -263,7 +263,7 @@ def test_preprocessor_state_errors(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_preprocessor_follows_the_input_device(digits):
+def test_preprocessor_zca_follows_the_input_device_on_cuda(digits):
     for kind in ("standard", "zca"):
         p = Preprocessor.fit(kind, digits.spec, digits.train_images)
         x = digits.test_images[:8]

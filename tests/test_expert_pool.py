@@ -27,9 +27,9 @@ def reads(monkeypatch) -> list[tuple[str, int, int]]:
     log: list[tuple[str, int, int]] = []
     original = ExpertFile.rows
 
-    def rows(self, start, stop):
+    def rows(self, start, stop, pin=False):
         log.append((self.path.name, start, stop))
-        return original(self, start, stop)
+        return original(self, start, stop, pin)
 
     monkeypatch.setattr(ExpertFile, "rows", rows)
     return log
@@ -77,6 +77,28 @@ def test_cache_is_bounded_in_bytes(store, reads):
     pool.get(0)[3]  # the most recent rows stay
     assert len(reads) == 4
     assert torch.equal(pool.get(0)[0], trajectory(0)[0]) and len(reads) == 5  # evicted: read again, same values
+
+
+def test_pinned_blocks_are_counted_at_the_allocators_size(tmp_path, monkeypatch):
+    """Pinned rows count as the power-of-two blocks the pinned allocator hands out, so the cache's pinned memory
+    stays within --expert-cache-mb (pinning itself is faked: this CPU has no CUDA)."""
+    from dd.distill.experts import pinned_block_bytes
+    from dd.functional import ParamSpec
+
+    assert [pinned_block_bytes(n) for n in (1, 2, 3, 1000, 1024, 1025)] == [1, 2, 4, 1024, 1024, 2048]
+    spec = ParamSpec(("w",), ((40,),))  # 160-byte rows in 256-byte blocks
+    odd = TrajectoryStore.create(tmp_path / "toy" / "Toy" / recipe_tag(RECIPE), {**header(),
+                                                                                 "param_spec": spec.to_json()})
+    odd.write_expert(0, torch.randn(4, 40), {})
+    pinned: list[bool] = []
+    original = ExpertFile.rows
+    monkeypatch.setattr(ExpertFile, "rows", lambda self, a, b, pin=False: (pinned.append(pin), original(self, a, b))[1])
+    pool = ExpertPool(odd, torch.device("cpu"), cache_mb=2.5 * 256 / 2**20)  # 4 rows by their size, 2 by block
+    pool._pin = True  # as on CUDA
+    for epoch in range(4):
+        pool.get(0)[epoch]
+        assert pool.cached_bytes <= 2.5 * 256
+    assert pool.cached_bytes == 2 * 256 and len(pool._cache) == 2 and all(pinned) and len(pinned) == 4
 
 
 def test_a_damaged_file_is_named_when_first_drawn(store):

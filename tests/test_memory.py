@@ -41,6 +41,37 @@ def test_estimate_is_near_the_measured_resident_set():
         assert abs(step - measured) / measured < 0.25
 
 
+def test_cuda_estimates_scale_the_cpu_factors_by_the_margin():
+    a, p, b, n, images, floats = 1000, 500, 8, 5, 20, 48
+    cuda = torch.device("cuda")  # a device object only: nothing runs on it
+    expected = 4 * (n * (memory.FULL_ACTIVATION_FACTOR * memory.CUDA_MARGIN * b * a + memory.FULL_PARAM_FACTOR * p)
+                    + 3 * images * floats)
+    assert full_unroll_bytes(a, p, b, n, images, floats, cuda) == int(expected)
+    assert memory.activation_factors(cuda) == (memory.FULL_ACTIVATION_FACTOR * memory.CUDA_MARGIN,
+                                               memory.CKPT_ACTIVATION_FACTOR * memory.CUDA_MARGIN)
+    # a budget that fits 10 images per chunk at the CPU factor fits 10 / margin = 8 at the CUDA one
+    free = int((4 * (memory.FULL_PARAM_FACTOR * p + 10 * memory.CKPT_ACTIVATION_FACTOR * a) + 4 * 6 * p)
+               / memory.HEADROOM) + 1
+    assert checkpointed_chunk(a, p, 64, 5, 3, 0, 0, free) == 10
+    assert checkpointed_chunk(a, p, 64, 5, 3, 0, 0, free, cuda) == 8
+
+
+def test_free_cuda_memory_counts_the_allocators_cache():
+    """What the driver reports free plus what PyTorch holds reserved but unallocated (a fake reader)."""
+    gib = 2**30
+    cuda = torch.device("cuda:0")
+    asked = []
+
+    def reader(device):
+        asked.append(device)
+        return 2 * gib, 5 * gib, 3 * gib  # driver free, reserved, allocated
+
+    assert memory.free_bytes(cuda, reader) == 4 * gib
+    assert asked == [cuda]
+    assert memory.free_bytes(cuda, lambda device: (2 * gib, gib, gib)) == 2 * gib  # an empty cache adds nothing
+    assert memory.free_bytes(torch.device("cpu"), reader) > 0 and len(asked) == 1  # the CPU reads /proc/meminfo
+
+
 @pytest.mark.parametrize(("estimate", "free", "picked"), [(79, 100, "full"), (80, 100, "full"),
                                                           (81, 100, "checkpointed")])
 def test_auto_picks_checkpointed_beyond_the_headroom(estimate, free, picked):

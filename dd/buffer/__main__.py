@@ -53,7 +53,7 @@ def train_main(argv: Sequence[str] | None) -> int:
 def train_store(config: BufferConfig, argv: Sequence[str] | None) -> int:
     """Train the experts that the store of ``config`` is missing; an interrupt names what is kept."""
     validate(config)
-    device = distributed.setup(config.device)
+    device = distributed.setup(config.device, config.tf32)
     data = prepare_data(config.dataset, device, config.data_path, config.download,
                         "zca" if config.zca else "standard", config.image_size, channels=config.channels)
     spec = data.spec
@@ -107,7 +107,7 @@ def train_store(config: BufferConfig, argv: Sequence[str] | None) -> int:
                 seed = expert_seed(config.seed, index)
                 trajectory, record = train_expert(config.model, spec.channels, spec.num_classes, spec.size,
                                                   train, data.test, recipe, seed, config.test_every, on_epoch)
-                store.write_expert(index, trajectory, record)
+                store.write_expert(index, trajectory, {**record, "device": str(device), "tf32": config.tf32})
                 trained.append(index)
             finally:
                 slot.release()

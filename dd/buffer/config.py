@@ -11,7 +11,7 @@ from dd.buffer.store import TrajectoryStore, recipe_tag
 from dd.cli import check_flags
 from dd.config import opt
 from dd.data import CHANNELS_HELP, IMAGE_SIZE_HELP, list_datasets
-from dd.device import physical_memory
+from dd.device import TF32_HELP, physical_memory
 from dd.errors import DDError
 from dd.functional import ParamSpec, param_spec
 from dd.identity import check_data
@@ -56,6 +56,7 @@ class BufferConfig:
     seed: int = opt(0, "base seed; expert i is determined by (recipe, seed, i)")
     buffer_dir: str = opt("buffers", "root of the trajectory stores")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    tf32: bool = opt(False, TF32_HELP)
 
     def recipe(self) -> ExpertRecipe:
         return ExpertRecipe(optimizer=self.optimizer, lr=self.lr, momentum=self.momentum,

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dd.data import Preprocessor, load_dataset
-from dd.device import make_generator, resolve_device
+from dd.device import make_generator, setup_device
 from dd.errors import DDError
 from dd.io import (
     atomic_write_json,
@@ -109,7 +109,7 @@ def train_teacher(config) -> int:
     if (root / MANIFEST).is_file():
         print(f"teacher: {root} is already trained")
         return 0
-    device = resolve_device(config.device)
+    device = setup_device(config.device, config.tf32)
     raw = load_dataset(config.dataset, config.data_path, config.download, config.image_size, config.channels)
     spec, pixels = raw.spec, raw.train_images.to(device)
     preprocess = Preprocessor.fit("standard", spec, raw.train_images)
@@ -139,7 +139,7 @@ def train_teacher(config) -> int:
         for idx in iterate_batches(pixels.shape[0], config.batch_size, generator):
             if len(idx) < 2:  # batch statistics need two samples
                 continue
-            a, b = two_views(views, pixels[idx.to(device)], generator)
+            a, b = two_views(views, pixels[idx.to(device, non_blocking=True)], generator)
             loss = barlow_twins_loss(projector(model.embed(preprocess(a))), projector(model.embed(preprocess(b))),
                                      config.bt_lambda)
             optimizer.zero_grad(set_to_none=True)

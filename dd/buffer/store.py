@@ -134,10 +134,14 @@ class ExpertFile:
     def __init__(self, path: Path, handle: Any, rows: Any) -> None:
         self.path, self._handle, self._rows = path, handle, rows  # the handle keeps the mapping open
 
-    def rows(self, start: int, stop: int) -> torch.Tensor:
-        """Rows ``start``..``stop - 1`` [stop - start, P] float32 on the CPU (a fresh tensor, not the mapping)."""
+    def rows(self, start: int, stop: int, pin: bool = False) -> torch.Tensor:
+        """Rows ``start``..``stop - 1`` [stop - start, P] float32 on the CPU (a fresh tensor, not the mapping), in
+        pinned memory with ``pin``: copied once from the mapping either way."""
         try:
-            return self._rows[start:stop].clone()  # the slice is a view of the mapping
+            view = self._rows[start:stop]  # a view of the mapping
+            if pin:
+                return torch.empty(view.shape, dtype=view.dtype, pin_memory=True).copy_(view)
+            return view.clone()
         except Exception as e:  # the file changed or shrank under the mapping
             raise DDError(f"expert file {self.path} could not be read ({type(e).__name__}); it is corrupted or "
                           f"truncated: delete it and {_REGENERATE}") from None

@@ -31,7 +31,7 @@ from dd.augment import DEFAULT_STRATEGY, DSA, DSAParams
 from dd.cli import check_flags
 from dd.config import build_parser, opt, parse_config, to_dict
 from dd.data import CHANNELS_HELP, IMAGE_SIZE_HELP, class_indices, list_datasets
-from dd.device import check_seed, make_generator, resolve_device
+from dd.device import TF32_HELP, check_seed, make_generator, setup_device
 from dd.distill.checkpoint import save_checkpoint
 from dd.distill.engine import check_eval_models, check_run_dir
 from dd.distill.runloop import Progress, RunLoop
@@ -81,6 +81,7 @@ class CondenseConfig:
     resume: bool = opt(False, "continue the run in --run-dir from its last checkpoint")
     seed: int = opt(0, "seed of every random choice of the run")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    tf32: bool = opt(False, TF32_HELP)
     wandb: str = opt("off", "log to Weights & Biases", choices=("off", "offline", "online"))
 
 
@@ -144,9 +145,10 @@ class Condenser(RunLoop):
 
     def __init__(self, config: CondenseConfig, argv: Sequence[str] | None = None) -> None:
         validate(config)
+        self.device = setup_device(config.device, config.tf32)
+        config = dataclasses.replace(config, device=str(self.device))  # recorded: the device used
         super().__init__(config, default_run_dir(config), argv)
         self.name = f"{config.method} ipc{config.ipc}"
-        self.device = resolve_device(config.device)
         self.data = prepare_data(config.dataset, self.device, config.data_path, config.download, "standard",
                                  config.image_size, config.val_fraction, config.val_seed, config.channels)
         spec = self.data.spec
@@ -170,7 +172,8 @@ class Condenser(RunLoop):
     def real_batch(self, c: int, n: int) -> torch.Tensor:
         """``n`` random training images of class ``c`` without replacement (the whole class when smaller)."""
         pool = self.pools[c]
-        return self.data.train_images[pool[torch.randperm(len(pool), generator=self.generator)[:n].to(self.device)]]
+        pick = torch.randperm(len(pool), generator=self.generator)[:n].to(self.device, non_blocking=True)
+        return self.data.train_images[pool[pick]]
 
     def synthetic(self, c: int) -> torch.Tensor:
         """The synthetic images of class ``c`` (a view of the learned tensor)."""
@@ -181,8 +184,8 @@ class Condenser(RunLoop):
         """A newly initialised ``model`` in train mode, its seed drawn from the run's generator."""
         spec = self.data.spec
         seed = int(torch.randint(2**31 - 1, (1,), generator=self.generator))
-        return create_model(self.config.model, spec.channels, spec.num_classes, spec.size, seed=seed).to(
-            self.device).train()
+        model = create_model(self.config.model, spec.channels, spec.num_classes, spec.size, seed=seed)
+        return model.to(self.device, non_blocking=True).train()  # initialised on the CPU: the same on every device
 
     def outer_step(self, loss: torch.Tensor) -> None:
         """One SGD step of the images on ``loss``."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from dd.config import opt
 from dd.data import CHANNELS_HELP
+from dd.device import TF32_HELP
 
 
 @dataclass
@@ -101,4 +102,5 @@ class DistillConfig:
     resume: bool = opt(False, "continue the run in --run-dir from its last checkpoint")
     seed: int = opt(0, "seed of every random choice of the run")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    tf32: bool = opt(False, TF32_HELP)
     wandb: str = opt("off", "log to Weights & Biases", choices=("off", "offline", "online"))

@@ -191,7 +191,8 @@ class Distiller(RunLoop):
         """``argv``: the command-line arguments of the run, for the resume command that an interrupt prints."""
         config = dataclasses.replace(config, eval_models=config.eval_models or config.model)
         validate(config)
-        self.device = distributed.setup(config.device)
+        self.device = distributed.setup(config.device, config.tf32)
+        config = dataclasses.replace(config, device=str(self.device))  # recorded: the device used
         store = find_store(config.buffer, config.buffer_dir, config.dataset, config.model, config.buffer_config)
         check_store(store, config)
         if distributed.is_main():

@@ -44,6 +44,12 @@ def find_store(buffer: str | None, buffer_dir: str, dataset: str, model: str,
     return TrajectoryStore.open(candidates[0])
 
 
+def pinned_block_bytes(nbytes: int) -> int:
+    """The bytes PyTorch's caching pinned-memory allocator takes for a tensor of ``nbytes``: the next power of two
+    (a freed block stays with the allocator for the next tensor of that size, not with the operating system)."""
+    return 1 << max(0, nbytes - 1).bit_length()
+
+
 class ExpertPool:
     """Uniform sampling of complete experts, read by rows.
 
@@ -51,7 +57,8 @@ class ExpertPool:
     iteration reads only the rows it asks for (``ExpertRows``): asking for epoch t reads rows t..t+M
     (M = ``window - 1``; MTT, FTD and DATM need t and t+M, AST t..t+M). Rows are kept in a host
     cache bounded in bytes (least recently used first out), pinned when the device is CUDA so that their
-    copies to the device do not block."""
+    copies to the device do not block. A pinned row is counted at the size of the block PyTorch's pinned-memory
+    allocator gives it (``pinned_block_bytes``), so the pinned memory the cache holds stays within the bound."""
 
     def __init__(self, store: TrajectoryStore, device: torch.device, cache_mb: float = 1024.0,
                  window: int = 1) -> None:
@@ -81,23 +88,26 @@ class ExpertPool:
             key = (index, e)
             row = self._cache.get(key)
             if row is None:
-                row = self.file(index).rows(e, e + 1)[0]
-                row = row.pin_memory() if self._pin else row
+                row = self.file(index).rows(e, e + 1, pin=self._pin)[0]  # one copy from the mapping
                 self._put(key, row)
             else:
                 self._cache.move_to_end(key)
             rows.append(row)
         return rows
 
-    def _put(self, key: tuple[int, int], row: torch.Tensor) -> None:
+    def _size(self, row: torch.Tensor) -> int:
         size = row.numel() * row.element_size()
+        return pinned_block_bytes(size) if self._pin else size
+
+    def _put(self, key: tuple[int, int], row: torch.Tensor) -> None:
+        size = self._size(row)
         if size > self.cache_bytes:
             return
         self._cache[key] = row
         self._cached_bytes += size
         while self._cached_bytes > self.cache_bytes:
             _, old = self._cache.popitem(last=False)
-            self._cached_bytes -= old.numel() * old.element_size()
+            self._cached_bytes -= self._size(old)
 
     @property
     def cached_bytes(self) -> int:

@@ -22,6 +22,7 @@ The result is a transfer set (``dd.distill.synset``, ``kind: transfer``, labels 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from dd.buffer.ssl import TARGETS, Teacher, find_teacher
 from dd.cli import check_flags
 from dd.config import build_parser, opt, parse_config, to_dict
 from dd.data import CHANNELS_HELP, IMAGE_SIZE_HELP, list_datasets
-from dd.device import check_seed, make_generator, resolve_device
+from dd.device import TF32_HELP, check_seed, make_generator, setup_device
 from dd.distill.checkpoint import save_checkpoint
 from dd.distill.engine import check_run_dir
 from dd.distill.runloop import RunLoop
@@ -82,6 +83,7 @@ class KRRConfig:
     resume: bool = opt(False, "continue the run in --run-dir from its last checkpoint")
     seed: int = opt(0, "seed of every random choice of the run")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    tf32: bool = opt(False, TF32_HELP)
     wandb: str = opt("off", "log to Weights & Biases", choices=("off", "offline", "online"))
 
 
@@ -90,23 +92,24 @@ def with_bias(features: torch.Tensor) -> torch.Tensor:
     return torch.cat([features, features.new_ones(features.shape[0], 1)], dim=1)
 
 
-def solve_psd(k: torch.Tensor, y: torch.Tensor, lam: float, retries: int = 8) -> torch.Tensor:
-    """(K + lam I)^-1 Y for a symmetric PSD K [n, n], by Cholesky in float64 (differentiable). When the
+def solve_psd(k: torch.Tensor, y: torch.Tensor, lam: float | torch.Tensor, retries: int = 8) -> torch.Tensor:
+    """(K + lam I)^-1 Y for a symmetric PSD K [n, n], by Cholesky in float64 (differentiable); ``lam`` a number or
+    a 0-d tensor (left on the device: reading the factorisation's status is the step's one host sync). When the
     factorisation fails, lam grows tenfold (at least to 1e-12 (tr K + 1)), up to ``retries`` times."""
-    k64, eye = k.double(), torch.eye(k.shape[0], dtype=torch.float64, device=k.device)
+    k64 = k.double()
     for _ in range(retries):
-        chol, info = torch.linalg.cholesky_ex(k64 + lam * eye)
+        chol, info = torch.linalg.cholesky_ex(torch.diagonal_scatter(k64, k64.diagonal() + lam))
         if int(info) == 0:
             return torch.cholesky_solve(y.double(), chol).to(y.dtype)
-        lam = max(10 * lam, 1e-12 * (float(k64.trace()) + 1))
-    raise DDError(f"the kernel matrix stays singular with ridge {lam:.3g}; raise --ridge or lower --lr")
+        lam = max(10 * float(lam), 1e-12 * (float(k64.trace()) + 1))
+    raise DDError(f"the kernel matrix stays singular with ridge {float(lam):.3g}; raise --ridge or lower --lr")
 
 
 def krr_predict(phi_s: torch.Tensor, phi_t: torch.Tensor, y_s: torch.Tensor, ridge: float) -> torch.Tensor:
     """Kernel ridge regression of Y_s [n, D] on features Phi_s [n, d], predicted at Phi_t [B, d]:
     K_ts (K_ss + lambda I)^-1 Y_s with K = Phi Phi^T and lambda = ridge * tr(K_ss) (a constant)."""
     k_ss = phi_s @ phi_s.T
-    return (phi_t @ phi_s.T) @ solve_psd(k_ss, y_s, ridge * float(k_ss.detach().trace()))
+    return (phi_t @ phi_s.T) @ solve_psd(k_ss, y_s, ridge * k_ss.detach().trace().double())
 
 
 class ModelPool:
@@ -204,8 +207,9 @@ class KRRDistiller(RunLoop):
     def __init__(self, config: KRRConfig, argv: Sequence[str] | None = None) -> None:
         """``argv``: the command-line arguments of the run, for the resume command that an interrupt prints."""
         validate(config)
+        self.device = setup_device(config.device, config.tf32)
+        config = dataclasses.replace(config, device=str(self.device))  # recorded: the device used
         super().__init__(config, run_dir_of(config), argv)
-        self.device = resolve_device(config.device)
         self.teacher: Teacher = find_teacher(config.teacher, config.buffer_dir, config.dataset)
         self.teacher.encoder.to(self.device)
         trained_on = self.teacher.manifest["dataset"]["name"]
@@ -245,7 +249,8 @@ class KRRDistiller(RunLoop):
         i = self.pool.sample()
         h = self.pool.models[i].eval()
         real = self.data.train_images
-        idx = torch.randperm(real.shape[0], generator=self.generator)[: cfg.batch_real].to(self.device)
+        idx = torch.randperm(real.shape[0], generator=self.generator)[: cfg.batch_real]
+        idx = idx.to(self.device, non_blocking=True)
         x_t = crop_flip(real[idx], self.generator) if cfg.augment else real[idx]
         with torch.no_grad():
             y_t = self.teacher.represent(x_t, targets=cfg.targets)

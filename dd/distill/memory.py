@@ -13,13 +13,20 @@ iteration per preset, docs/benchmarks.md): A, not the FLOPs, is what the graph h
 The checkpointed unroll keeps one step's graph at a time plus about syn_steps/k + k parameter vectors (k the
 snapshot stride); when even one step's graph would not fit, ``auto`` also splits each minibatch into chunks
 (``--unroll-chunk``, exact) of the most images whose graph does.
+
+Free memory on CUDA is what the driver reports free plus what PyTorch's caching allocator holds reserved but not
+allocated (blocks freed during data preparation are reusable by the run; ``mem_get_info`` alone counts them as
+taken). The factors were measured on the CPU; on CUDA the allocator rounds blocks up, cuDNN takes workspaces and
+the CUDA context is outside torch's count, so ``activation_factors`` scales them by ``CUDA_MARGIN`` (a
+conservative guess, not a measurement: ``scripts/gpu_check.py`` reports the estimate beside the measured peak
+allocated and reserved memory, to calibrate it from).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -39,6 +46,17 @@ FULL_PARAM_FACTOR = 1.0  # parameter-sized vectors kept per inner step
 # Tiny ImageNet image through ConvNetD4 = 2.0-2.6 x its 9.05 MB of activations (CIFAR's ConvNet: 1.6 x).
 CKPT_ACTIVATION_FACTOR = 2.5  # floats held per activation float of the minibatch, in one checkpointed step
 HEADROOM = 0.8  # the estimate must fit in this fraction of the free memory (the fixed part, fragmentation)
+CUDA_MARGIN = 1.25  # CUDA's allocator rounding and cuDNN workspaces over the CPU-measured factors (see above)
+
+# (free bytes the driver reports, bytes PyTorch has reserved, bytes PyTorch has allocated) of a CUDA device
+MemoryReader = Callable[[torch.device], tuple[int, int, int]]
+
+
+def activation_factors(device: torch.device) -> tuple[float, float]:
+    """(full unroll's, checkpointed step's) floats kept per activation float on ``device``: the CPU-calibrated
+    factors, times ``CUDA_MARGIN`` on CUDA."""
+    margin = CUDA_MARGIN if torch.device(device).type == "cuda" else 1.0
+    return FULL_ACTIVATION_FACTOR * margin, CKPT_ACTIVATION_FACTOR * margin
 
 
 def activation_floats(model: nn.Module, image_shape: Sequence[int]) -> int:
@@ -67,34 +85,44 @@ def activation_floats(model: nn.Module, image_shape: Sequence[int]) -> int:
 
 
 def full_unroll_bytes(activations: int, params: int, batch: int, syn_steps: int, num_images: int,
-                      image_floats: int) -> int:
-    """Estimated peak bytes of one iteration with the full unroll: ``syn_steps`` graphs of ``batch`` images of
-    ``activations`` floats each and ``params`` parameters, plus the synthetic set (images, their gradient and
-    momentum) of ``num_images`` images of ``image_floats`` floats."""
-    per_step = FULL_ACTIVATION_FACTOR * batch * activations + FULL_PARAM_FACTOR * params
+                      image_floats: int, device: torch.device = torch.device("cpu")) -> int:
+    """Estimated peak bytes of one iteration with the full unroll on ``device``: ``syn_steps`` graphs of ``batch``
+    images of ``activations`` floats each and ``params`` parameters, plus the synthetic set (images, their gradient
+    and momentum) of ``num_images`` images of ``image_floats`` floats."""
+    per_step = activation_factors(device)[0] * batch * activations + FULL_PARAM_FACTOR * params
     return int(4 * (syn_steps * per_step + 3 * num_images * image_floats))
 
 
 def checkpointed_chunk(activations: int, params: int, batch: int, syn_steps: int, snapshot_every: int,
-                       num_images: int, image_floats: int, free: int) -> int | None:
+                       num_images: int, image_floats: int, free: int,
+                       device: torch.device = torch.device("cpu")) -> int | None:
     """The chunk (synthetic images per graph) the checkpointed unroll needs to fit ``HEADROOM`` of ``free`` bytes:
     None when one step's graph of the whole ``batch`` fits beside the kept states (about ``syn_steps /
     snapshot_every + snapshot_every`` parameter vectors) and the synthetic set, else the most images whose graph
     does (at least 1)."""
     states = math.ceil(syn_steps / snapshot_every) + snapshot_every
     budget = HEADROOM * free - 4 * (states * params + 3 * num_images * image_floats)
-    per_image = 4 * CKPT_ACTIVATION_FACTOR * activations
+    per_image = 4 * activation_factors(device)[1] * activations
     graph = budget - 4 * FULL_PARAM_FACTOR * params
     if batch * per_image <= graph:
         return None
     return max(1, int(graph // per_image))
 
 
-def free_bytes(device: torch.device) -> int:
-    """Memory the run may still take: free CUDA memory (``torch.cuda.mem_get_info``) or the CPU's available RAM
-    (MemAvailable of /proc/meminfo; total RAM where that file is absent)."""
+def cuda_memory(device: torch.device) -> tuple[int, int, int]:
+    """The ``MemoryReader`` of a real CUDA device: ``mem_get_info``'s free bytes, ``memory_reserved``,
+    ``memory_allocated``."""
+    return (int(torch.cuda.mem_get_info(device)[0]), torch.cuda.memory_reserved(device),
+            torch.cuda.memory_allocated(device))
+
+
+def free_bytes(device: torch.device, read: MemoryReader = cuda_memory) -> int:
+    """Memory the run may still take: on CUDA the driver's free bytes plus PyTorch's reserved-but-unallocated cache
+    (``read`` gives the three; tests pass a fake), else the CPU's available RAM (MemAvailable of /proc/meminfo;
+    total RAM where that file is absent)."""
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+        free, reserved, allocated = read(device)
+        return free + max(0, reserved - allocated)
     try:
         with open("/proc/meminfo") as f:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
@@ -138,11 +166,11 @@ def resolve_unroll(config: DistillConfig, model: nn.Module, spec: DatasetSpec, d
     name, why = config.unroll, ""
     if name == "auto":
         name, why = pick_unroll(full_unroll_bytes(activations, params, batch, config.syn_steps, num_images,
-                                                  math.prod(shape)), free)
+                                                  math.prod(shape), device), free)
     chunk = config.unroll_chunk
     if name == "checkpointed" and chunk is None:
         need = checkpointed_chunk(activations, params, batch, config.syn_steps, config.unroll_snapshot_every,
-                                  num_images, math.prod(shape), free)
+                                  num_images, math.prod(shape), free, device)
         batchnorm = has_batchnorm(model)
         step = f"one step of {batch} images does not fit {HEADROOM:.0%} of the {_gib(free)} GiB free"
         if need is not None and not batchnorm:

@@ -35,6 +35,7 @@ Under ``torchrun --nproc-per-node K -m dd.eval ...`` the K processes share the r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -52,7 +53,7 @@ from dd.augment import DSA
 from dd.cli import run_cli
 from dd.config import build_parser, opt, parse_config, parse_list, peek_option, to_dict
 from dd.data import CHANNELS, DatasetSpec, Preprocessor, list_datasets, shape_flags
-from dd.device import check_fits, check_seed, use_deterministic
+from dd.device import TF32_HELP, check_fits, check_seed
 from dd.distill.synset import SynSet, load_synset
 from dd.errors import DDError
 from dd.eval import pools, transfer
@@ -121,6 +122,7 @@ class EvalConfig:
     deterministic: bool = opt(False, "deterministic kernels and cuDNN settings (dd.device.use_deterministic): what "
                               "makes CUDA runs and their resumes bitwise repeatable; slower")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    tf32: bool = opt(False, TF32_HELP)
 
 
 def synset_paths(config: EvalConfig) -> list[str]:
@@ -477,8 +479,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config, _ = parse_config(EvalConfig, argv, build_parser(EvalConfig, "python -m dd.eval", __doc__,
                                                             "experiments/eval/digits.yaml"))
     baselines = validate(config)
-    use_deterministic(config.deterministic)
-    device = distributed.setup(config.device)
+    device = distributed.setup(config.device, config.tf32, config.deterministic)
+    config = dataclasses.replace(config, device=str(device))  # recorded: the device used
     sets, data, dataset, checks = load_inputs(config, device)
     ipcs = {path: check_set(path, synset, data.spec, config.image_size is not None) for path, synset in sets.items()}
     for path, synset in sets.items():

@@ -21,6 +21,7 @@ protocol and model, one column per source). Rerunning skips recorded runs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -39,7 +40,7 @@ from dd.augment import crop_flip
 from dd.buffer.ssl import TARGETS, Teacher, find_teacher
 from dd.config import build_parser, opt, parse_config, parse_list, to_dict
 from dd.data import CHANNELS_HELP, IMAGE_SIZE_HELP, list_datasets
-from dd.device import make_generator, resolve_device
+from dd.device import TF32_HELP, make_generator, setup_device
 from dd.distill.synset import SynSet, load_synset
 from dd.errors import DDError
 from dd.eval.report import format_cell, run_key
@@ -92,6 +93,7 @@ class TransferConfig:
     out: str | None = opt(None, "output folder (default: <synset>/../eval-transfer, or runs/eval-transfer-<source>)")
     seed: int = opt(0, "first seed; run r uses seed + r")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    tf32: bool = opt(False, TF32_HELP)
 
 
 def cosine_lr(lr: float, epoch: int, epochs: int) -> float:
@@ -272,7 +274,8 @@ def source_identities(cfg: TransferConfig, synset: SynSet | None, sets: dict[str
 def main(argv: Sequence[str] | None = None) -> int:
     cfg, _ = parse_config(TransferConfig, argv, build_parser(TransferConfig, "python -m dd.eval --protocol transfer",
                                                              __doc__, "a file holding 'target: digits-5to9'"))
-    device = resolve_device(cfg.device)
+    device = setup_device(cfg.device, cfg.tf32)
+    cfg = dataclasses.replace(cfg, device=str(device))  # recorded: the device used
     baselines = parse_list(cfg.baseline, ("random", "none"), "--baseline", allow_empty=True)
     protocols = parse_list(cfg.protocols, PROTOCOLS, "--protocols")
     if cfg.runs <= 0 or min(cfg.pretrain_epochs, cfg.finetune_epochs, cfg.linear_epochs) <= 0:
