@@ -223,7 +223,7 @@ def test_ast_resume_equals_uninterrupted(tmp_path, digits_buffer):
 
 @pytest.mark.parametrize("extra, message", [
     (["--middle-loss", "agg", "--syn-steps", "1"], "--middle-loss needs --syn-steps >= --expert-epochs"),
-    (["--inner-momentum", "1.0"], "--inner-momentum must lie in"),
+    (["--inner-momentum", "1.0"], "--inner-momentum must be in"),
 ])
 def test_bad_ast_inputs(tmp_path, digits_buffer, extra, message):
     with pytest.raises(DDError, match=message):

@@ -153,8 +153,6 @@ class AST(Method):
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         cfg = ctx.config
-        if not 0 <= cfg.inner_momentum < 1:
-            raise DDError(f"--inner-momentum must lie in [0, 1), got {cfg.inner_momentum}")
         if cfg.middle_loss != "none" and cfg.syn_steps < cfg.expert_epochs:
             raise DDError(f"--middle-loss needs --syn-steps >= --expert-epochs (one inner step per expert epoch), "
                           f"got {cfg.syn_steps} and {cfg.expert_epochs}")
