@@ -120,6 +120,11 @@ SYNSET_META = {"dataset": optional(text), "ipc": optional(integer), "method": op
                "data": optional(fingerprint), "buffer": optional(text), "lr": optional(number)}
 """A synthetic set's ``synset.json``."""
 
+TEACHER_MANIFEST = {"dataset": mapping, "dataset.name": text, "dataset.channels": positive_integer,
+                    "dataset.size": image_size, "model": mapping, "model.name": text, "output_dim": positive_integer,
+                    "files.encoder.sha256": text, "data": optional(fingerprint)}
+"""An SSL teacher's ``manifest.json``."""
+
 RESULT_RECORD = {"source": text, "model": text, "seed": integer, "accuracy": number}
 """One record of any ``results.json`` (dd.eval's, and the transfer protocol's)."""
 

@@ -159,3 +159,39 @@ def test_transfer_table_rows_are_transfer_recipes_and_columns_are_sources():
     header = table.splitlines()[0].split(" | ")[3:]
     assert len(header) == 2 and all(h.startswith("random [") and len(h.split("[")[1].strip(" |]")) == 8
                                     for h in header)
+
+
+def copy_teacher(digits_teacher, tmp_path, edit) -> str:
+    """A copy of the digits teacher's buffers whose teacher manifest ``edit`` changed (a dict -> dict function)."""
+    import shutil
+
+    root = tmp_path / "teachers"
+    shutil.copytree(digits_teacher, root)
+    manifest = next(root.glob("*/*/*/manifest.json"))
+    manifest.write_text(json.dumps(edit(json.loads(manifest.read_text()))))
+    return str(root)
+
+
+def test_a_teacher_records_its_data_and_krr_st_refuses_a_teacher_of_other_data(digits_teacher, tmp_path):
+    config = dict(model="ConvNetW32", num_images=12, batch_real=64, num_models=2, online_iterations=3, device="cpu")
+    distiller = KRRDistiller(KRRConfig(buffer_dir=str(digits_teacher), run_dir=str(tmp_path / "a"), **config))
+    assert distiller.teacher.manifest["data"] == distiller.data.fingerprint()  # recorded when it was trained
+    assert distiller.synset().meta["teacher_data"] == "verified"
+
+    def other_data(m: dict) -> dict:
+        return {**m, "data": {**m["data"], "sha256": "0" * 64}}
+
+    other = copy_teacher(digits_teacher, tmp_path / "other", other_data)
+    with pytest.raises(DDError, match=r"the teacher at .* was trained on digits-0to4 1x8x8, 5 classes, sha256 "
+                                      r"00000000, but --dataset digits-0to4 .* gives .*; pass the data the teacher"):
+        KRRDistiller(KRRConfig(buffer_dir=other, run_dir=str(tmp_path / "b"), **config))
+    older = copy_teacher(digits_teacher, tmp_path / "older", lambda m: {k: v for k, v in m.items() if k != "data"})
+    assert KRRDistiller(KRRConfig(buffer_dir=older, run_dir=str(tmp_path / "c"), **config)).teacher_data == "unverified"
+
+
+def test_a_malformed_teacher_manifest_is_one_error_naming_the_field(digits_teacher, tmp_path):
+    bad = copy_teacher(digits_teacher, tmp_path, lambda m: {**m, "output_dim": "64"})
+    with pytest.raises(DDError, match="teacher manifest .*manifest.json: field 'output_dim' should be a positive "
+                                      "integer, got '64'"):
+        KRRDistiller(KRRConfig(buffer_dir=bad, model="ConvNetW32", num_images=12, device="cpu",
+                               run_dir=str(tmp_path / "r")))

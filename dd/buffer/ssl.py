@@ -28,6 +28,7 @@ from tqdm import tqdm
 from dd.data import Preprocessor, load_dataset
 from dd.device import make_generator, setup_device
 from dd.errors import DDError
+from dd.identity import check_data, data_fingerprint, data_flags
 from dd.io import (
     atomic_write_json,
     load_tensors,
@@ -39,6 +40,7 @@ from dd.io import (
     unpack_state,
 )
 from dd.models import backbone_state, create_model, embed_dim, load_backbone
+from dd.schema import TEACHER_MANIFEST, check_schema
 from dd.training import iterate_batches
 
 FORMAT_VERSION = 2
@@ -106,12 +108,18 @@ def train_teacher(config) -> int:
     recipe = teacher_recipe(config)
     default = store_root(config.buffer_dir, config.dataset, config.model, recipe)
     root = default.with_name(f"{config.teacher}-{default.name}")
+    raw = load_dataset(config.dataset, config.data_path, config.download, config.image_size, config.channels)
+    spec = raw.spec
+    data = data_fingerprint(spec.name, spec.channels, spec.size, spec.num_classes, raw.train_images,
+                            raw.train_labels, raw.test_images, raw.test_labels)
     if (root / MANIFEST).is_file():
+        check_data(load_teacher(root).manifest.get("data"), data, f"the teacher at {root}", "was trained on",
+                   data_flags(config.dataset, config.data_path, config.image_size, config.channels), allow=False,
+                   fix="pass that data, or another --buffer-dir for a teacher of this data")
         print(f"teacher: {root} is already trained")
         return 0
     device = setup_device(config.device, config.tf32)
-    raw = load_dataset(config.dataset, config.data_path, config.download, config.image_size, config.channels)
-    spec, pixels = raw.spec, raw.train_images.to(device)
+    pixels = raw.train_images.to(device)
     preprocess = Preprocessor.fit("standard", spec, raw.train_images)
     model = create_model(config.model, spec.channels, spec.num_classes, spec.size, seed=config.seed).to(device)
     with torch.random.fork_rng(devices=[]):  # the projector's init from the seed, not the global RNG
@@ -172,6 +180,7 @@ def train_teacher(config) -> int:
         "dataset": {"name": spec.name, "channels": spec.channels, "size": list(spec.size),
                     "preprocess": preprocess.describe()},
         "model": {"name": config.model}, "output_dim": embed_dim(model), "recipe": recipe, "seed": config.seed,
+        "data": data,
         "loss": losses, "files": {"encoder": {"file": ENCODER, "sha256": sha256_file(root / ENCODER)}}})
     (root / CHECKPOINT).unlink(missing_ok=True)
     print(f"teacher: {root} (output dim {embed_dim(model)}, final loss {losses[-1]:.4f})")
@@ -209,8 +218,11 @@ def load_teacher(root: str | Path, device: torch.device | str = "cpu") -> Teache
     """Open a teacher folder written by ``train_teacher``, checking the encoder's checksum."""
     root = Path(root)
     manifest = read_json(root / MANIFEST, "teacher manifest")
-    if manifest.get("kind") != "ssl_teacher" or manifest.get("format_version") != FORMAT_VERSION:
+    if not isinstance(manifest, dict) or manifest.get("kind") != "ssl_teacher" or (
+            manifest.get("format_version") != FORMAT_VERSION):
         raise DDError(f"{root} is not a teacher of this dd's format; rerun python -m dd.buffer --teacher barlow_twins")
+    check_schema(manifest, TEACHER_MANIFEST, root / MANIFEST, "teacher manifest",
+                 f"delete {root} and rerun python -m dd.buffer --teacher barlow_twins")
     if sha256_file(root / ENCODER) != manifest["files"]["encoder"]["sha256"]:
         raise DDError(f"teacher encoder {root / ENCODER} is corrupted (checksum mismatch); delete {root} and retrain")
     ds = manifest["dataset"]

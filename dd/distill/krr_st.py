@@ -42,6 +42,7 @@ from dd.distill.engine import check_run_dir
 from dd.distill.runloop import RunLoop
 from dd.distill.synset import SynSet, save_synset
 from dd.errors import DDError
+from dd.identity import check_data, data_flags
 from dd.io import pack_state, unpack_state
 from dd.metrics import check_wandb
 from dd.models import create_model, list_models
@@ -218,6 +219,11 @@ class KRRDistiller(RunLoop):
                           "pass a teacher of the source dataset")
         self.data: PreparedData = prepare_data(config.dataset, self.device, config.data_path, config.download,
                                                "standard", config.image_size, channels=config.channels)
+        self.teacher_data = check_data(
+            self.teacher.manifest.get("data"), self.data.fingerprint(), f"the teacher at {self.teacher.root}",
+            "was trained on", data_flags(config.dataset, config.data_path, config.image_size, config.channels),
+            allow=False, fix="pass the data the teacher was trained on, or train a teacher on this data "
+                             "(python -m dd.buffer --teacher barlow_twins with the same data flags)")
         n_real = self.data.train_images.shape[0]
         if config.num_images > n_real:
             raise DDError(f"--num-images {config.num_images} exceeds the {n_real} training images of {config.dataset}")
@@ -275,6 +281,7 @@ class KRRDistiller(RunLoop):
                             "teacher_model": self.teacher.manifest["model"]["name"],
                             "target_dim": self.teacher.output_dim, "targets": cfg.targets,
                             "iteration": self.iteration, "data": self.data.fingerprint(),
+                            "teacher_data": self.teacher_data,
                             "config": to_dict(cfg), "preprocess_meta": meta},
                       preprocess=dict(tensors))
 
