@@ -171,10 +171,10 @@ def test_own_grey_folder_flows_through_every_stage_without_size_or_path_flags(tm
     header = json.loads((store / "manifest.json").read_text())["dataset"]
     assert (header["channels"], header["size"], header["num_classes"]) == (1, [12, 12], 3)  # grey, own side
     run_dir = tmp_path / "run"
-    assert distill_main(["--config", "experiments/mtt/folder_ipc1.yaml", "--data-path", str(tree), "--buffer",
-                         str(store), "--run-dir", str(run_dir), "--iterations", "2", "--syn-steps", "2",
-                         "--max-start-epoch", "1", "--eval-every", "0", "--eval-epochs", "2", "--device",
-                         "cpu"]) == 0
+    assert distill_main(["--config", "experiments/mtt/folder_ipc1.yaml", "--buffer-config", "none", "--data-path",
+                         str(tree), "--buffer", str(store), "--run-dir", str(run_dir), "--iterations", "2",
+                         "--syn-steps", "2", "--max-start-epoch", "1", "--eval-every", "0", "--eval-epochs", "2",
+                         "--device", "cpu"]) == 0
     assert class_names("imagefolder", str(tree), 3) == ["one", "three", "two"]
     assert eval_main(["--config", "experiments/eval/folder.yaml", "--synset", str(run_dir / "synset"), "--runs",
                       "1", "--epochs", "2", "--baseline", "random", "--device", "cpu"]) == 0
@@ -197,10 +197,10 @@ def test_channels_chosen_at_the_buffer_is_named_by_distill_and_taken_from_the_se
     assert "--channels 3" in capsys.readouterr().out.split("next: distil a set from them: ", 1)[1].splitlines()[0]
     store = next((buffers / "imagefolder" / "ConvNet").iterdir())
     run_dir = tmp_path / "run"
-    argv = ["--config", "experiments/mtt/folder_ipc1.yaml", "--data-path", str(tree), "--buffer", str(store),
-            "--run-dir", str(run_dir), "--iterations", "1", "--syn-steps", "2", "--max-start-epoch", "1",
-            "--expert-epochs", "1",
-            "--eval-every", "0", "--eval-epochs", "1", "--device", "cpu"]
+    argv = ["--config", "experiments/mtt/folder_ipc1.yaml", "--buffer-config", "none", "--data-path", str(tree),
+            "--buffer", str(store), "--run-dir", str(run_dir), "--iterations", "1", "--syn-steps", "2",
+            "--max-start-epoch", "1", "--expert-epochs", "1", "--eval-every", "0", "--eval-epochs", "1",
+            "--device", "cpu"]
     err = one_line(capsys, distill_main, argv)
     assert err == (f"error: the default --image-size (12) gives 1x12x12 images, but the experts in {store} were "
                    "trained on 3x12x12; pass --channels 3 (the experts' data) or use the dataset and folder they "
