@@ -202,5 +202,5 @@ def test_in_run_evaluations_train_under_the_methods_protocol(method, tmp_path, m
     assert (protocol.name, protocol.epochs, protocol.dsa_strategy) == (name, epochs, augment)
     assert protocol.augmentation() is None or protocol.augmentation().params.align_corners is False
     assert run.synset().meta["protocol"] == name
-    config.eval_epochs, config.eval_batch_size = 7, 16
+    run.config.eval_epochs, run.config.eval_batch_size = 7, 16  # the run holds its config (device resolved)
     assert (run.protocol().epochs, run.protocol().batch_size) == (7, 16)
