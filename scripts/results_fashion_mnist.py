@@ -231,7 +231,7 @@ def write_report(runs: list[dict], speed: dict[str, float | None], full: dict | 
 
 def report_command(args: argparse.Namespace) -> str:
     """The command line that reproduces this call's records."""
-    flags = []
+    flags = [] if args.rows else ["--rows ''"]  # no rows: say so, the default is every row
     for key in ("rows", "seeds", "random_ipcs", "random_seeds", "random_protocols", "data_path", "carry", "full_epoch"):
         value = getattr(args, key)
         if value is True:
