@@ -134,7 +134,7 @@ def retain_freed_memory() -> bool:
     By default glibc serves each block of 128 KiB to 32 MiB from its own ``mmap`` until a free raises that threshold,
     always maps blocks above 32 MiB, and trims the heap's free top: a training loop that allocates the same large
     activations every batch then page-faults them in afresh each time, and the kernel's zeroing of those pages is
-    system time (issue 12: 26 % of expert training's and 43 % of full-data evaluation's CPU time on a 28x28 folder;
+    system time (26 % of expert training's and 43 % of full-data evaluation's CPU time on a 28x28 folder;
     before/after in docs/benchmarks.md). With mmap off and
     trimming off, the freed blocks are reused: the resident set stays at the peak of live memory. Does nothing (and
     returns False) off glibc or when the user set glibc's malloc tunables (``MALLOC_*_`` or ``GLIBC_TUNABLES``)."""
