@@ -14,7 +14,7 @@ import math
 import sys
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -25,10 +25,45 @@ from dd.errors import DDError
 T = TypeVar("T")
 
 
-def opt(default: Any, help: str, choices: Sequence[str] | None = None, repeat: bool = False) -> Any:
+BOUNDS: dict[str, tuple[Callable[[float], bool], str]] = {
+    "positive": (lambda v: v > 0, "positive"),
+    "nonnegative": (lambda v: v >= 0, ">= 0"),
+    "fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "unit": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "below_one": (lambda v: 0 <= v < 1, "in [0, 1)"),
+}
+"""The range a numeric field may declare (``opt(..., bounds=...)``), checked by ``validate``."""
+
+
+def opt(default: Any, help: str, choices: Sequence[str] | None = None, repeat: bool = False,
+        bounds: str | None = None) -> Any:
     """A config field with its help text (and optional fixed choices for the CLI). A ``repeat`` field is a
-    comma-separated list that the flag given several times (or a YAML list) extends."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "repeat": repeat})
+    comma-separated list that the flag given several times (or a YAML list) extends; ``bounds`` names its range in
+    ``BOUNDS`` (None, an unset optional value, always passes)."""
+    if bounds is not None and bounds not in BOUNDS:
+        raise ValueError(f"unknown bounds {bounds!r}; choose from {', '.join(BOUNDS)}")
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "repeat": repeat,
+                                                        "bounds": bounds})
+
+
+def validate(config: Any) -> None:
+    """The one validation path of every config: each field's declared ``bounds`` (finite, in range), then the
+    ``check`` of every class in the config's hierarchy that defines one, most general first (a settings block's
+    checks before the stage's and the method's), so a rule is written once, on the block that owns the field.
+    Raises a ``DDError`` naming the flag and the fix."""
+    for f in dataclasses.fields(config):
+        value, bounds = getattr(config, f.name), f.metadata.get("bounds")
+        if bounds is None or value is None:
+            continue
+        ok, need = BOUNDS[bounds]
+        if not math.isfinite(value):
+            raise DDError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+        if not ok(value):
+            raise DDError(f"--{f.name.replace('_', '-')} must be {need}, got {value}")
+    for cls in reversed(type(config).__mro__):
+        check = cls.__dict__.get("check")
+        if check is not None:
+            check(config)
 
 
 class _JoinAction(argparse.Action):
