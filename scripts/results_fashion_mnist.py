@@ -27,11 +27,13 @@ from pathlib import Path
 
 from _results import cell, fail, int_list, read_runs, seconds_per_iteration, select, sh
 
-from dd.config import load_yaml
+from dd.buffer.config import BufferConfig, store_root
+from dd.cli import flag
+from dd.config import load_yaml, make_config
 from dd.device import describe_machine
 
 DATASET = "fashionmnist"
-EXPERTS = ["--num-experts", "2", "--epochs", "4", "--train-per-class", "600"]
+EXPERTS = {"num_experts": 2, "epochs": 4, "train_per_class": 600}  # a CPU row's experts, on its buffer preset
 # "method@ipc" -> the dd.distill flags of its CPU row on top of the preset. Start epochs are cut to fit EXPERTS'
 # 4 epochs (start + expert_epochs <= 4); syn_steps, learning rates and the rest stay the paper's.
 ROWS: dict[str, list[str]] = {
@@ -81,8 +83,18 @@ def budget_text(method: str, ipc: int, paper: bool) -> str:
     """The row's budget as the report shows it: its flags, and its experts' for a trajectory method."""
     if paper:
         return "paper"
-    experts = " over experts " + " ".join(EXPERTS) if "buffer_config" in load_yaml(preset(method, ipc)) else ""
+    experts = " over experts " + " ".join(expert_flags()) if "buffer_config" in load_yaml(preset(method, ipc)) else ""
     return " ".join(ROWS[f"{method}@{ipc}"]) + experts
+
+
+def expert_flags() -> list[str]:
+    return [f for key, value in EXPERTS.items() for f in (flag(key), str(value))]
+
+
+def budget_store(buffer_preset: str, buffer_dir: Path) -> Path:
+    """The store that dd.buffer writes for ``buffer_preset`` with EXPERTS' settings."""
+    config = make_config(BufferConfig, {**load_yaml(buffer_preset), **EXPERTS}, f"buffer preset {buffer_preset}")
+    return store_root(str(buffer_dir), config.dataset, config.model, config.recipe().to_dict())
 
 
 def commands(method: str, ipc: int, work: Path, paper: bool, data: list[str], seeds: int) -> list[list[str]]:
@@ -92,7 +104,11 @@ def commands(method: str, ipc: int, work: Path, paper: bool, data: list[str], se
     stages, store = [], []
     if "buffer_config" in config:
         store = ["--buffer-dir", str(work / "buffers")]
-        stages.append(["dd.buffer", "--config", config["buffer_config"], *store, *data, *([] if paper else EXPERTS)])
+        stages.append(["dd.buffer", "--config", config["buffer_config"], *store, *data,
+                       *([] if paper else expert_flags())])
+        if not paper:  # the budget experts are not the buffer preset's recipe: name their store
+            budget = budget_store(config["buffer_config"], work / "buffers")
+            store += ["--buffer", str(budget), "--buffer-config", "none"]
     stages.append(["dd.distill", "--config", preset(method, ipc), "--run-dir", str(run_dir), "--resume", *store,
                    *data, *budget_flags(method, ipc, paper)])
     stages.append(["dd.eval", "--synset", str(run_dir / "synset_best"), "--runs", str(seeds),
