@@ -29,6 +29,7 @@ from _results import cell, fail, int_list, read_runs, seconds_per_iteration, sel
 
 from dd.config import load_yaml
 from dd.device import describe_machine
+from dd.report.presets import preset_config
 
 DATASET = "fashionmnist"
 EXPERTS = ["--num-experts", "2", "--epochs", "4", "--train-per-class", "600"]
@@ -216,7 +217,7 @@ def write_report(runs: list[dict], speed: dict[str, float | None], full: dict | 
               "|---|---|---|---|"]
     for row in ROWS:
         method, ipc = parse_row(row)
-        iterations = load_yaml(preset(method, ipc))["iterations"]
+        iterations = preset_config(preset(method, ipc)).iterations
         s = speed.get(row)
         lines.append(f"| {row} | {preset(method, ipc)} | {iterations} | "
                      f"{f'{iterations * s / 3600:.0f} h' if s else '–'} |")
