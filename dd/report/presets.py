@@ -27,7 +27,6 @@ from dd.tune.trial import config_class as method_config_class
 SOURCE = "# Source:"
 # Keys a preset keeps even where they equal the default (or its base's value): they say what the preset is.
 IDENTITY = frozenset({"method", "dataset", "ipc", "model", "buffer_config", "protocol", "num_images"})
-DIGITS_SOURCE = "tuned here, no paper setting"
 
 
 @dataclass(frozen=True)
@@ -83,17 +82,15 @@ def restated(root: Path, name: str) -> list[str]:
     class default, or its base's value. A preset should hold none."""
     preset = read_preset(root, name)
     cls = type(preset.config)
+    base = load_yaml((root / "experiments" / name).parent / preset.own[BASE_KEY]) if BASE_KEY in preset.own else {}
     redundant = []
     for key in preset.own:
         field = key.replace("-", "_")
         if key == BASE_KEY or field in IDENTITY:
             continue
-        without = dict(preset.values)
-        without.pop(key)
-        if preset.own.get(BASE_KEY) is not None:
-            base = load_yaml((root / "experiments" / name).parent / preset.own[BASE_KEY])
-            if key in base:
-                without[key] = base[key]
+        without = {k: v for k, v in preset.values.items() if k != key}
+        if key in base:
+            without[key] = base[key]
         if getattr(make_config(cls, without, name), field) == getattr(preset.config, field):
             redundant.append(key)
     return redundant
