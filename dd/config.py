@@ -2,8 +2,8 @@
 
 Each stage declares one dataclass whose fields carry their help text (``opt(default, "help")``).
 ``parse_config`` builds the argparse parser from it and resolves values in this order:
-dataclass defaults < the YAML file given by ``--config`` < flags given on the command line.
-Unknown YAML keys, wrong types and malformed YAML are one-line ``DDError``s.
+dataclass defaults < the YAML file given by ``--config`` (over the preset it names as ``base``, if any) < flags
+given on the command line. Unknown YAML keys, wrong types and malformed YAML are one-line ``DDError``s.
 """
 
 from __future__ import annotations
@@ -164,8 +164,38 @@ def build_parser(cls: type, prog: str, description: str,
     return parser
 
 
+BASE_KEY = "base"
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML preset into a dict, with one-line errors for a missing or malformed file."""
+    """Read a YAML preset into a dict, with one-line errors for a missing or malformed file. A preset may name
+    another as ``base: <path relative to the preset's own folder>``: the base's keys (its own base's first, and so
+    on) lie under the preset's, so a variant states only what it changes. The result holds no ``base`` key."""
+    return _load_chain(Path(path), ())
+
+
+def _load_chain(path: Path, below: tuple[Path, ...]) -> dict[str, Any]:
+    """``path``'s keys over its base's; ``below`` the presets that named this one as their base (for cycles)."""
+    data = read_yaml(path)
+    if BASE_KEY not in data:
+        return data
+    base = data.pop(BASE_KEY)
+    if not isinstance(base, str) or not base.strip():
+        raise DDError(f"config file {path}: 'base' must name another preset (a path relative to {path.parent}), "
+                      f"got {base!r}")
+    base_path = path.parent / base
+    chain = (*below, path)
+    if base_path.resolve() in {p.resolve() for p in chain}:
+        cycle = " -> ".join(str(p) for p in (*chain, base_path))
+        raise DDError(f"config file {path}: its base chain is a cycle ({cycle}); remove one of these 'base' keys")
+    if not base_path.is_file():
+        raise DDError(f"config file {path} names base {base}, which does not exist ({base_path}); 'base' is a "
+                      "path relative to the preset's own folder")
+    return {**_load_chain(base_path, chain), **data}
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """One YAML file as a dict, as written (a ``base`` key is kept, not followed)."""
     path = Path(path)
     if not path.is_file():
         raise DDError(f"config file {path} does not exist; see experiments/ for presets")

@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from _results import fail
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +45,7 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131
 
 def presets(only: str | None) -> list[dict]:
     """The shape of every preset: method, dataset, model, ipc, images N, minibatch, syn_steps, soft labels."""
-    from dd.config import make_config
+    from dd.config import load_yaml, make_config
     from dd.data import get_spec
     from dd.distill.config import DistillConfig
 
@@ -55,7 +54,7 @@ def presets(only: str | None) -> list[dict]:
         for path in sorted((ROOT / "experiments" / method).glob("*.yaml")):
             if only and only not in path.stem:
                 continue
-            values = yaml.safe_load(path.read_text())
+            values = load_yaml(path)
             config = make_config(DistillConfig, values, str(path))
             spec = get_spec(config.dataset)
             if not spec.num_classes:  # a data-defined set (imagefolder): no shape before its folder is read

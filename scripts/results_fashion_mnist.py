@@ -31,6 +31,7 @@ from dd.buffer.config import BufferConfig, store_root
 from dd.cli import flag
 from dd.config import load_yaml, make_config
 from dd.device import describe_machine
+from dd.report.presets import preset_config
 
 DATASET = "fashionmnist"
 EXPERTS = {"num_experts": 2, "epochs": 4, "train_per_class": 600}  # a CPU row's experts, on its buffer preset
@@ -232,7 +233,7 @@ def write_report(runs: list[dict], speed: dict[str, float | None], full: dict | 
               "|---|---|---|---|"]
     for row in ROWS:
         method, ipc = parse_row(row)
-        iterations = load_yaml(preset(method, ipc))["iterations"]
+        iterations = preset_config(preset(method, ipc)).iterations
         s = speed.get(row)
         lines.append(f"| {row} | {preset(method, ipc)} | {iterations} | "
                      f"{f'{iterations * s / 3600:.0f} h' if s else '–'} |")

@@ -322,7 +322,7 @@ def write_best(out: Path, preset: Path, params: list[Param], config: TuneConfig,
     std = "" if best["val_std"] is None else f" ± {100 * best['val_std']:.2f}"
     header = [f"Source: chosen by python -m dd.tune from {preset} over {' '.join(p.text() for p in params)}:",
               f"{len(finished)} trials ({config.sampler} sampler, {config.pruner} pruner, seed {config.seed}), each "
-              f"{values.get('iterations') if config.iterations is None else config.iterations} iterations;",
+              f"{split.iterations if config.iterations is None else config.iterations} iterations;",
               f"each trial scored on the validation split only ({split.val_fraction:g} of every class, seed "
               f"{split.val_seed}) by {scored};",
               f"best: trial {best['number']}, validation {100 * best['val_mean']:.2f}{std} %. The search did not read "
