@@ -22,11 +22,9 @@ from __future__ import annotations
 import torch
 
 from dd.distill.context import Context
+from dd.distill.expert_labels import complete_experts, expert_logits
 from dd.distill.methods.base import Method, register_method
-from dd.distill.methods.datm import complete_experts, logits_of
 from dd.errors import DDError
-from dd.functional import load_flat_
-from dd.models import create_model
 
 
 def label_epoch(max_start_epoch: int, expert_epochs: int) -> int:
@@ -36,11 +34,9 @@ def label_epoch(max_start_epoch: int, expert_epochs: int) -> int:
 
 def expert_soft_labels(ctx: Context, images: torch.Tensor) -> torch.Tensor:
     """Logits [N, K] / T of ``images`` [N, C, H, W] under the first complete expert at ``label_epoch``."""
-    cfg, spec = ctx.config, ctx.data.spec
+    cfg = ctx.config
     epoch = label_epoch(cfg.max_start_epoch, cfg.expert_epochs)
-    net = create_model(cfg.model, spec.channels, spec.num_classes, spec.size, seed=cfg.seed).to(ctx.device).eval()
-    load_flat_(net, ctx.store.read_expert(complete_experts(ctx)[0])[epoch].to(ctx.device))
-    return logits_of(net, images) / cfg.label_temperature
+    return expert_logits(ctx, images, complete_experts(ctx)[0], epoch) / cfg.label_temperature
 
 
 @register_method("tesla")
