@@ -1,7 +1,15 @@
 """AST: Alignment with Smooth and high-quality expert Trajectories (Shen, Yang, Lam; arXiv 2310.10541).
 
 AST matches experts trained with SGD-momentum, weight decay and a gradient penalty (smooth experts,
-``dd.buffer``) and changes MTT's distillation in five places, each optional except the second:
+``dd.buffer``) and changes MTT's distillation in five places, each optional except the second. Top-down,
+an iteration (``dd.distill.reference.ast_iteration``) is
+
+    t ~ U[min_start_epoch, max_start_epoch),  w~_t = w*_t with perturbed conv weights (5.)
+    b_k = mom * b_{k-1} + grad_w w(t) CE(f(DSA(x_B); w_k), y_B),  w_{k+1} = w_k - lr * b_k,  w_0 = w~_t   (2., 3.)
+    L = ||w_N - w*_{t+M}||^2 / ||w~_t - w*_{t+M}||^2 + sum_k c_k ||w_{m_k} - w*_{t+k}||^2 / ||w~_t - w*_{t+k}||^2  (4.)
+    x, lr <- MTT's outer step
+
+and the five changes are:
 
 1. representative initialisation (``--pix-init kmeans``): per class, k-means with k = ipc on the
    logits of a final-epoch expert, and the real image nearest to each centroid;

@@ -1,7 +1,14 @@
 """DATM: Towards Lossless Dataset Distillation via Difficulty-Aligned Trajectory Matching
 (Guo, Wang, Chen, Zhang, You; ICLR 2024, arXiv 2310.05773).
 
-DATM matches FTD's (GSAM) experts with MTT's loss and outer optimisers, and changes four things:
+DATM matches FTD's (GSAM) experts with MTT's loss and outer optimisers, and changes four things. Top-down,
+an iteration (``dd.distill.reference.datm_iteration``) is
+
+    t ~ U[min_start_epoch, upper(it)),  w_0 = w*_t,  w_{k+1} = w_k - lr * grad_w CE_soft(f(DSA(x_B); w_k), y_B)
+    L = ||w_N - w*_{t+M}||^2 / ||w*_t - w*_{t+M}||^2
+    unless L > threshold: x, lr <- SGD(momentum 0.5),  y <- SGD(lr_y, momentum 0.9), all through the unroll
+
+and the four changes are:
 
 1. difficulty alignment: the start epoch t is drawn from [min_start_epoch, upper), where under
    sequential generation (``current_max_start_epoch`` set) the upper bound grows linearly from

@@ -1,7 +1,9 @@
 """TESLA: Scaling Up Dataset Distillation to ImageNet-1K with Constant Memory
 (Cui, Wang, Si, Hsieh; ICML 2023, arXiv 2211.10586).
 
-TESLA is MTT (same experts, matching loss and outer optimisers) with two changes:
+TESLA is MTT (same experts, matching loss and outer optimisers) with two changes. Top-down, an iteration
+(``dd.distill.reference.tesla_iteration``) is MTT's with the soft CE on fixed labels y and each inner gradient
+g_k = grad_w CE_soft(f(DSA(x_B); w), y_B) at w = w_k held constant, so that dL/dx = sum_k (dL/dw_{k+1}) d(-lr g_k)/dx:
 
 1. soft label assignment: the synthetic images are labelled by an expert, not learned; a label is
    softmax(f(x; w*) / T) with w* the expert parameters at the farthest target epoch the matching uses,
