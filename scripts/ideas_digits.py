@@ -25,8 +25,9 @@ import torch
 
 from dd.buffer.store import TrajectoryStore
 from dd.device import describe_machine
+from dd.distill.expert_labels import logits_of
 from dd.distill.experts import find_store
-from dd.distill.methods.datm import logits_of, masked_mean_logits
+from dd.distill.methods.datm import masked_mean_logits
 from dd.functional import load_flat_
 from dd.models import create_model
 from dd.realdata import prepare_data

@@ -65,10 +65,12 @@ def test_balanced_loss_scales_the_inner_loss_of_the_iteration():
     for seed in range(3):
         start = method.start_epoch(0, make_generator(seed))
         expected = balanced_weight(start, 20) * classification_loss(logits, labels)
-        assert torch.allclose(method.inner_loss(logits, labels), expected)
+        assert torch.allclose(method.inner_loss(logits, labels, start), expected)
+        student = method.make_student(method.ctx.model, DSA("none"), start)
+        assert torch.allclose(student.loss_fn(logits, labels), expected), "the iteration's student uses w(s)"
     plain = ast_method(balance_loss=False, max_start_epoch=20)
-    plain.start_epoch(0, make_generator(0))
-    assert torch.equal(plain.inner_loss(logits, labels), classification_loss(logits, labels))
+    start = plain.start_epoch(0, make_generator(0))
+    assert torch.equal(plain.inner_loss(logits, labels, start), classification_loss(logits, labels))
 
 
 # -- intermediate matching -----------------------------------------------------------------------------
@@ -190,9 +192,10 @@ def test_kmeans_init_picks_distinct_real_images_of_each_class(digits_buffer, tmp
     assert len(set(picked.tolist())) == 10 * ipc, "no duplicates"
     assert torch.equal(data.train_labels[picked], labels), "each image must come from its own class"
     if ipc == 1:  # k-means with one cluster: the centroid is the class mean of the expert logits
-        from dd.distill.methods.ast import expert_logits
+        from dd.distill.expert_labels import complete_experts, expert_logits
 
-        logits = expert_logits(distiller.ctx).double()
+        first = complete_experts(distiller.ctx)[0]
+        logits = expert_logits(distiller.ctx, data.train_images, first).cpu().double()
         for c in range(10):
             members = (data.train_labels == c).nonzero().flatten()
             nearest = members[(logits[members] - logits[members].mean(0)).norm(dim=1).argmin()]

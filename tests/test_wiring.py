@@ -1,33 +1,28 @@
-"""Wiring, end to end (issue 11.5): the pieces are pinned by formula elsewhere; these tests pin how they are
-connected. One engine iteration of each method against an iteration written out by hand from the papers (a
-hand-made expert trajectory, a known start epoch, the inner plan the engine drew), a whole run against a
-resumed one (every piece of state), one dd.eval run against the protocol loop written out, and the sizes of
-the baselines' training sets.
+"""Wiring, end to end: the pieces are pinned by formula elsewhere; these tests pin how they are connected. One
+engine iteration of each method against its reference iteration (``dd.distill.reference``, the iteration written
+out top-down from the papers) on a hand-made expert trajectory, with the same random draws; a whole run against a
+resumed one (every piece of state); one dd.eval run against the protocol loop written out; and the sizes of the
+baselines' training sets.
 
-The reference iterations use their own flat-parameter view (``torch.func.functional_call`` on slices), their
-own inner loop and losses, and SGD's first step written out (a momentum buffer starts as the gradient, so
-p <- p - lr * grad). They run in float32 as the engine does, so values agree to rounding, not bitwise.
+The reference has its own flat-parameter view, inner loop, losses and optimiser steps, and runs in float32 as the
+engine does, so values agree to rounding, not bitwise.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch.func import functional_call
 
 import dd
 import dd.eval.__main__ as eval_cli
-from dd.augment import DSA
 from dd.buffer.__main__ import main as buffer_main
 from dd.data import Preprocessor, load_dataset
-from dd.device import make_generator
 from dd.distill.config import DistillConfig
 from dd.distill.engine import Distiller
+from dd.distill.reference import ITERATIONS, Synthetic
 from dd.functional import flatten_params
 from dd.models import create_model
 from dd.realdata import prepare_data
@@ -73,6 +68,7 @@ METHODS = {
     "datm": {"soft_labels": True, "lr_y": 2.0, "threshold": 1e9, "current_max_start_epoch": 2, "max_start_epoch": 4,
              "expansion_end": 1},
     "ast": {"inner_momentum": 0.9, "balance_loss": True, "middle_loss": "adaptive", "weight_perturb": True},
+    "tesla": {"label_temperature": 2.0},  # fixed soft labels from w*_3 (the last target), the first-order unroll
 }
 
 
@@ -110,79 +106,7 @@ def check_plan_is_shuffled(plan, num_images: int, batch: int) -> None:
     assert len(set(plan.seeds)) == len(plan.seeds), "every inner step has its own DSA seed"
 
 
-# -- the hand-written iteration --------------------------------------------------------------------------
-def as_params(model, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-    out, offset = {}, 0
-    for name, p in model.named_parameters():
-        out[name] = flat[offset:offset + p.numel()].view(p.shape)
-        offset += p.numel()
-    assert offset == flat.numel()
-    return out
-
-
-def hard_ce(logits, y):
-    return F.cross_entropy(logits, y)
-
-
-def soft_ce(logits, y):
-    """DATM's soft cross-entropy, -sum_k softmax(y)_k log softmax(logits)_k, averaged over the batch."""
-    return -(y.softmax(1) * logits.log_softmax(1)).sum(1).mean()
-
-
-def reference_students(model, w_start, images, labels, lr, plan, dsa: str, loss_fn, momentum: float = 0.0):
-    """The student after each inner step: b_k = momentum * b_{k-1} + g_k (b = g for plain SGD),
-    w_{k+1} = w_k - lr * b_k, g_k the gradient on minibatch k of DSA(x_B; seed_k)."""
-    w = w_start.clone().requires_grad_(True)
-    b = torch.zeros_like(w)
-    augment = DSA(dsa)
-    students = []
-    for index, seed in zip(plan.indices, plan.seeds, strict=True):
-        x = augment(images[index], make_generator(seed))
-        loss = loss_fn(functional_call(model, as_params(model, w), (x,)), labels[index])
-        (g,) = torch.autograd.grad(loss, w, create_graph=True)
-        b = momentum * b + g if momentum else g
-        w = w - lr * b
-        students.append(w)
-    return students
-
-
-def distance(w, w_start, target):
-    """||w - target||^2 / ||w_start - target||^2 (MTT eq. 2)."""
-    return ((w - target) ** 2).sum() / ((w_start - target) ** 2).sum()
-
-
-def ast_weight(start: int, max_start_epoch: int) -> float:
-    """AST's balanced inner-loss weight w(s): log_5(s - h + 8) for s >= h, else 1 / log_5(h - s + 8), h = T+ // 2."""
-    h = max_start_epoch // 2
-    return math.log(start - h + 8) / math.log(5) if start >= h else math.log(5) / math.log(h - start + 8)
-
-
-def reference_iteration(case: str, cfg: DistillConfig, model, trajectory, start: int, w_start, plan, images, labels,
-                        lr):
-    """(loss, images, labels, lr) after one outer iteration of ``cfg.method`` written out by hand."""
-    x = images.clone().requires_grad_(True)
-    soft = labels.dim() == 2
-    y = labels.clone().requires_grad_(soft)
-    eta = lr.clone().requires_grad_(True)
-    M, N = cfg.expert_epochs, cfg.syn_steps
-    if cfg.method == "ast":
-        weight = ast_weight(start, cfg.max_start_epoch)
-        students = reference_students(model, w_start, x, y, eta, plan, cfg.dsa_strategy,
-                                      lambda z, t: weight * hard_ce(z, t), momentum=cfg.inner_momentum)
-        # the end point against w*_{s+M}, the student after (N // M) * k steps against w*_{s+k} with c_k = k / M,
-        # every denominator from the perturbed start
-        loss = distance(students[-1], w_start, trajectory[start + M])
-        for k in range(1, M):
-            loss = loss + k / M * distance(students[N // M * k - 1], w_start, trajectory[start + k])
-    else:
-        students = reference_students(model, w_start, x, y, eta, plan, cfg.dsa_strategy, soft_ce if soft else hard_ce)
-        loss = distance(students[-1], trajectory[start], trajectory[start + M])
-    loss.backward()
-    with torch.no_grad():
-        new_y = y - cfg.lr_y * y.grad if soft else labels
-        return loss.detach(), x - cfg.lr_img * x.grad, new_y, eta - cfg.lr_lr * eta.grad
-
-
+# -- the engine against the reference iteration -------------------------------------------------------------
 def close(found: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-4) -> bool:
     """Equal up to float32 rounding, relative to the largest entry."""
     return found.shape == expected.shape and float((found - expected).abs().max()) <= rtol * float(
@@ -190,15 +114,17 @@ def close(found: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-4) -> bo
 
 
 @pytest.mark.parametrize("case", list(METHODS))
-def test_one_iteration_equals_the_hand_written_iteration(expert, tmp_path, case):
+def test_one_iteration_equals_the_reference_iteration(expert, tmp_path, case):
     store, trajectory = expert
-    cfg = make_config(store, tmp_path / "run", case)
-    distiller = Distiller(cfg)
+    distiller = Distiller(make_config(store, tmp_path / "run", case))
+    cfg = distiller.config
     rows = distiller.experts.get(0)
     stored = torch.stack([rows[epoch] for epoch in range(len(rows))]).cpu()
     assert torch.equal(stored, trajectory), "the store holds the hand-made expert"
     calls = record_unrolls(distiller)
-    images, labels, lr = (t.detach().clone() for t in (distiller.images, distiller.labels, distiller.syn_lr))
+    before = Synthetic(*(t.detach().clone() for t in (distiller.images, distiller.labels, distiller.syn_lr)))
+    draws = torch.Generator()
+    draws.set_state(distiller.generator.get_state())
     loss = distiller.step()
 
     (call,) = calls
@@ -211,20 +137,20 @@ def test_one_iteration_equals_the_hand_written_iteration(expert, tmp_path, case)
     else:
         assert call.capture == [cfg.syn_steps]
         assert torch.equal(call.w0, trajectory[start]), "the student starts at w*_t"
-    expected = reference_iteration(case, cfg, distiller.ctx.model, trajectory, start, call.w0, call.plan, images,
-                                   labels, lr)
-    assert close(loss, expected[0], 1e-5), (float(loss), float(expected[0]))
-    assert close(distiller.images.detach() - images, expected[1] - images), "the images' update"
-    if labels.dim() == 2:
+    expected_loss, after = ITERATIONS[cfg.method](cfg, distiller.ctx.model, [trajectory], before, draws, iteration=0)
+    assert close(loss, expected_loss, 1e-5), (float(loss), float(expected_loss))
+    assert close(distiller.images.detach() - before.images, after.images - before.images), "the images' update"
+    if distiller.method.learn_labels():
         assert distiller.labels.requires_grad
-        assert close(distiller.labels.detach() - labels, expected[2] - labels), "the soft labels' update"
+        assert close(distiller.labels.detach() - before.labels, after.labels - before.labels), "the labels' update"
     else:
-        assert torch.equal(distiller.labels, labels) and distiller.labels.tolist() == list(range(10))
-    assert close(distiller.syn_lr.detach() - lr, expected[3] - lr), "the learned lr's update"
-    assert float((distiller.syn_lr.detach() - lr).abs()) > 0
+        assert torch.equal(distiller.labels, before.labels) and not distiller.labels.requires_grad
+    if before.labels.dim() == 1:
+        assert before.labels.tolist() == list(range(10)), "one class id per image, in class order"
+    assert close(distiller.syn_lr.detach() - before.lr, after.lr - before.lr), "the learned lr's update"
+    assert float((distiller.syn_lr.detach() - before.lr).abs()) > 0
     if cfg.method == "ftd":  # ema_1 = d * x_0 + (1 - d) * x_1
-        ema = distiller.sets()["ema"]
-        assert close(ema - images, 0.5 * images + 0.5 * expected[1] - images), "the EMA follows the update"
+        assert close(distiller.sets()["ema"] - before.images, after.ema - before.images), "the EMA follows the update"
 
 
 def check_perturbed(model, w_tilde: torch.Tensor, w: torch.Tensor) -> None:

@@ -220,7 +220,7 @@ class Distiller(RunLoop):
         self.method: Method = get_method(config.method)(self.ctx)
         self.experts = ExpertPool(store, self.device, config.expert_cache_mb, config.expert_epochs + 1)
         self.experts_sha256 = store.fingerprint(self.experts.indices)  # which expert bits this set matched
-        self.student = self.method.make_student(model, DSA(config.dsa_strategy))
+        self.augment = DSA(config.dsa_strategy)
         self.unroll = make_unroll(config.unroll, config.unroll_snapshot_every, config.unroll_chunk)
         self.generator = make_generator(config.seed)
         self._init_state()
@@ -311,7 +311,8 @@ class Distiller(RunLoop):
         w_start = self.method.start_params(trajectory, start, self.generator)
         plan = make_plan(self.images.shape[0], cfg.batch_syn or self.images.shape[0], cfg.syn_steps, self.generator,
                          self.device)
-        captured = self.unroll(self.student, w_start, self.images, self.labels, self.syn_lr, plan,
+        student = self.method.make_student(self.ctx.model, self.augment, start)
+        captured = self.unroll(student, w_start, self.images, self.labels, self.syn_lr, plan,
                                self.method.capture_steps())
         loss = self.method.match_loss(captured, w_start, trajectory, start)
         for opt in self.optimizers.values():

@@ -1,7 +1,15 @@
 """AST: Alignment with Smooth and high-quality expert Trajectories (Shen, Yang, Lam; arXiv 2310.10541).
 
 AST matches experts trained with SGD-momentum, weight decay and a gradient penalty (smooth experts,
-``dd.buffer``) and changes MTT's distillation in five places, each optional except the second:
+``dd.buffer``) and changes MTT's distillation in five places, each optional except the second. Top-down,
+an iteration (``dd.distill.reference.ast_iteration``) is
+
+    t ~ U[min_start_epoch, max_start_epoch),  w~_t = w*_t with perturbed conv weights (5.)
+    b_k = mom * b_{k-1} + grad_w w(t) CE(f(DSA(x_B); w_k), y_B),  w_{k+1} = w_k - lr * b_k,  w_0 = w~_t   (2., 3.)
+    L = ||w_N - w*_{t+M}||^2 / ||w~_t - w*_{t+M}||^2 + sum_k c_k ||w_{m_k} - w*_{t+k}||^2 / ||w~_t - w*_{t+k}||^2  (4.)
+    x, lr <- MTT's outer step
+
+and the five changes are:
 
 1. representative initialisation (``--pix-init kmeans``): per class, k-means with k = ipc on the
    logits of a final-epoch expert, and the real image nearest to each centroid;
@@ -18,6 +26,7 @@ its picks are unique, and the features are computed under no_grad in eval mode.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING
 
@@ -26,32 +35,18 @@ from torch import nn
 
 from dd.augment import DSA
 from dd.distill.context import Context
+from dd.distill.expert_labels import complete_experts, expert_logits
 from dd.distill.init import class_pools, register_init
 from dd.distill.methods.base import Method, normalized_distance, register_method
 from dd.distill.unroll import Student
 from dd.errors import DDError
-from dd.functional import ParamSpec, load_flat_, param_spec
-from dd.models import create_model
+from dd.functional import ParamSpec, param_spec
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 
 # -- 1. representative initialisation ---------------------------------------------------------------
-def expert_logits(ctx: Context, batch_size: int = 512) -> torch.Tensor:
-    """Logits [n_train, K] (CPU) of every training image under the first complete expert's final epoch."""
-    cfg, data, store = ctx.config, ctx.data, ctx.store
-    if not store.completed():
-        raise DDError(f"the buffer at {store.root} holds no finished expert; run python -m dd.buffer first")
-    flat = store.read_expert(store.completed()[0])[-1]
-    spec = data.spec
-    net = create_model(cfg.model, spec.channels, spec.num_classes, spec.size, seed=cfg.seed)
-    net = net.to(ctx.device).eval()
-    load_flat_(net, flat.to(ctx.device))
-    with torch.no_grad():
-        return torch.cat([net(x) for x in data.train_images.split(batch_size)]).cpu()
-
-
 def nearest_unique(centers: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     """For each centre [k, D] in order, the index of the nearest row of ``features`` [n, D] (n >= k)
     not already taken by an earlier centre; returns [k] distinct indices."""
@@ -69,7 +64,7 @@ def kmeans_init(ctx: Context, generator: torch.Generator) -> torch.Tensor:
     from sklearn.cluster import KMeans
 
     pools = class_pools(ctx)
-    features = expert_logits(ctx).double()
+    features = expert_logits(ctx, ctx.data.train_images, complete_experts(ctx)[0], batch_size=512).cpu().double()
     picks = []
     for idx in pools:
         feats = features[idx]
@@ -157,27 +152,22 @@ class AST(Method):
             raise DDError(f"--middle-loss needs --syn-steps >= --expert-epochs (one inner step per expert epoch), "
                           f"got {cfg.syn_steps} and {cfg.expert_epochs}")
         self.spec = param_spec(ctx.model)
-        self.loss_weight = 1.0
 
-    def make_student(self, model: nn.Module, augment: DSA) -> Student:
-        """Heavy-ball inner SGD with momentum ``inner_momentum``."""
-        return MomentumStudent(model, augment, self.inner_loss, self.ctx.config.inner_momentum)
-
-    def start_epoch(self, iteration: int, generator: torch.Generator) -> int:
-        """MTT's uniform draw; also sets this iteration's inner-loss weight w(s) under ``balance_loss``."""
-        start = super().start_epoch(iteration, generator)
-        cfg = self.ctx.config
-        self.loss_weight = balanced_weight(start, cfg.max_start_epoch) if cfg.balance_loss else 1.0
-        return start
+    def make_student(self, model: nn.Module, augment: DSA, start: int) -> Student:
+        """Heavy-ball inner SGD with momentum ``inner_momentum`` on the inner loss of start epoch s."""
+        return MomentumStudent(model, augment, functools.partial(self.inner_loss, start=start),
+                               self.ctx.config.inner_momentum)
 
     def start_params(self, trajectory: torch.Tensor, start: int, generator: torch.Generator) -> torch.Tensor:
         """The expert at epoch s, its conv weights perturbed under ``weight_perturb``."""
         w = trajectory[start]
         return perturb_conv_weights(w, self.spec, generator) if self.ctx.config.weight_perturb else w
 
-    def inner_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The MTT inner loss times w(s) (1 without ``balance_loss``)."""
-        return self.loss_weight * super().inner_loss(logits, labels)
+    def inner_loss(self, logits: torch.Tensor, labels: torch.Tensor, start: int) -> torch.Tensor:
+        """The MTT inner loss times w(s) of the start epoch s (1 without ``balance_loss``)."""
+        cfg = self.ctx.config
+        weight = balanced_weight(start, cfg.max_start_epoch) if cfg.balance_loss else 1.0
+        return weight * super().inner_loss(logits, labels, start)
 
     def capture_steps(self) -> list[int]:
         """The intermediate steps m_k (with ``middle_loss``) and the end point N."""

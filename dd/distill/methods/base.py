@@ -7,6 +7,8 @@ whether an update is applied, and what happens after it.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -74,12 +76,13 @@ class Method:
         """The student's start parameters: the expert at epoch t."""
         return trajectory[start]
 
-    def make_student(self, model: nn.Module, augment: DSA) -> Student:
-        """The inner optimiser (plain SGD with the learnable lr)."""
-        return Student(model, augment, self.inner_loss)
+    def make_student(self, model: nn.Module, augment: DSA, start: int) -> Student:
+        """The inner optimiser of an iteration that starts at epoch t: plain SGD with the learnable lr on
+        ``inner_loss`` at t."""
+        return Student(model, augment, functools.partial(self.inner_loss, start=start))
 
-    def inner_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy on class ids, soft cross-entropy on logit labels."""
+    def inner_loss(self, logits: torch.Tensor, labels: torch.Tensor, start: int) -> torch.Tensor:
+        """Cross-entropy on class ids, soft cross-entropy on logit labels; the same at every start epoch t."""
         return classification_loss(logits, labels)
 
     def capture_steps(self) -> list[int]:

@@ -1,7 +1,14 @@
 """DATM: Towards Lossless Dataset Distillation via Difficulty-Aligned Trajectory Matching
 (Guo, Wang, Chen, Zhang, You; ICLR 2024, arXiv 2310.05773).
 
-DATM matches FTD's (GSAM) experts with MTT's loss and outer optimisers, and changes four things:
+DATM matches FTD's (GSAM) experts with MTT's loss and outer optimisers, and changes four things. Top-down,
+an iteration (``dd.distill.reference.datm_iteration``) is
+
+    t ~ U[min_start_epoch, upper(it)),  w_0 = w*_t,  w_{k+1} = w_k - lr * grad_w CE_soft(f(DSA(x_B); w_k), y_B)
+    L = ||w_N - w*_{t+M}||^2 / ||w*_t - w*_{t+M}||^2
+    unless L > threshold: x, lr <- SGD(momentum 0.5),  y <- SGD(lr_y, momentum 0.9), all through the unroll
+
+and the four changes are:
 
 1. difficulty alignment: the start epoch t is drawn from [min_start_epoch, upper), where under
    sequential generation (``current_max_start_epoch`` set) the upper bound grows linearly from
@@ -27,38 +34,12 @@ import warnings
 from collections.abc import Iterable, Iterator
 
 import torch
-from torch import nn
 
 from dd.distill.context import Context
+from dd.distill.expert_labels import complete_experts, expert_logits
 from dd.distill.init import class_pools, register_init
 from dd.distill.methods.base import Method, register_method
 from dd.errors import DDError
-from dd.functional import load_flat_
-from dd.models import create_model
-
-
-# -- experts as classifiers --------------------------------------------------------------------------
-def expert_network(ctx: Context, index: int) -> nn.Module:
-    """A fresh eval-mode copy of the student model holding the final-epoch parameters of expert ``index``."""
-    cfg, spec = ctx.config, ctx.data.spec
-    net = create_model(cfg.model, spec.channels, spec.num_classes, spec.size, seed=cfg.seed)
-    net = net.to(ctx.device).eval()
-    load_flat_(net, ctx.store.read_expert(index)[-1].to(ctx.device))
-    return net
-
-
-def logits_of(net: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Logits [N, K] of ``images`` [N, C, H, W], in batches, without gradients."""
-    with torch.no_grad():
-        return torch.cat([net(x) for x in images.split(batch_size)])
-
-
-def complete_experts(ctx: Context) -> list[int]:
-    """The finished experts of the store, in order; at least one."""
-    experts = ctx.store.completed()
-    if not experts:
-        raise DDError(f"the buffer at {ctx.store.root} holds no finished expert; run python -m dd.buffer first")
-    return experts
 
 
 # -- 1. difficulty alignment -------------------------------------------------------------------------
@@ -102,7 +83,7 @@ def correct_init(ctx: Context, generator: torch.Generator) -> torch.Tensor:
 
     def predicted(expert: int) -> torch.Tensor:
         if expert not in predictions:
-            predictions[expert] = logits_of(expert_network(ctx, expert), images).argmax(1).cpu()
+            predictions[expert] = expert_logits(ctx, images, expert).argmax(1).cpu()
         return predictions[expert]
 
     def masks(order: torch.Tensor, label: int) -> Iterator[torch.Tensor]:
@@ -166,8 +147,8 @@ class DATM(Method):
             return classes
         experts = complete_experts(self.ctx)
         if cfg.soft_label_init == "first_expert":
-            return logits_of(expert_network(self.ctx, experts[0]), images)
-        logits = torch.stack([logits_of(expert_network(self.ctx, e), images) for e in experts])
+            return expert_logits(self.ctx, images, experts[0])
+        logits = torch.stack([expert_logits(self.ctx, images, e) for e in experts])
         return masked_mean_logits(logits, classes)
 
     def learn_labels(self) -> bool:

@@ -7,8 +7,10 @@ MTT's, plus an exponential moving average of the synthetic images,
 
     ema_0 = x_0,    ema_k = d * ema_{k-1} + (1 - d) * x_k    after every outer step k,
 
-with no bias correction (as the reference). The EMA never feeds back into the optimisation; it is a
-second synthetic set that the engine saves as ``synset_ema/`` and evaluates as ``eval/ema/<model>``.
+with no bias correction (as the authors' code). Top-down, an iteration is MTT's (``dd.distill.methods.mtt``)
+followed by that EMA step (``dd.distill.reference.ftd_iteration``). The EMA never feeds back into the
+optimisation; it is a second synthetic set that the engine saves as ``synset_ema/`` and evaluates as
+``eval/ema/<model>``.
 
 Unlike the reference code, the EMA set is evaluated on freshly initialised networks (the reference
 reuses the network it has just trained on the raw set), and the EMA is part of the checkpoint, so a

@@ -1,7 +1,9 @@
 """TESLA: Scaling Up Dataset Distillation to ImageNet-1K with Constant Memory
 (Cui, Wang, Si, Hsieh; ICML 2023, arXiv 2211.10586).
 
-TESLA is MTT (same experts, matching loss and outer optimisers) with two changes:
+TESLA is MTT (same experts, matching loss and outer optimisers) with two changes. Top-down, an iteration
+(``dd.distill.reference.tesla_iteration``) is MTT's with the soft CE on fixed labels y and each inner gradient
+g_k = grad_w CE_soft(f(DSA(x_B); w), y_B) at w = w_k held constant, so that dL/dx = sum_k (dL/dw_{k+1}) d(-lr g_k)/dx:
 
 1. soft label assignment: the synthetic images are labelled by an expert, not learned; a label is
    softmax(f(x; w*) / T) with w* the expert parameters at the farthest target epoch the matching uses,
@@ -22,11 +24,9 @@ from __future__ import annotations
 import torch
 
 from dd.distill.context import Context
+from dd.distill.expert_labels import complete_experts, expert_logits
 from dd.distill.methods.base import Method, register_method
-from dd.distill.methods.datm import complete_experts, logits_of
 from dd.errors import DDError
-from dd.functional import load_flat_
-from dd.models import create_model
 
 
 def label_epoch(max_start_epoch: int, expert_epochs: int) -> int:
@@ -36,11 +36,9 @@ def label_epoch(max_start_epoch: int, expert_epochs: int) -> int:
 
 def expert_soft_labels(ctx: Context, images: torch.Tensor) -> torch.Tensor:
     """Logits [N, K] / T of ``images`` [N, C, H, W] under the first complete expert at ``label_epoch``."""
-    cfg, spec = ctx.config, ctx.data.spec
+    cfg = ctx.config
     epoch = label_epoch(cfg.max_start_epoch, cfg.expert_epochs)
-    net = create_model(cfg.model, spec.channels, spec.num_classes, spec.size, seed=cfg.seed).to(ctx.device).eval()
-    load_flat_(net, ctx.store.read_expert(complete_experts(ctx)[0])[epoch].to(ctx.device))
-    return logits_of(net, images) / cfg.label_temperature
+    return expert_logits(ctx, images, complete_experts(ctx)[0], epoch) / cfg.label_temperature
 
 
 @register_method("tesla")
