@@ -1,4 +1,4 @@
-"""Wiring, end to end (issue 11.5): the pieces are pinned by formula elsewhere; these tests pin how they are
+"""Wiring, end to end: the pieces are pinned by formula elsewhere; these tests pin how they are
 connected. One engine iteration of each method against an iteration written out by hand from the papers (a
 hand-made expert trajectory, a known start epoch, the inner plan the engine drew), a whole run against a
 resumed one (every piece of state), one dd.eval run against the protocol loop written out, and the sizes of
