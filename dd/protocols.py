@@ -13,7 +13,11 @@ The test accuracy is the one after the last epoch.
 
 Every protocol trains hard labels [N] with cross-entropy and soft labels [N, K] (logits) with DATM's
 SoftCrossEntropy, -sum_k softmax(y)_k log softmax(f(x))_k with temperature 1 (``dd.training.soft_cross_entropy``;
-DATM.py l.255-262, mtt_datm.md §3.4); MTT, AST and DC have hard labels only.
+NUS-HPC-AI-Lab/DATM at 97ae510, distill/DATM.py l.255-262); MTT, AST and DC have hard labels only.
+
+Line numbers in ``source`` refer to these upstream commits: MTT GeorgeCazenavette/mtt-distillation 50dccea, FTD
+AngusDujw/FTD-distillation 711532a, DATM NUS-HPC-AI-Lab/DATM 97ae510, AST
+shenjiyuan123/AST-Alignment-with-Smooth-Expert 8030869.
 
 Each method names its protocol (a set's metadata ``protocol``): mtt, ftd and tesla ``mtt``; datm ``datm``; ast
 ``ast``; dc ``dc`` (300 epochs, no augmentation); dsa ``dsa`` and dm ``dm`` (1000 epochs with DSA). Sets
@@ -32,8 +36,8 @@ from dd.schedule import SGDSchedule
 
 SOFT_LABEL_LOSS = "soft_ce"  # DATM's SoftCrossEntropy against softmax(labels), T = 1, in every protocol
 
-MTT_SOURCE = ("MTT utils.py:352-389 evaluate_synset (reference notes mtt_datm.md §5; unchanged in FTD "
-              "utils_baseline.py:352-389, ftd_ast_krr.md §1.4): SGD(lr = the learned syn_lr, momentum 0.9, "
+MTT_SOURCE = ("MTT utils.py:352-389 evaluate_synset (unchanged in FTD utils/utils_baseline.py:352-389): "
+              "SGD(lr = the learned syn_lr, momentum 0.9, "
               "wd 5e-4), epoch_eval_train 1000 run as range(Epoch+1), lr x0.1 by a re-created optimiser after "
               "epoch Epoch//2+1, DSA on every training batch, batch_train 256, test after the last epoch")
 
@@ -166,13 +170,13 @@ MTT = register_protocol(Protocol())
 
 DATM = register_protocol(Protocol(
     name="datm", batch_size=128,
-    source="DATM utils_baseline.py:472-534 evaluate_synset (mtt_datm.md §5): MTT's schedule and SGD, batch_train "
-           "128 in every configs/<DS>/ConvIN/*.yaml (§4), train_criterion=SoftCrossEntropy on the soft-logit "
-           "labels (DATM.py l.255-262, l.370; §3.4-3.5)"))
+    source="DATM utils/utils_baseline.py:472-534 evaluate_synset: MTT's schedule and SGD, batch_train 128 in every "
+           "configs/<DS>/ConvIN/*.yaml, train_criterion=SoftCrossEntropy on the soft-logit labels (distill/DATM.py "
+           "l.255-262, l.370)"))
 
 AST = register_protocol(Protocol(
     name="ast", weight_decay=1e-3, decay_factor=0.5, momentum_after_decay=0.8, max_over_test_every=20,
-    source="AST utils.py:493-534 evaluate_synset (ftd_ast_krr.md §2.4): SGD(lr = syn_lr, momentum 0.9, wd 1e-3); "
+    source="AST utils.py:493-534 evaluate_synset: SGD(lr = syn_lr, momentum 0.9, wd 1e-3); "
            "at epoch E//2+1 lr x0.5 with momentum 0.8 and wd 1e-3; tested after the epochs ep of range(E+1) with "
            "ep % 20 == 0 (0, 20, ..., E when 20 divides it) and returns the maximum (model selection on the test "
            "split, recorded here only beside the final accuracy); a re-created SGD at the decay (utils.py at "

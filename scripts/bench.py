@@ -314,7 +314,7 @@ def tables(rows: list[dict]) -> list[str]:
 
 
 def targets(rows: list[dict]) -> list[str]:
-    """The issue's targets, checked on this run's figures, per dataset: memory growth of the checkpointed
+    """dd's speed and memory goals, checked on this run's figures, per dataset: memory growth of the checkpointed
     unroll from the smallest to the largest syn_steps, its time over the full unroll's, the inner-step ratio."""
     lines = []
     for dataset in DATASETS:

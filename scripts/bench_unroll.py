@@ -1,6 +1,7 @@
 """The full and the checkpointed unroll alternating in one process, and the plain training step, on
 scripts/bench.py's distillation problem; prints CPU seconds per iteration (``time.process_time``: on a core
-shared with other jobs it counts this process's work alone) and the two ratios of issue 12.
+shared with other jobs it counts this process's work alone) and the two ratios docs/benchmarks.md
+reports (checkpointed / full, inner step / plain step).
 
     taskset -c 1 env OMP_NUM_THREADS=1 python scripts/bench_unroll.py --syn-steps 20 --repeats 3
 """

@@ -38,7 +38,7 @@ VARIANTS: dict[str, dict[str, list[str]]] = {
     "datm": {"hard labels": ["--no-soft-labels"]},
     "tesla": {"exact gradient": ["--unroll", "full"]},  # its labels with the exact gradient: what TESLA's unroll costs
     # AST's matching over MTT's plain SGD experts (inner loop without momentum, MTT's initial lr): on digits its
-    # smooth experts, not its matching, cost accuracy (docs/results-ast-ipc10.md)
+    # smooth experts, not its matching, cost accuracy (docs/findings.md, "AST on digits")
     "ast": {"sgd experts": ["--buffer-config", "experiments/buffer/digits.yaml", "--inner-momentum", "0",
                             "--lr-teacher", "0.01"]},
 }

@@ -89,8 +89,9 @@ def conv_bn(c_in: int, c_out: int) -> int:
     return c_in * c_out * 9 + c_out + 2 * c_out
 
 
-# KRR-ST's pool models (ftd_ast_krr.md §3.3), counted by hand: widening conv+BN blocks, embed 4*4*512 at 32 and
-# 64 px and 7*7*512 at 224 px, and a Linear(embed, 512) head for the 512-d teacher targets.
+# KRR-ST's pool models (db-Lee/selfsup_dd at 4beb4b1, models/convnet.py), counted by hand: widening conv+BN
+# blocks, embed 4*4*512 at 32 and 64 px and 7*7*512 at 224 px, and a Linear(embed, 512) head for the 512-d teacher
+# targets.
 @pytest.mark.parametrize("name, size, widths, embed", [
     ("ConvNetBNWide", (32, 32), (128, 256, 512), 4 * 4 * 512),
     ("ConvNetD4BNWide", (64, 64), (64, 128, 256, 512), 4 * 4 * 512),

@@ -106,7 +106,7 @@ def test_dd0_is_the_earlier_protocol_epochs_epochs_and_decay_at_half_with_moment
 
 
 def reference_evaluate_synset(images, labels, lr, epoch_eval_train, batch_train, seed):
-    """MTT's evaluate_synset as the reference notes describe it (mtt_datm.md §5), without DSA: a fresh
+    """MTT's evaluate_synset (GeorgeCazenavette/mtt-distillation at 50dccea, utils.py:352-389), without DSA: a fresh
     SGD(momentum 0.9, wd 5e-4), Epoch+1 epochs, and after epoch Epoch//2+1 a new SGD at lr * 0.1."""
     net = create_model(*MLP, seed=seed)
     generator = eval_generator(seed)  # dd's batch order, so only the schedule is compared

@@ -83,7 +83,7 @@ VARIANTS: dict[str, dict] = {
     "ConvNetAP": {"pooling": "avgpooling"},
     "ConvNetD4BN": {"depth": 4, "norm": "batchnorm"},
     "ConvNetKIP": {"width": 1024, "norm": "none"},
-    # KRR-ST (Lee et al. 2024): widening BatchNorm ConvNets, ftd_ast_krr.md §3.3
+    # KRR-ST (Lee et al., ICLR 2024): widening BatchNorm ConvNets (db-Lee/selfsup_dd at 4beb4b1, models/convnet.py)
     "ConvNetBNWide": {"widths": (128, 256, 512), "norm": "batchnorm"},
     "ConvNetD4BNWide": {"widths": (64, 128, 256, 512), "norm": "batchnorm"},
     "ConvNetD5BNWide": {"widths": (32, 64, 128, 256, 512), "norm": "batchnorm"},
