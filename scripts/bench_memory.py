@@ -48,7 +48,7 @@ def presets(only: str | None) -> list[dict]:
     """The shape of every preset: method, dataset, model, ipc, images N, minibatch, syn_steps, soft labels."""
     from dd.config import make_config
     from dd.data import get_spec
-    from dd.distill.config import DistillConfig
+    from dd.distill.registry import get_method
 
     rows = []
     for method in METHODS:
@@ -56,7 +56,7 @@ def presets(only: str | None) -> list[dict]:
             if only and only not in path.stem:
                 continue
             values = yaml.safe_load(path.read_text())
-            config = make_config(DistillConfig, values, str(path))
+            config = make_config(get_method(method).config, values, str(path))
             spec = get_spec(config.dataset)
             if not spec.num_classes:  # a data-defined set (imagefolder): no shape before its folder is read
                 continue
@@ -64,7 +64,8 @@ def presets(only: str | None) -> list[dict]:
             rows.append({"preset": f"{method}/{path.stem}", "dataset": config.dataset, "model": config.model,
                          "shape": [spec.channels, *spec.size], "classes": spec.num_classes, "images": images,
                          "batch": min(config.batch_syn or images, images), "syn_steps": config.syn_steps,
-                         "soft": config.soft_labels, "momentum": method == "ast", "unroll": values.get("unroll", "-")})
+                         "soft": getattr(config, "soft_labels", False), "momentum": method == "ast",
+                         "unroll": values.get("unroll", "-")})
     return rows
 
 

@@ -14,16 +14,10 @@ import pytest
 
 from dd.buffer.config import BufferConfig
 from dd.buffer.config import validate as validate_buffer
-from dd.config import load_yaml, make_config
-from dd.distill.condense import validate as validate_condense
-from dd.distill.config import DistillConfig
-from dd.distill.dm import DMConfig
-from dd.distill.engine import validate as validate_distill
-from dd.distill.gradmatch import GradMatchConfig, loops
-from dd.distill.gradmatch import validate as validate_gradmatch
-from dd.distill.krr_st import KRRConfig
-from dd.distill.krr_st import validate as validate_krr
-from dd.distill.methods import get_method
+from dd.config import load_yaml, make_config, validate
+from dd.distill.gradmatch import loops
+from dd.distill.registry import get_method
+from dd.errors import DDError
 from dd.eval.__main__ import EvalConfig
 from dd.protocols import get_protocol, list_protocols
 
@@ -128,13 +122,19 @@ def compare(row: dict[str, str], config, values: dict, columns: tuple[str, ...],
 
 
 # -- the checks per table --------------------------------------------------------------------------------
+def method_preset(path: Path, values: dict):
+    """The preset loaded through the config class its method registers (mtt when it names none), validated."""
+    config = make_config(get_method(values.get("method", "mtt")).config, values, str(path))
+    validate(config)
+    return config
+
+
 def distill_mismatches(row: dict[str, str], root: Path) -> list[str]:
     path = root / "experiments" / row["preset"]
     values = load_yaml(path)
-    config = make_config(DistillConfig, values, str(path))
-    validate_distill(config)
+    config = method_preset(path, values)
     errors = compare(row, config, values, DISTILL_COLUMNS, DISTILL)
-    protocol = get_method(config.method).protocol
+    protocol = get_method(config.method).hooks.protocol
     if row["protocol"] != protocol:
         errors.append(f"protocol: row says {row['protocol']}, method {config.method} names {protocol}")
     if config.buffer_config != f"experiments/{row['buffer']}":
@@ -165,8 +165,7 @@ def buffer_mismatches(row: dict[str, str], root: Path) -> list[str]:
 def krr_mismatches(row: dict[str, str], root: Path) -> list[str]:
     path = root / "experiments" / row["preset"]
     values = load_yaml(path)
-    config = make_config(KRRConfig, values, str(path))
-    validate_krr(config)
+    config = method_preset(path, values)
     return compare(row, config, values, KRR_COLUMNS, KRR)
 
 
@@ -174,13 +173,8 @@ def condense_mismatches(row: dict[str, str], root: Path) -> list[str]:
     """As the others, and the loop counts (outer/inner) that a dc or dsa preset runs with (– for dm)."""
     path = root / "experiments" / row["preset"]
     values = load_yaml(path)
-    if values.get("method") == "dm":
-        config, counts = make_config(DMConfig, values, str(path)), "–"
-        validate_condense(config)
-    else:
-        config = make_config(GradMatchConfig, values, str(path))
-        validate_gradmatch(config)
-        counts = "/".join(map(str, loops(config)))
+    config = method_preset(path, values)
+    counts = "–" if config.method == "dm" else "/".join(map(str, loops(config)))
     errors = compare(row, config, values, CONDENSE_COLUMNS, CONDENSE)
     if row["loops"] != counts:
         errors.append(f"loops: row says {row['loops']}, the preset runs {counts}")
@@ -267,11 +261,19 @@ def test_a_changed_distill_value_or_expert_recipe_is_caught(tmp_path):
     assert distill_mismatches(row, root) == []
     edit(root, "datm/tiny_ipc1.yaml", "lr_img: 10000", "lr_img: 1000")
     edit(root, "datm/tiny_ipc1.yaml", "threshold: 1.0", "threshold: 1.1")
-    edit(root, "datm/tiny_ipc1.yaml", "model: ConvNetD4", "model: ConvNetD4\nweight_perturb: true")
+    edit(root, "datm/tiny_ipc1.yaml", "model: ConvNetD4", "model: ConvNetD4\nsoft_label_init: first_expert")
     edit(root, "buffer/tiny_gsam.yaml", "zca: true", "zca: false")
     edit(root, "buffer/tiny_gsam.yaml", "alpha: 0.3", "alpha: 1.0")
     errors = distill_mismatches(row, root)
-    assert [e.split(":")[0] for e in errors] == ["lr_img", "threshold", "weight_perturb", "zca", "expert recipe"]
+    assert [e.split(":")[0] for e in errors] == ["lr_img", "threshold", "soft_label_init", "zca", "expert recipe"]
+
+
+def test_a_preset_setting_another_methods_knob_is_refused(tmp_path):
+    """A knob lives on its method's config only: AST's weight_perturb in a DATM preset is an unknown key."""
+    root = copy_presets(tmp_path, "datm/tiny_ipc1.yaml", "buffer/tiny_gsam.yaml")
+    edit(root, "datm/tiny_ipc1.yaml", "model: ConvNetD4", "model: ConvNetD4\nweight_perturb: false")
+    with pytest.raises(DDError, match="unknown key 'weight_perturb'"):
+        distill_mismatches(row_of(DISTILL, "datm/tiny_ipc1.yaml"), root)
 
 
 def test_a_wrong_buffer_or_a_short_buffer_is_caught(tmp_path):
@@ -322,7 +324,7 @@ def test_imagenet_subset_presets_share_mtts_one_setting(ipc):
     """MTT ran every ImageNet subset with one setting (issue #1): the presets differ only in the subset."""
     def load(subset):
         path = ROOT / "experiments" / "mtt" / f"{subset}_ipc{ipc}.yaml"
-        config = make_config(DistillConfig, load_yaml(path), str(path))
+        config = method_preset(path, load_yaml(path))
         assert (config.dataset, config.buffer_config) == (subset, f"experiments/buffer/{subset}.yaml")
         return replace(config, dataset="", buffer_config="")
 

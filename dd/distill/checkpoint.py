@@ -14,7 +14,7 @@ import torch
 
 from dd.cli import flag
 from dd.errors import DDError
-from dd.io import atomic_write_json, load_tensors_and_metadata, save_tensors
+from dd.io import atomic_write_json, load_tensors_and_metadata, pack_state, save_tensors, unpack_state
 from dd.metrics import MetricsLog
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -50,6 +50,35 @@ def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         raise DDError(f"checkpoint {path} lacks its state metadata (iteration and config), so it cannot be "
                       "resumed; pass a new --run-dir, or delete it to start this run over")
     return tensors, state
+
+
+def save_optimizers(optimizers: dict[str, torch.optim.Optimizer]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The checkpoint part of ``optimizers`` (by name): their state dicts as tensors ``optimizers.<i>`` and the JSON
+    state ``{"optimizers": skeleton}``, which ``load_optimizers`` reads back. Every run class saves its optimisers
+    this way."""
+    tensors, skeleton = pack_state({name: opt.state_dict() for name, opt in optimizers.items()}, "optimizers")
+    return tensors, {"optimizers": skeleton}
+
+
+def load_optimizers(optimizers: dict[str, torch.optim.Optimizer], tensors: dict[str, torch.Tensor],
+                    state: dict[str, Any], device: torch.device) -> None:
+    """Restore ``optimizers`` (by name) from a checkpoint written by ``save_optimizers``, or by an older dd: one
+    optimiser's packed state dict under ``"optimizer"`` (DC/DSA/DM, KRR-ST), or the trajectory engine's momentum
+    buffers as tensors ``opt.<name>.<group>.<param>``."""
+    if "optimizers" in state:
+        saved = unpack_state(state["optimizers"], tensors, device)
+        for name, opt in optimizers.items():
+            opt.load_state_dict(saved[name])
+    elif "optimizer" in state:
+        (opt,) = optimizers.values()
+        opt.load_state_dict(unpack_state(state["optimizer"], tensors, device))
+    else:
+        for name, opt in optimizers.items():
+            for i, group in enumerate(opt.param_groups):
+                for j, p in enumerate(group["params"]):
+                    key = f"opt.{name}.{i}.{j}"
+                    if key in tensors:
+                        opt.state[p]["momentum_buffer"] = tensors[key].to(device)
 
 
 def _show(value: Any) -> str:

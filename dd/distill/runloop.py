@@ -2,11 +2,12 @@
 folder, resume from the last checkpoint, metrics, periodic saves, in-run evaluation with a best-so-far set,
 divergence checks and interrupts that keep the last finished iteration.
 
-A method subclasses ``RunLoop`` and supplies one outer ``step``, what is learned (``learned``), how its set
-and checkpoint are written (``save_set``, ``checkpoint``) and read back (``load``); ``evaluate`` is optional
-(a config without ``eval_every`` never evaluates). The config must have ``iterations``, ``log_every``,
-``checkpoint_every``, ``resume`` and ``wandb``. Under torchrun every rank runs the loop; only rank 0 prints
-and holds the folder, and the methods' writers check ``dd.distributed.is_main`` themselves.
+A method subclasses ``RunLoop`` and supplies one outer ``step``, what is learned (``learned``), how its set is
+written (``save_set``), its outer ``optimizers`` by name and the rest of its resumable state (``state``, read back
+by ``load``); the loop writes and restores the checkpoint (``dd.distill.checkpoint``), the optimisers' state
+included, on the run's ``device``. ``evaluate`` is optional (a config without ``eval_every`` never evaluates). The
+config composes ``dd.settings.RunControl``. Under torchrun every rank runs the loop; only rank 0 prints and holds
+the folder, and the methods' writers check ``dd.distributed.is_main`` themselves.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dd import distributed
 from dd.cli import Interrupted, flag, resume_command, uninterruptible
 from dd.config import to_dict
 from dd.device import retain_freed_memory
-from dd.distill.checkpoint import EVAL_KEYS, open_run
+from dd.distill.checkpoint import EVAL_KEYS, load_optimizers, open_run, save_checkpoint, save_optimizers
 from dd.errors import DDError
 from dd.lock import hold
 from dd.metrics import MetricsLog
@@ -45,6 +46,7 @@ class RunLoop:
     def __init__(self, config: Any, run_dir: Path, argv: Sequence[str] | None) -> None:
         """``argv``: the command-line arguments of the run, for the resume command that an interrupt prints."""
         self.config, self.run_dir, self.argv = config, Path(run_dir), argv
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}  # the outer optimisers, set by the method
         self.iteration = 0
         self.checkpointed = 0  # iteration of the last checkpoint written or resumed from
         self.evaluated = 0  # iteration of the last finished evaluation
@@ -65,12 +67,12 @@ class RunLoop:
         """Write the current set into ``run_dir/synset<suffix>`` (and, for suffix "", its grid)."""
         raise NotImplementedError
 
-    def checkpoint(self) -> None:
-        """Write the resumable checkpoint; its state must include ``run_state()``."""
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The method's resumable state beside its optimisers: (tensors, JSON-able state)."""
         raise NotImplementedError
 
     def load(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-        """Restore the method's tensors from a checkpoint (the loop's counters are restored by the caller)."""
+        """Restore what ``state`` returned (the loop restores the optimisers and its counters)."""
         raise NotImplementedError
 
     def start(self) -> None:
@@ -92,6 +94,11 @@ class RunLoop:
         """Extra values of the progress bar's postfix beside the loss."""
         return {}
 
+    def finished(self) -> str:
+        """The stage's last lines: what the run wrote and how to evaluate it."""
+        synset = self.run_dir / "synset"
+        return f"synthetic set: {synset}; evaluate with: python -m dd.eval --synset {synset}"
+
     def divergence_cause(self, bad: list[str]) -> str:
         """What to change when the tensors named in ``bad`` (or, when empty, the loss) stopped being finite."""
         return self.divergence_fix
@@ -107,9 +114,18 @@ class RunLoop:
             self.start()
         return log
 
+    def checkpoint(self) -> None:
+        """Write the resumable checkpoint (rank 0): the method's ``state``, its optimisers and ``run_state``."""
+        if not distributed.is_main():
+            return
+        tensors, state = self.state()
+        opt_tensors, opt_state = save_optimizers(self.optimizers)
+        save_checkpoint(self.run_dir, {**tensors, **opt_tensors}, {**self.run_state(), **state, **opt_state})
+
     def restore(self, tensors: dict[str, torch.Tensor], state: dict[str, Any], changes: dict[str, Any]) -> None:
         """Load a checkpoint and the loop's counters; best accuracies under changed evaluation settings drop."""
         self.load(tensors, state)
+        load_optimizers(self.optimizers, tensors, state, self.device)
         self.iteration = self.checkpointed = int(state["iteration"])
         self.evaluated = int(state.get("evaluated", self.iteration))
         self.best = {} if EVAL_KEYS & changes.keys() else dict(state.get("best", {}))

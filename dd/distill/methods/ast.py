@@ -25,9 +25,12 @@ import torch
 from torch import nn
 
 from dd.augment import DSA
+from dd.distill.config import ASTConfig
 from dd.distill.context import Context
+from dd.distill.engine import Distiller
 from dd.distill.init import class_pools, register_init
-from dd.distill.methods.base import Method, normalized_distance, register_method
+from dd.distill.methods.base import Method, normalized_distance
+from dd.distill.registry import register_method
 from dd.distill.unroll import Student
 from dd.errors import DDError
 from dd.functional import ParamSpec, load_flat_, param_spec
@@ -144,7 +147,7 @@ def perturb_conv_weights(w: torch.Tensor, spec: ParamSpec, generator: torch.Gene
     return out
 
 
-@register_method("ast")
+@register_method("ast", config=ASTConfig, run=Distiller)
 class AST(Method):
     """MTT with a momentum student, plus the optional AST terms selected in the config."""
 
@@ -152,10 +155,6 @@ class AST(Method):
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        cfg = ctx.config
-        if cfg.middle_loss != "none" and cfg.syn_steps < cfg.expert_epochs:
-            raise DDError(f"--middle-loss needs --syn-steps >= --expert-epochs (one inner step per expert epoch), "
-                          f"got {cfg.syn_steps} and {cfg.expert_epochs}")
         self.spec = param_spec(ctx.model)
         self.loss_weight = 1.0
 

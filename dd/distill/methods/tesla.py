@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import torch
 
+from dd.distill.config import TESLAConfig
 from dd.distill.context import Context
-from dd.distill.methods.base import Method, register_method
+from dd.distill.engine import Distiller
+from dd.distill.methods.base import Method
 from dd.distill.methods.datm import complete_experts, logits_of
-from dd.errors import DDError
+from dd.distill.registry import register_method
 from dd.functional import load_flat_
 from dd.models import create_model
 
@@ -43,16 +45,11 @@ def expert_soft_labels(ctx: Context, images: torch.Tensor) -> torch.Tensor:
     return logits_of(net, images) / cfg.label_temperature
 
 
-@register_method("tesla")
+@register_method("tesla", config=TESLAConfig, run=Distiller)
 class TESLA(Method):
     """MTT with fixed soft labels assigned by an expert, and TESLA's first-order unroll under --unroll auto."""
 
     unroll = "tesla"
-
-    def __init__(self, ctx: Context) -> None:
-        super().__init__(ctx)
-        if not ctx.config.label_temperature > 0:
-            raise DDError(f"--label-temperature must be positive, got {ctx.config.label_temperature}")
 
     def init_labels(self, images: torch.Tensor) -> torch.Tensor:
         """Soft labels [N, K] (logits / T) from the expert at the last target epoch; not learned."""
