@@ -10,10 +10,10 @@ from dd.augment import DSA
 from dd.config import make_config
 from dd.device import make_generator
 from dd.distill.config import MTTConfig
-from dd.distill.registry import get_method
 from dd.distill.engine import Distiller, check_split
 from dd.distill.methods.ast import MomentumStudent, middle_matching_loss, perturb_conv_weights
 from dd.distill.methods.base import normalized_distance
+from dd.distill.registry import get_method
 from dd.distill.unroll import UNROLLS, Student, checkpointed_unroll, full_unroll, make_plan, make_unroll
 from dd.errors import DDError
 from dd.functional import flatten_params, param_spec
