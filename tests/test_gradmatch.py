@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from dd.augment import DSA
-from dd.distill import condense
+from dd.distill import condense, runloop
 from dd.distill.__main__ import main as distill_main
 from dd.distill.checkpoint import save_checkpoint
 from dd.distill.condense import siamese
@@ -130,10 +130,10 @@ def test_resume_equals_an_uninterrupted_run(method, tmp_path, monkeypatch):
         save_checkpoint(*args)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(condense, "save_checkpoint", save_then_die)  # killed after the checkpoint at iteration 2
+    monkeypatch.setattr(runloop, "save_checkpoint", save_then_die)  # killed after the checkpoint at iteration 2
     with pytest.raises(KeyboardInterrupt):
         distill_main([*common, "--run-dir", str(tmp_path / "resumed")])
-    monkeypatch.setattr(condense, "save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(runloop, "save_checkpoint", save_checkpoint)
     assert distill_main([*common, "--run-dir", str(tmp_path / "resumed"), "--resume"]) == 0
     straight, resumed = load_synset(tmp_path / "straight" / "synset"), load_synset(tmp_path / "resumed" / "synset")
     torch.testing.assert_close(resumed.images, straight.images, rtol=0, atol=0)

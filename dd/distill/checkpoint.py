@@ -110,13 +110,13 @@ def check_resume(run_dir: Path, stored: dict[str, Any], requested: dict[str, Any
 
 
 def open_run(run_dir: Path, resume: bool, config: dict[str, Any], defaults: dict[str, Any] | None = None,
-             extra: int = 0
+             extra: int = 0, record: dict[str, Any] | None = None
              ) -> tuple[tuple[dict[str, torch.Tensor], dict[str, Any]] | None, dict[str, tuple[Any, Any]], MetricsLog]:
     """Check ``run_dir`` (held by this process, see ``dd.lock``) against ``config``, open its ``metrics.jsonl``
-    and only then write its ``config.json``. Returns (its last checkpoint or None, the run-control changes of a
-    resume, also logged, and the log). Refuses a folder with a checkpoint unless ``resume``, a checkpoint of
-    another run (``check_resume``, with the config class's ``defaults`` for settings newer than the checkpoint),
-    and one past the requested iterations (plus ``extra``: DC/DSA/DM run one more)."""
+    and only then write its ``config.json`` (``record``, default ``config``). Returns (its last checkpoint or None,
+    the run-control changes of a resume, also logged, and the log). Refuses a folder with a checkpoint unless
+    ``resume``, a checkpoint of another run (``check_resume``, with the config class's ``defaults`` for settings
+    newer than the checkpoint), and one past the requested iterations (plus ``extra``: DC/DSA/DM run one more)."""
     found = load_checkpoint(run_dir)
     if found is None and resume and any(run_dir.glob("synset*/synset.json")):
         raise DDError(f"--resume: {run_dir} holds a set but no {CHECKPOINT}, so its run cannot be continued (starting "
@@ -131,7 +131,7 @@ def open_run(run_dir: Path, resume: bool, config: dict[str, Any], defaults: dict
         raise DDError(f"{run_dir} holds iteration {iteration}, past --iterations {config['iterations']}; "
                       f"pass --iterations {iteration - extra} or more")
     log = MetricsLog(run_dir / "metrics.jsonl", config["wandb"], config, resume_from=iteration)
-    atomic_write_json(run_dir / "config.json", config)
+    atomic_write_json(run_dir / "config.json", config if record is None else record)
     if changes:
         log.write({"iteration": iteration, "resumed": {k: {"checkpoint": old, "now": new}
                                                        for k, (old, new) in changes.items()}})

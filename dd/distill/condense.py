@@ -44,7 +44,7 @@ from dd.viz import save_grid
 
 
 @dataclass
-class CondenseConfig(MethodChoice, DataSettings, ValidationSplit, InRunEvaluation, RunControl, DeviceSettings):
+class CondenseConfig(DeviceSettings, RunControl, InRunEvaluation, ValidationSplit, DataSettings, MethodChoice):
     """The settings every per-class matching method has; ``DCConfig``, ``DSAConfig`` and ``DMConfig`` add theirs."""
 
     method: str = opt("dc", METHOD_HELP)

@@ -2,7 +2,8 @@
 
 ``MTTConfig`` is the base: the engine's settings, whose defaults are MTT's (Cazenavette et al. 2022, distill.py).
 FTD, DATM, AST and TESLA extend it with their own knobs only, so a flag of one method is refused by another.
-``MethodChoice`` (the ``method`` field) is the block every method's config starts from, the per-class methods'
+``MethodChoice`` (the ``method`` field) is the block every method's config starts from (the last base, so that
+``method`` and the data come first in ``--help`` and config.json, and its check runs first), the per-class methods'
 (``dd.distill.condense``) and KRR-ST's (``dd.distill.krr_st``) included. Presets in ``experiments/<method>/`` set
 the values of each paper table.
 """
@@ -61,7 +62,7 @@ def default_run_dir(config) -> Path:
 
 
 @dataclass
-class MTTConfig(MethodChoice, DataSettings, ValidationSplit, InRunEvaluation, RunControl, DeviceSettings):
+class MTTConfig(DeviceSettings, RunControl, InRunEvaluation, ValidationSplit, DataSettings, MethodChoice):
     """The trajectory engine's settings: everything MTT reads, and the base of every trajectory method's config."""
 
     model: str = opt("ConvNet", "student architecture; must match the experts'")

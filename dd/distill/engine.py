@@ -29,7 +29,6 @@ from dd.cli import Interrupted
 from dd.config import to_dict, validate
 from dd.data import Preprocessor, shape_flags
 from dd.device import make_generator
-from dd.distill.checkpoint import config_changes, load_checkpoint, open_run
 from dd.distill.config import MTTConfig, default_run_dir
 from dd.distill.context import Context
 from dd.distill.experts import ExpertPool, find_store
@@ -41,7 +40,6 @@ from dd.distill.unroll import make_plan, make_unroll
 from dd.errors import DDError
 from dd.functional import has_batchnorm
 from dd.identity import check_data, data_flags, describe
-from dd.io import atomic_write_json
 from dd.metrics import MetricsLog
 from dd.models import create_model
 from dd.multiseed import train_and_test_seeds
@@ -129,16 +127,6 @@ def check_eval_models(config: MTTConfig, spec) -> None:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise DDError(f"--eval-models {name} cannot take the {spec.channels}x{spec.size[0]}x{spec.size[1]} images "
                           f"of {spec.name} ({first}); choose another eval model") from None
-
-
-class _NoLog:
-    """The metrics log of ranks other than 0, which write nothing."""
-
-    def write(self, record: dict) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 class Distiller(RunLoop):
@@ -339,22 +327,9 @@ class Distiller(RunLoop):
         save_history_gif(self.run_dir / "progress.gif", [p for _, p in grid_history(path.parent)])
         log.image("grid", path, self.iteration)
 
-    def open_run_dir(self) -> MetricsLog:
-        """Rank 0 checks the run folder against the config and records the store it matches in config.json;
-        every rank then restores the checkpoint rank 0 checked (when resuming)."""
-        if distributed.is_main():
-            found, changes, log = open_run(self.run_dir, self.config.resume, to_dict(self.config),
-                                           to_dict(type(self.config)()))
-            # config.json names the store the run matches, also when it was found rather than given
-            atomic_write_json(self.run_dir / "config.json",
-                              {**to_dict(self.config), "buffer": str(self.ctx.store.root)})
-        distributed.barrier()
-        if not distributed.is_main():
-            found, log = load_checkpoint(self.run_dir) if self.config.resume else None, _NoLog()
-            changes = {} if found is None else config_changes(found[1]["config"], to_dict(self.config))
-        if found is not None:
-            self.restore(*found, changes)
-        return log
+    def recorded_config(self) -> dict:
+        """config.json names the store the run matches, also when it was found rather than given."""
+        return {**to_dict(self.config), "buffer": str(self.ctx.store.root)}
 
     def learned(self) -> dict[str, torch.Tensor]:
         return {"images": self.images, "learned lr": self.syn_lr}

@@ -49,7 +49,7 @@ from dd.viz import save_grid
 
 
 @dataclass
-class KRRConfig(MethodChoice, DataSettings, RunControl, DeviceSettings):
+class KRRConfig(DeviceSettings, RunControl, DataSettings, MethodChoice):
     """KRR-ST's settings: no labels, no in-run evaluation (a transfer set is scored by ``dd.eval --protocol
     transfer``)."""
 

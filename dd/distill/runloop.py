@@ -26,13 +26,31 @@ from dd import distributed
 from dd.cli import Interrupted, flag, resume_command, uninterruptible
 from dd.config import to_dict
 from dd.device import retain_freed_memory
-from dd.distill.checkpoint import EVAL_KEYS, load_optimizers, open_run, save_checkpoint, save_optimizers
+from dd.distill.checkpoint import (
+    EVAL_KEYS,
+    config_changes,
+    load_checkpoint,
+    load_optimizers,
+    open_run,
+    save_checkpoint,
+    save_optimizers,
+)
 from dd.errors import DDError
 from dd.lock import hold
 from dd.metrics import MetricsLog
 
 Progress = Callable[[int, int, str], None]  # (networks done, networks in all, what is being trained)
 BAR_LOSS_EVERY_S = 1.0  # the bar's loss is the running mean of the log window, fetched at most this often
+
+
+class _NoLog:
+    """The metrics log of ranks other than 0, which write nothing."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class RunLoop:
@@ -103,11 +121,22 @@ class RunLoop:
         """What to change when the tensors named in ``bad`` (or, when empty, the loss) stopped being finite."""
         return self.divergence_fix
 
+    def recorded_config(self) -> dict[str, Any]:
+        """What the run folder's config.json holds: the resolved config."""
+        return to_dict(self.config)
+
     def open_run_dir(self) -> MetricsLog:
-        """Check the run folder (held by this process) against the config, restore its checkpoint when resuming
-        (else ``start``), and return its metrics log."""
-        found, changes, log = open_run(self.run_dir, self.config.resume, to_dict(self.config),
-                                       to_dict(type(self.config)()), self.final_iteration - self.config.iterations)
+        """Rank 0 checks the run folder (held by this process) against the config and writes ``recorded_config``;
+        every rank then restores the checkpoint rank 0 checked when resuming (else ``start``s). Returns the metrics
+        log (rank 0's; the other ranks log nothing)."""
+        if distributed.is_main():
+            found, changes, log = open_run(self.run_dir, self.config.resume, to_dict(self.config),
+                                           to_dict(type(self.config)()), self.final_iteration - self.config.iterations,
+                                           self.recorded_config())
+        distributed.barrier()
+        if not distributed.is_main():
+            found, log = load_checkpoint(self.run_dir) if self.config.resume else None, _NoLog()
+            changes = {} if found is None else config_changes(found[1]["config"], to_dict(self.config))
         if found is not None:
             self.restore(*found, changes)
         else:
