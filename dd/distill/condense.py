@@ -18,7 +18,6 @@ docs/reference-dc-dsa-dm.md.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,9 +26,9 @@ from torch import nn
 from torch.func import vmap
 
 from dd.augment import DEFAULT_STRATEGY, DSA, DSAParams
-from dd.config import opt, to_dict, validate
+from dd.config import opt, to_dict
 from dd.data import class_indices
-from dd.device import make_generator, setup_device
+from dd.device import make_generator
 from dd.distill.config import METHOD_HELP, MethodChoice, check_models, check_run_dir, default_run_dir
 from dd.distill.engine import check_eval_models
 from dd.distill.runloop import Progress, RunLoop
@@ -107,9 +106,7 @@ class Condenser(RunLoop):
         return get_protocol(name, **overrides)
 
     def __init__(self, config: CondenseConfig, argv: Sequence[str] | None = None) -> None:
-        validate(config)
-        self.device = setup_device(config.device, config.tf32)
-        config = dataclasses.replace(config, device=str(self.device))  # recorded: the device used
+        config, self.device = self.setup(config)
         super().__init__(config, default_run_dir(config), argv)
         self.name = f"{config.method} ipc{config.ipc}"
         self.data = prepare_data(config.dataset, self.device, config.data_path, config.download, "standard",

@@ -26,7 +26,7 @@ from dd import distributed, schema
 from dd.augment import DSA
 from dd.buffer.store import TrajectoryStore
 from dd.cli import Interrupted
-from dd.config import to_dict, validate
+from dd.config import to_dict
 from dd.data import Preprocessor, shape_flags
 from dd.device import make_generator
 from dd.distill.config import MTTConfig, default_run_dir
@@ -135,9 +135,7 @@ class Distiller(RunLoop):
     def __init__(self, config: MTTConfig, argv: Sequence[str] | None = None) -> None:
         """``argv``: the command-line arguments of the run, for the resume command that an interrupt prints."""
         config = dataclasses.replace(config, eval_models=config.eval_models or config.model)
-        validate(config)
-        self.device = distributed.setup(config.device, config.tf32)
-        config = dataclasses.replace(config, device=str(self.device))  # recorded: the device used
+        config, self.device = self.setup(config)
         store = find_store(config.buffer, config.buffer_dir, config.dataset, config.model, config.buffer_config)
         check_store(store, config)
         if distributed.is_main():
@@ -297,8 +295,6 @@ class Distiller(RunLoop):
 
     def save_set(self, suffix: str = "") -> None:
         """The optimised set and the method's extra sets as ``synset[_<set>]<suffix>``; the grid with suffix ""."""
-        if not distributed.is_main():
-            return
         for set_name, images in self.sets().items():
             save_synset(self.run_dir / ("synset" + (f"_{set_name}" if set_name else "") + suffix),
                         self.synset(images, set_name))

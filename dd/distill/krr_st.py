@@ -22,7 +22,6 @@ The result is a transfer set (``dd.distill.synset``, ``kind: transfer``, labels 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +32,8 @@ from torch import nn
 
 from dd.augment import crop_flip
 from dd.buffer.ssl import TARGETS, Teacher, find_teacher
-from dd.config import opt, to_dict, validate
-from dd.device import make_generator, setup_device
+from dd.config import opt, to_dict
+from dd.device import make_generator
 from dd.distill.config import METHOD_HELP, MethodChoice, check_models, check_run_dir
 from dd.distill.registry import register_method
 from dd.distill.runloop import RunLoop
@@ -189,9 +188,7 @@ class KRRDistiller(RunLoop):
 
     def __init__(self, config: KRRConfig, argv: Sequence[str] | None = None) -> None:
         """``argv``: the command-line arguments of the run, for the resume command that an interrupt prints."""
-        validate(config)
-        self.device = setup_device(config.device, config.tf32)
-        config = dataclasses.replace(config, device=str(self.device))  # recorded: the device used
+        config, self.device = self.setup(config)
         super().__init__(config, run_dir_of(config), argv)
         self.teacher: Teacher = find_teacher(config.teacher, config.buffer_dir, config.dataset)
         self.teacher.encoder.to(self.device)

@@ -7,12 +7,13 @@ written (``save_set``), its outer ``optimizers`` by name and the rest of its res
 by ``load``); the loop writes and restores the checkpoint (``dd.distill.checkpoint``), the optimisers' state
 included, on the run's ``device``. ``evaluate`` is optional (a config without ``eval_every`` never evaluates). The
 config composes ``dd.settings.RunControl``. Under torchrun every rank runs the loop; only rank 0 prints and holds
-the folder, and the methods' writers check ``dd.distributed.is_main`` themselves.
+the folder and writes the sets and checkpoints.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from dd import distributed
 from dd.cli import Interrupted, flag, resume_command, uninterruptible
-from dd.config import to_dict
+from dd.config import to_dict, validate
 from dd.device import retain_freed_memory
 from dd.distill.checkpoint import (
     EVAL_KEYS,
@@ -71,6 +72,14 @@ class RunLoop:
         self.best: dict[str, float] = {}
         self._bar: tqdm | None = None
         self._shown_eval: dict[str, str] = {}  # the last evaluation, in the bar's postfix
+
+    @staticmethod
+    def setup(config: Any) -> tuple[Any, torch.device]:
+        """Validate ``config`` (``dd.config.validate``, before any data is read) and set up its device (joining the
+        process group under torchrun); returns the config recording the device used, and the device."""
+        validate(config)
+        device = distributed.setup(config.device, config.tf32)
+        return dataclasses.replace(config, device=str(device)), device
 
     # -- what a method supplies -------------------------------------------------------------------
     def step(self) -> torch.Tensor:
@@ -175,8 +184,9 @@ class RunLoop:
                 "config": to_dict(self.config)}
 
     def save(self) -> None:
-        """The set, then the checkpoint (a checkpoint never runs ahead of the set)."""
-        self.save_set()
+        """The set, then the checkpoint (a checkpoint never runs ahead of the set); rank 0 writes."""
+        if distributed.is_main():
+            self.save_set()
         self.checkpoint()
         self.checkpointed = self.iteration
 
@@ -252,7 +262,8 @@ class RunLoop:
         if distributed.is_main():
             tqdm.write(" ".join(f"{k}={v:.4f}" for k, v in record.items()) + f" (iteration {self.iteration})")
         if improved:
-            self.save_set("_best")
+            if distributed.is_main():
+                self.save_set("_best")
         first = next(iter(record))
         self._shown_eval = {first: f"{record[first]:.4f}"}
         if self._bar is not None:
