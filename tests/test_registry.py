@@ -120,6 +120,19 @@ def test_one_optimiser_checkpoint_reads_the_old_layouts():
     assert torch.equal(single.state[y]["momentum_buffer"], torch.tensor([1.0, 2.0, 3.0]))
 
 
+def test_a_checkpoint_holding_other_methods_knobs_resumes():
+    """Checkpoints written when one config held every trajectory method's knobs resume under the method's own
+    config: a knob the method does not read is left out, a changed knob it reads is still refused."""
+    from dd.config import to_dict
+    from dd.distill.checkpoint import check_resume
+    from dd.distill.config import FTDConfig, MTTConfig
+
+    old = {**to_dict(MTTConfig()), "ema_decay": 0.999, "soft_labels": False, "label_temperature": 1.0}
+    assert check_resume(Path("run"), old, {**to_dict(MTTConfig()), "iterations": 10}) == {"iterations": (5000, 10)}
+    with pytest.raises(DDError, match="--ema-decay 0.999 \\(checkpoint\\) vs 0.9 \\(now\\)"):
+        check_resume(Path("run"), {**old, "method": "ftd"}, to_dict(FTDConfig(ema_decay=0.9)))
+
+
 PLUGIN = '''
 """Mean matching: per class, the synthetic images' mean pixel values match a real batch's (a toy method)."""
 from dataclasses import dataclass

@@ -95,8 +95,10 @@ def check_resume(run_dir: Path, stored: dict[str, Any], requested: dict[str, Any
                  defaults: dict[str, Any] | None = None) -> dict[str, tuple[Any, Any]]:
     """The run-control changes of a resume; DDError naming each other key that differs, with both values. A key
     the checkpoint lacks (a setting newer than the run) passes when it is requested at its value in ``defaults``:
-    the run is continued as if it had had that setting's default from the start."""
-    changes = config_changes(stored, requested)
+    the run is continued as if it had had that setting's default from the start. A key the requested config lacks
+    is a setting its method does not read (a checkpoint from before each method had its own config, whose config
+    held every trajectory method's knobs): it cannot have changed the set and is left out."""
+    changes = {k: v for k, v in config_changes(stored, requested).items() if k in requested}
     defaults = defaults or {}
     newer = {k for k, (_, new) in changes.items() if k not in stored and k in defaults and new == defaults[k]}
     mixed = {k: v for k, v in changes.items() if k not in RUN_CONTROL and k not in newer}
