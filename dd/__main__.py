@@ -6,18 +6,22 @@ import sys
 from collections.abc import Sequence
 
 from dd.cli import run_cli
-from dd.distill.methods import METHODS
+from dd.distill.registry import load_plugins, method_names
 from dd.errors import DDError
 
-STAGES = (
-    ("dd.buffer", "train expert networks on real data and store their trajectories (buffers/...)"),
-    ("dd.distill", "learn a small synthetic set whose training matches the experts' (--method "
-                   f"{', '.join([*METHODS, 'krr_st'])})"),
-    ("dd.tune", "search a preset's keys on the validation split: resumable, parallel, pruned (Optuna: "
-                "pip install 'dd[tune]')"),
-    ("dd.eval", "train fresh networks on a set (and on random real images) and tabulate the test accuracy"),
-    ("dd.report", "curves, image history and tables of run folders and buffers (report.md, report.html)"),
-)
+
+def stages() -> tuple[tuple[str, str], ...]:
+    """(command, what it does) of every stage; dd.distill's methods are the registry's, plugins included."""
+    load_plugins()
+    return (
+        ("dd.buffer", "train expert networks on real data and store their trajectories (buffers/...)"),
+        ("dd.distill", f"learn a small synthetic set (--method {', '.join(method_names())}; each: --method NAME "
+                       "--help)"),
+        ("dd.tune", "search a preset's keys on the validation split: resumable, parallel, pruned (Optuna: "
+                    "pip install 'dd[tune]')"),
+        ("dd.eval", "train fresh networks on a set (and on random real images) and tabulate the test accuracy"),
+        ("dd.report", "curves, image history and tables of run folders and buffers (report.md, report.html)"),
+    )
 
 QUICKSTART = (
     "python -m dd.buffer --config experiments/buffer/digits.yaml",
@@ -28,9 +32,10 @@ QUICKSTART = (
 
 def overview() -> str:
     """The text ``python -m dd`` prints."""
-    width = max(len(name) for name, _ in STAGES)
-    lines = ["dd: dataset distillation by trajectory matching. Stages (each: python -m <stage> --help):", ""]
-    lines += [f"  {name:<{width}}  {what}" for name, what in STAGES]
+    listed = stages()
+    width = max(len(name) for name, _ in listed)
+    lines = ["dd: dataset distillation. Stages (each: python -m <stage> --help):", ""]
+    lines += [f"  {name:<{width}}  {what}" for name, what in listed]
     lines += ["", "Quickstart on the embedded digits set (a CPU, minutes, no download):", ""]
     lines += [f"  {command}" for command in QUICKSTART]
     lines += ["", "then: python -m dd.report runs/mtt-digits-ipc1 (or bash scripts/quickstart.sh for all of it)",

@@ -29,6 +29,7 @@ BOUNDS: dict[str, tuple[Callable[[float], bool], str]] = {
     "positive": (lambda v: v > 0, "positive"),
     "nonnegative": (lambda v: v >= 0, ">= 0"),
     "fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "positive_unit": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "unit": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "below_one": (lambda v: 0 <= v < 1, "in [0, 1)"),
 }

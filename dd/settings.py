@@ -72,6 +72,7 @@ class RunControl:
 
     def check(self) -> None:
         check_wandb(self.wandb)
+        check_seed("--seed", self.seed)
 
 
 @dataclass

@@ -47,7 +47,7 @@ def presets(only: str | None) -> list[dict]:
     """The shape of every preset: method, dataset, model, ipc, images N, minibatch, syn_steps, soft labels."""
     from dd.config import load_yaml, make_config
     from dd.data import get_spec
-    from dd.distill.config import DistillConfig
+    from dd.distill.registry import get_method
 
     rows = []
     for method in METHODS:
@@ -55,7 +55,7 @@ def presets(only: str | None) -> list[dict]:
             if only and only not in path.stem:
                 continue
             values = load_yaml(path)
-            config = make_config(DistillConfig, values, str(path))
+            config = make_config(get_method(values.get("method", method)).config, values, str(path))
             spec = get_spec(config.dataset)
             if not spec.num_classes:  # a data-defined set (imagefolder): no shape before its folder is read
                 continue
@@ -63,7 +63,8 @@ def presets(only: str | None) -> list[dict]:
             rows.append({"preset": f"{method}/{path.stem}", "dataset": config.dataset, "model": config.model,
                          "shape": [spec.channels, *spec.size], "classes": spec.num_classes, "images": images,
                          "batch": min(config.batch_syn or images, images), "syn_steps": config.syn_steps,
-                         "soft": config.soft_labels, "momentum": method == "ast", "unroll": values.get("unroll", "-")})
+                         "soft": getattr(config, "soft_labels", False), "momentum": method == "ast",
+                         "unroll": values.get("unroll", "-")})
     return rows
 
 

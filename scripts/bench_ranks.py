@@ -14,12 +14,12 @@ import time
 
 from dd import distributed
 from dd.config import build_parser, parse_config
-from dd.distill.config import DistillConfig
+from dd.distill.config import MTTConfig
 from dd.distill.engine import Distiller
 
 
 def main() -> None:
-    config, _ = parse_config(DistillConfig, sys.argv[1:], build_parser(DistillConfig, "bench_ranks.py", __doc__))
+    config, _ = parse_config(MTTConfig, sys.argv[1:], build_parser(MTTConfig, "bench_ranks.py", __doc__))
     distiller = Distiller(config)
     distiller.step()  # warm-up
     tic = time.process_time()

@@ -321,7 +321,7 @@ def command_plan(work: Path, device: str, quick: bool) -> list[tuple[str, list[s
     store = {"ftd": "gsam", "datm": "gsam", "ast": "smooth"}
     options = {"datm": ["--soft-labels", "--threshold", "100"],
                "ast": ["--balance-loss", "--weight-perturb", "--middle-loss", "agg"]}
-    for method in METHODS:
+    for method in (m for m in METHODS if m not in OWN_LOOP):
         flags = ["--buffer-dir", str(work / f"buffers-{store.get(method, 'sgd')}"), *options.get(method, [])]
         run = work / "runs" / method
         plan.append((f"method_{method}", ["dd.distill", "--method", method, *data, *engine, *flags, "--run-dir",

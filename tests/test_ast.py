@@ -16,7 +16,7 @@ from dd.augment import DSA
 from dd.config import load_yaml, make_config
 from dd.device import make_generator
 from dd.distill.__main__ import main as distill_main
-from dd.distill.config import DistillConfig
+from dd.distill.config import ASTConfig
 from dd.distill.engine import Distiller
 from dd.distill.methods.ast import (
     AST,
@@ -56,7 +56,7 @@ def test_balanced_weight_by_hand():
 
 def ast_method(**config) -> AST:
     model = create_model("ConvNet", 1, 10, (8, 8), seed=0, width=8, depth=1)
-    return AST(SimpleNamespace(config=DistillConfig(method="ast", **config), model=model))
+    return AST(SimpleNamespace(config=ASTConfig(**config), model=model))
 
 
 def test_balanced_loss_scales_the_inner_loss_of_the_iteration():
@@ -179,7 +179,7 @@ def test_nearest_unique_takes_the_next_nearest_when_centres_share_one():
 
 @pytest.mark.parametrize("ipc", [1, 10])
 def test_kmeans_init_picks_distinct_real_images_of_each_class(digits_buffer, tmp_path, ipc):
-    config = make_config(DistillConfig, {"method": "ast", "pix_init": "kmeans", "ipc": ipc, "device": "cpu",
+    config = make_config(ASTConfig, { "pix_init": "kmeans", "ipc": ipc, "device": "cpu",
                                          "buffer_dir": str(digits_buffer), "run_dir": str(tmp_path / "r"),
                                          "expert_epochs": 2, "max_start_epoch": 2})
     distiller = Distiller(config)
@@ -238,5 +238,5 @@ def test_presets_are_valid_ast_configs():
     assert {p.stem for p in presets} >= {"cifar100_ipc1", "cifar100_ipc10", "cifar10_ipc10", "cifar100_ipc50",
                                          "tiny_ipc1", "digits_ipc1", "digits_ipc10"}
     for path in presets:
-        config = make_config(DistillConfig, load_yaml(path), str(path))
+        config = make_config(ASTConfig, load_yaml(path), str(path))
         assert config.method == "ast" and config.buffer_config and "_ast" in config.buffer_config, path

@@ -9,10 +9,11 @@ import torch
 from dd.augment import DSA
 from dd.config import make_config
 from dd.device import make_generator
-from dd.distill.config import DistillConfig
+from dd.distill.config import MTTConfig
 from dd.distill.engine import Distiller, check_split
 from dd.distill.methods.ast import MomentumStudent, middle_matching_loss, perturb_conv_weights
 from dd.distill.methods.base import normalized_distance
+from dd.distill.registry import get_method
 from dd.distill.unroll import UNROLLS, Student, checkpointed_unroll, full_unroll, make_plan, make_unroll
 from dd.errors import DDError
 from dd.functional import flatten_params, param_spec
@@ -138,23 +139,23 @@ def test_make_unroll_rejects_bad_settings():
         make_unroll("checkpointed", 1, 0)
     with pytest.raises(DDError, match="--unroll-chunk only applies to --unroll checkpointed"):
         make_unroll("full", 1, 2)
-    assert DistillConfig.__dataclass_fields__["unroll"].metadata["choices"] == ("auto", *UNROLLS)
+    assert MTTConfig.__dataclass_fields__["unroll"].metadata["choices"] == ("auto", *UNROLLS)
 
 
 def test_split_minibatches_are_refused_where_they_would_change_the_gradient(monkeypatch):
     convnet = create_model("ConvNet", 1, 3, (4, 4), seed=0, width=2, depth=1)
     batchnorm = create_model("ConvNetBN", 1, 3, (4, 4), seed=0, width=2, depth=1)
-    chunked = make_config(DistillConfig, {"unroll": "checkpointed", "unroll_chunk": 2, "batch_syn": 4})
+    chunked = make_config(MTTConfig, {"unroll": "checkpointed", "unroll_chunk": 2, "batch_syn": 4})
     check_split(chunked, convnet, 10)
-    check_split(make_config(DistillConfig, {}), batchnorm, 10)  # unsplit: BatchNorm is fine
+    check_split(make_config(MTTConfig, {}), batchnorm, 10)  # unsplit: BatchNorm is fine
     with pytest.raises(DDError, match="--unroll-chunk splits each inner minibatch, which changes the BatchNorm"):
         check_split(chunked, batchnorm, 10)
     monkeypatch.setattr("dd.distributed.world_size", lambda: 3)
-    check_split(make_config(DistillConfig, {"batch_syn": 3}), convnet, 9)
+    check_split(make_config(MTTConfig, {"batch_syn": 3}), convnet, 9)
     with pytest.raises(DDError, match="smallest inner minibatch has 2 synthetic images, fewer than the 3"):
         check_split(chunked, convnet, 10)  # minibatches of 4, 4 and 2
     with pytest.raises(DDError, match="a run across 3 processes splits"):
-        check_split(make_config(DistillConfig, {}), batchnorm, 10)
+        check_split(make_config(MTTConfig, {}), batchnorm, 10)
 
 
 def test_plan_indices_live_on_the_requested_device():
@@ -169,7 +170,7 @@ def test_plan_indices_live_on_the_requested_device():
 def test_distiller_images_agree_between_unrolls(digits_buffer, tmp_path, method, extra):
     images = {}
     for unroll in ("full", "checkpointed"):
-        config = make_config(DistillConfig, {
+        config = make_config(get_method(method).config, {
             "method": method, "unroll": unroll, "unroll_snapshot_every": 2 if unroll == "checkpointed" else 1,
             "syn_steps": 4, "expert_epochs": 2, "max_start_epoch": 2, "batch_syn": 5, "lr_img": 100.0,
             "device": "cpu", "buffer_dir": str(digits_buffer), "run_dir": str(tmp_path / unroll), **extra})

@@ -18,7 +18,7 @@ from dd.buffer.config import BufferConfig
 from dd.cli import run_cli
 from dd.config import load_yaml, make_config
 from dd.distill.__main__ import main as distill_main
-from dd.distill.config import DistillConfig
+from dd.distill.config import MTTConfig
 from dd.errors import DDError
 from dd.eval.__main__ import EvalConfig
 from dd.eval.__main__ import main as eval_main
@@ -58,12 +58,10 @@ def test_bad_input_is_one_line(tmp_path, args, message):
 def test_no_help_says_default_none():
     """A flag whose default is 'not set' says what that means (the set's, the dataset's own, none...)."""
     from dd.config import build_parser
-    from dd.distill.dm import DMConfig
-    from dd.distill.gradmatch import GradMatchConfig
-    from dd.distill.krr_st import KRRConfig
+    from dd.distill.methods import METHODS
     from dd.eval.transfer import TransferConfig
 
-    for cls in (BufferConfig, DistillConfig, GradMatchConfig, DMConfig, KRRConfig, EvalConfig, TransferConfig):
+    for cls in (BufferConfig, *(spec.config for spec in METHODS.values()), EvalConfig, TransferConfig):
         text = build_parser(cls, "prog", "doc").format_help()
         assert "(default: None)" not in text.replace("\n", " ").replace("  ", " "), cls.__name__
 
@@ -82,7 +80,7 @@ def test_python_m_dd_lists_every_stage_and_quickstart_commands_a_stage_accepts()
         assert f"  {stage}  " in text or f"  {stage} " in text
     commands = [line.strip() for line in text.splitlines() if line.strip().startswith("python -m dd.")]
     assert [c.split()[2] for c in commands[:3]] == ["dd.buffer", "dd.distill", "dd.eval"]
-    for command, cls in zip(commands, (BufferConfig, DistillConfig, EvalConfig), strict=False):
+    for command, cls in zip(commands, (BufferConfig, MTTConfig, EvalConfig), strict=False):
         args = shlex.split(command)
         preset = args[args.index("--config") + 1]
         make_config(cls, load_yaml(ROOT / preset), preset)  # a preset that stage takes

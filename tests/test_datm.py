@@ -9,9 +9,10 @@ import torch
 
 import dd
 from dd.buffer.store import TrajectoryStore
+from dd.config import validate
 from dd.device import make_generator
 from dd.distill.__main__ import main as distill_main
-from dd.distill.config import DistillConfig
+from dd.distill.config import DATMConfig
 from dd.distill.engine import Distiller
 from dd.distill.methods.datm import DATM, correct_init, masked_mean_logits, select_correct, window_upper
 from dd.errors import DDError
@@ -37,7 +38,7 @@ def test_window_upper_without_sequential_generation_is_the_max():
 
 
 def test_start_epoch_is_drawn_from_the_window():
-    method = DATM(SimpleNamespace(config=DistillConfig(method="datm", min_start_epoch=2, current_max_start_epoch=4,
+    method = DATM(SimpleNamespace(config=DATMConfig(min_start_epoch=2, current_max_start_epoch=4,
                                                        max_start_epoch=8, expansion_end=100)))
     early = {method.start_epoch(0, make_generator(s)) for s in range(60)}
     late = {method.start_epoch(100, make_generator(s)) for s in range(60)}
@@ -49,10 +50,11 @@ def test_start_epoch_is_drawn_from_the_window():
     ({"current_max_start_epoch": 30}, "<= --max-start-epoch"),
     ({"current_max_start_epoch": 5, "expansion_end": 0}, "--expansion-end must be positive"),
     ({"lr_y": -1.0}, "--lr-y must be >= 0"),
+    ({"threshold": 0.0}, "--threshold must be positive"),
 ])
 def test_bad_datm_settings(extra, message):
     with pytest.raises(DDError, match=message):
-        DATM(SimpleNamespace(config=DistillConfig(method="datm", **extra)))
+        validate(DATMConfig(**extra))
 
 
 # -- soft labels ----------------------------------------------------------------------------------------
@@ -130,7 +132,7 @@ def test_correct_init_takes_correct_images_of_the_first_expert_then_the_next(dig
     store, data, net = digits_setup
     trained = store.read_expert(store.completed()[1])
     blind = torch.zeros(1, trained.shape[1])  # all-zero weights: logits all 0, argmax 0, so only class 0 is right
-    ctx = SimpleNamespace(config=DistillConfig(method="datm", ipc=3), data=data, device=torch.device("cpu"),
+    ctx = SimpleNamespace(config=DATMConfig(ipc=3), data=data, device=torch.device("cpu"),
                           store=ListStore([blind, trained]))
     images = correct_init(ctx, make_generator(0))
 
@@ -152,7 +154,7 @@ def test_correct_init_takes_correct_images_of_the_first_expert_then_the_next(dig
 def test_correct_init_tops_up_a_class_no_expert_can_fill(digits_setup):
     store, data, _ = digits_setup
     blind = torch.zeros(1, store.read_expert(store.completed()[0]).shape[1])
-    ctx = SimpleNamespace(config=DistillConfig(method="datm", ipc=2), data=data, device=torch.device("cpu"),
+    ctx = SimpleNamespace(config=DATMConfig(ipc=2), data=data, device=torch.device("cpu"),
                           store=ListStore([blind]))
     with pytest.warns(UserWarning, match="2 images of class\\(es\\) 1, 2, 3, 4, 5, 6, 7, 8, 9 correctly; topped up"):
         images = correct_init(ctx, make_generator(0))
@@ -161,10 +163,10 @@ def test_correct_init_tops_up_a_class_no_expert_can_fill(digits_setup):
 
 
 # -- the engine with DATM: soft-label init, threshold skip, end to end ---------------------------------
-def datm_config(buffer_root, run_dir, **extra) -> DistillConfig:
+def datm_config(buffer_root, run_dir, **extra) -> DATMConfig:
     values = dict(method="datm", buffer_dir=str(buffer_root), run_dir=str(run_dir), syn_steps=5, expert_epochs=2,
                   max_start_epoch=2, lr_img=100.0, device="cpu", pix_init="correct", soft_labels=True, lr_y=2.0)
-    return DistillConfig(**{**values, **extra})
+    return DATMConfig(**{**values, **extra})
 
 
 def test_soft_labels_start_as_masked_mean_expert_logits(tmp_path, digits_buffer, digits_setup):
@@ -227,10 +229,9 @@ def test_presets_load_and_follow_the_config_table():
     from pathlib import Path
 
     from dd.config import load_yaml, make_config
-    from dd.distill.engine import validate
 
     folder = Path(__file__).parents[1] / "experiments" / "datm"
-    presets = {p.stem: make_config(DistillConfig, load_yaml(p), str(p)) for p in folder.glob("*.yaml")}
+    presets = {p.stem: make_config(DATMConfig, load_yaml(p), str(p)) for p in folder.glob("*.yaml")}
     assert set(presets) >= {"cifar10_ipc1", "cifar10_ipc10", "cifar10_ipc50", "cifar10_ipc500", "cifar10_ipc1000",
                             "cifar100_ipc1", "cifar100_ipc10", "cifar100_ipc50", "cifar100_ipc100", "tiny_ipc1",
                             "tiny_ipc10", "tiny_ipc50", "digits_ipc1", "digits_ipc10"}

@@ -8,7 +8,7 @@ import torch
 import dd
 from dd.config import build_parser, parse_config
 from dd.distill.__main__ import main as distill_main
-from dd.distill.config import DistillConfig
+from dd.distill.config import MTTConfig
 from dd.distill.engine import Distiller
 from dd.errors import DDError
 
@@ -106,7 +106,7 @@ def test_lr_step_limit_keeps_the_learned_lr_positive(tmp_path, digits_buffer, li
     moves it by 10 % at most (to 0.009), and --lr-step-limit 0 (the reference behaviour) lets it go negative."""
     argv = [*flags(digits_buffer, tmp_path / "r"), "--lr-lr", "1", "--lr-teacher", "0.01",
             "--lr-step-limit", str(limit)]
-    config, _ = parse_config(DistillConfig, argv, build_parser(DistillConfig, "test", ""))
+    config, _ = parse_config(MTTConfig, argv, build_parser(MTTConfig, "test", ""))
     distiller = Distiller(config, argv)
     match_loss = distiller.method.match_loss
     distiller.method.match_loss = lambda *a: match_loss(*a) + 10.0 * distiller.syn_lr

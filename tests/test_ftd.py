@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import dd
+from dd.config import validate
 from dd.distill.__main__ import main as distill_main
-from dd.distill.config import DistillConfig
+from dd.distill.config import FTDConfig, MTTConfig
 from dd.distill.engine import Distiller
 from dd.distill.methods.ftd import FTD, ema_update_
 from dd.errors import DDError
@@ -31,12 +32,12 @@ def test_ema_update_by_hand():
 
 @pytest.mark.parametrize("decay", [-0.1, 1.5])
 def test_bad_ema_decay(decay):
-    with pytest.raises(DDError, match="--ema-decay must lie in"):
-        FTD(SimpleNamespace(config=DistillConfig(method="ftd", ema_decay=decay)))
+    with pytest.raises(DDError, match=r"--ema-decay must be in \[0, 1\]"):
+        validate(FTDConfig(ema_decay=decay))
 
 
 def test_ema_follows_the_accepted_outer_steps(tmp_path, digits_buffer):
-    config = DistillConfig(method="ftd", ema_decay=0.5, buffer_dir=str(digits_buffer), run_dir=str(tmp_path / "r"),
+    config = FTDConfig(ema_decay=0.5, buffer_dir=str(digits_buffer), run_dir=str(tmp_path / "r"),
                            syn_steps=5, expert_epochs=2, max_start_epoch=2, lr_img=100.0, device="cpu")
     distiller = Distiller(config)
     x0 = distiller.images.detach().clone()
@@ -75,7 +76,7 @@ def test_ema_set_is_saved_and_evaluated_on_fresh_networks(ftd_runs):
     assert "val/ConvNet" in final
     # the same accuracy as a fresh network trained on the saved EMA set alone (the reference would have
     # trained the network on the raw set first)
-    cfg = DistillConfig(eval_epochs=5)
+    cfg = MTTConfig(eval_epochs=5)
     data = prepare_data("digits", torch.device("cpu"), val_fraction=cfg.val_fraction, val_seed=cfg.val_seed)
     protocol = Protocol(epochs=cfg.eval_epochs, dsa_strategy=cfg.dsa_strategy)
     alone = train_and_test("ConvNet", 1, 10, (8, 8), (ema.images, ema.labels), data.val, ema.lr, protocol, seed=0)
@@ -93,10 +94,9 @@ def test_presets_load_and_follow_table_7():
     from pathlib import Path
 
     from dd.config import load_yaml, make_config
-    from dd.distill.engine import validate
 
     folder = Path(__file__).parents[1] / "experiments" / "ftd"
-    presets = {p.stem: make_config(DistillConfig, load_yaml(p), str(p)) for p in folder.glob("*.yaml")}
+    presets = {p.stem: make_config(FTDConfig, load_yaml(p), str(p)) for p in folder.glob("*.yaml")}
     assert set(presets) >= {"cifar10_ipc1", "cifar10_ipc10", "cifar10_ipc50", "cifar100_ipc1", "cifar100_ipc10",
                             "cifar100_ipc50", "tiny_ipc1", "tiny_ipc10", "digits_ipc1", "digits_ipc10"}
     for config in presets.values():

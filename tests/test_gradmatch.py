@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from dd.augment import DSA
-from dd.distill import condense
+from dd.distill import condense, runloop
 from dd.distill.__main__ import main as distill_main
 from dd.distill.checkpoint import save_checkpoint
 from dd.distill.condense import siamese
-from dd.distill.dm import DM, DMConfig
-from dd.distill.gradmatch import LOOPS, GradMatch, GradMatchConfig, layer_distance, loops
+from dd.distill.gradmatch import LOOPS, DCConfig, GradMatch, layer_distance, loops
+from dd.distill.registry import get_method
 from dd.distill.synset import load_synset
 from dd.models import create_model
 from dd.training import train_epoch
@@ -41,8 +41,8 @@ def test_layer_distance_is_the_sum_of_per_output_unit_cosine_distances():
 
 def test_loop_counts_per_ipc_are_the_dc_codes():
     assert LOOPS == {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
-    assert loops(GradMatchConfig(ipc=10)) == (10, 50)
-    assert loops(GradMatchConfig(ipc=3, outer_loop=2, inner_loop=5)) == (2, 5)
+    assert loops(DCConfig(ipc=10)) == (10, 50)
+    assert loops(DCConfig(ipc=3, outer_loop=2, inner_loop=5)) == (2, 5)
 
 
 def reference_distance(g_syn, g_real):
@@ -57,7 +57,7 @@ def reference_distance(g_syn, g_real):
 
 def test_one_dc_iteration_equals_a_hand_written_reference(tmp_path):
     """ipc 2, two rounds with one network epoch between them: the loss and the images after the iteration."""
-    config = GradMatchConfig(method="dc", model="ConvNetW32", ipc=2, outer_loop=2, inner_loop=1, batch_real=8,
+    config = DCConfig(model="ConvNetW32", ipc=2, outer_loop=2, inner_loop=1, batch_real=8,
                              batch_train=8, lr_img=0.5, pix_init="real", device="cpu", run_dir=str(tmp_path))
     run = GradMatch(config)
     g = torch.Generator()
@@ -130,10 +130,10 @@ def test_resume_equals_an_uninterrupted_run(method, tmp_path, monkeypatch):
         save_checkpoint(*args)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(condense, "save_checkpoint", save_then_die)  # killed after the checkpoint at iteration 2
+    monkeypatch.setattr(runloop, "save_checkpoint", save_then_die)  # killed after the checkpoint at iteration 2
     with pytest.raises(KeyboardInterrupt):
         distill_main([*common, "--run-dir", str(tmp_path / "resumed")])
-    monkeypatch.setattr(condense, "save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(runloop, "save_checkpoint", save_checkpoint)
     assert distill_main([*common, "--run-dir", str(tmp_path / "resumed"), "--resume"]) == 0
     straight, resumed = load_synset(tmp_path / "straight" / "synset"), load_synset(tmp_path / "resumed" / "synset")
     torch.testing.assert_close(resumed.images, straight.images, rtol=0, atol=0)
@@ -149,7 +149,7 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
         ("--method", "dc", "--ipc", "3"): "--outer-loop and --inner-loop",
         ("--method", "dsa", "--outer-loop", "0"): "--outer-loop must be positive",
         ("--method", "dsa", "--dsa-strategy", "crop_blur"): "unknown DSA op 'blur'",
-        ("--method", "dm", "--val-fraction", "0"): "--val-fraction must lie in (0, 1)",
+        ("--method", "dm", "--val-fraction", "0"): "--val-fraction must be in (0, 1)",
         ("--method", "dm", "--ipc", "500"): "lower --ipc",
         ("--method", "dm", "--pix-init", "kmeans"): "invalid choice",
         ("--method", "dm", "--outer-loop", "2"): "unrecognized arguments",
@@ -191,8 +191,9 @@ IN_RUN = {"dc": ("dc", 300, "none"), "dsa": ("dsa", 1000, "crop_flip"), "dm": ("
 @pytest.mark.parametrize("method", sorted(IN_RUN))
 def test_in_run_evaluations_train_under_the_methods_protocol(method, tmp_path, monkeypatch):
     name, epochs, augment = IN_RUN[method]
-    cls, config_cls = (DM, DMConfig) if method == "dm" else (GradMatch, GradMatchConfig)
-    config = config_cls(method=method, model="ConvNetW32", eval_models="ConvNetW32", dsa_strategy="crop_flip",
+    spec = get_method(method)
+    cls, config_cls = spec.run, spec.config
+    config = config_cls(model="ConvNetW32", eval_models="ConvNetW32", dsa_strategy="crop_flip",
                         device="cpu", run_dir=str(tmp_path))
     run = cls(config)
     seen = []

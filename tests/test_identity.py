@@ -162,10 +162,13 @@ CASES = {
     "distill eval-runs past the machine's memory": (
         distill_main, lambda i: i.distill("--eval-runs", "99999999999999"), ["lower --eval-runs"]),
     "distill label temperature 0": (
-        distill_main, lambda i: i.distill("--label-temperature", "0"), ["--label-temperature must be positive"]),
-    "distill EMA decay above 1": (distill_main, lambda i: i.distill("--ema-decay", "5"), ["--ema-decay must be in"]),
+        distill_main, lambda i: i.distill("--method", "tesla", "--label-temperature", "0"),
+        ["--label-temperature must be positive"]),
+    "distill EMA decay above 1": (
+        distill_main, lambda i: i.distill("--method", "ftd", "--ema-decay", "5"), ["--ema-decay must be in"]),
     "distill inner momentum 1": (
-        distill_main, lambda i: i.distill("--inner-momentum", "1"), ["--inner-momentum must be in [0, 1)"]),
+        distill_main, lambda i: i.distill("--method", "ast", "--inner-momentum", "1"),
+        ["--inner-momentum must be in [0, 1)"]),
     "eval runs past the machine's memory": (
         eval_main, lambda i: ["--synset", str(i.synset), *EVAL, "--runs", "99999999999999"], ["lower --runs"]),
     "buffer experts past the machine's memory": (
@@ -328,10 +331,10 @@ def test_a_full_disk_reported_by_a_library_is_one_line_and_other_errors_pass(tmp
 
 
 def test_an_abandoned_iteration_leaves_the_generator_as_it_was(tmp_path, digits_buffer):
-    from dd.distill.config import DistillConfig
+    from dd.distill.config import MTTConfig
     from dd.distill.engine import Distiller
 
-    config = DistillConfig(buffer_dir=str(digits_buffer), run_dir=str(tmp_path / "run"), iterations=2, syn_steps=4,
+    config = MTTConfig(buffer_dir=str(digits_buffer), run_dir=str(tmp_path / "run"), iterations=2, syn_steps=4,
                            expert_epochs=2, max_start_epoch=2, eval_every=0, device="cpu")
     distiller = Distiller(config)
     before = distiller.generator.get_state()

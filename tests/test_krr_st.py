@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from dd.distill import krr_st
+from dd.distill import runloop
 from dd.distill.__main__ import main as distill_main
 from dd.distill.checkpoint import save_checkpoint
 from dd.distill.krr_st import KRRConfig, KRRDistiller, ModelPool, krr_predict, solve_psd, with_bias
@@ -94,10 +94,10 @@ def test_distill_resumes_and_eval_transfer_runs_every_source(digits_teacher, tmp
         save_checkpoint(*args)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(krr_st, "save_checkpoint", save_then_die)  # killed after the checkpoint at iteration 2
+    monkeypatch.setattr(runloop, "save_checkpoint", save_then_die)  # killed after the checkpoint at iteration 2
     with pytest.raises(KeyboardInterrupt):
         distill_main([*common, "--iterations", "4", "--run-dir", str(tmp_path / "resumed")])
-    monkeypatch.setattr(krr_st, "save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(runloop, "save_checkpoint", save_checkpoint)
     with pytest.raises(DDError, match="--resume"):
         distill_main([*common, "--iterations", "4", "--run-dir", str(tmp_path / "resumed")])
     assert distill_main([*common, "--iterations", "4", "--run-dir", str(tmp_path / "resumed"), "--resume"]) == 0

@@ -11,7 +11,7 @@ from torch import nn
 
 from dd.data import DatasetSpec, get_spec
 from dd.distill import memory
-from dd.distill.config import DistillConfig
+from dd.distill.config import MTTConfig
 from dd.distill.memory import activation_floats, checkpointed_chunk, full_unroll_bytes, pick_unroll, resolve_unroll
 from dd.models import create_model
 
@@ -83,13 +83,13 @@ def test_resolve_replaces_auto_only(monkeypatch, capsys):
     spec = get_spec("digits")
     model = create_model("ConvNet", spec.channels, spec.num_classes, spec.size, seed=0)
     cpu = torch.device("cpu")
-    explicit = DistillConfig(unroll="full")
+    explicit = MTTConfig(unroll="full")
     assert resolve_unroll(explicit, model, spec, cpu) is explicit
     monkeypatch.setattr(memory, "free_bytes", lambda device: 2**40)
-    roomy = resolve_unroll(DistillConfig(unroll="auto", unroll_snapshot_every=4), model, spec, cpu)
+    roomy = resolve_unroll(MTTConfig(unroll="auto", unroll_snapshot_every=4), model, spec, cpu)
     assert (roomy.unroll, roomy.unroll_snapshot_every) == ("full", 1)  # the stride only applies to checkpointed
     monkeypatch.setattr(memory, "free_bytes", lambda device: 2**20)
-    tight = resolve_unroll(DistillConfig(unroll="auto", unroll_snapshot_every=4), model, spec, cpu)
+    tight = resolve_unroll(MTTConfig(unroll="auto", unroll_snapshot_every=4), model, spec, cpu)
     assert (tight.unroll, tight.unroll_snapshot_every) == ("checkpointed", 4)
     out = capsys.readouterr().out
     assert "unroll auto: full" in out and "unroll auto: checkpointed" in out
@@ -115,7 +115,7 @@ def test_a_step_too_big_for_the_device_gets_a_chunk_that_fits(monkeypatch, capsy
     monkeypatch.setattr(memory, "free_bytes", lambda device: 24 * 2**30)
     cpu = torch.device("cpu")
     model = create_model("ConvNetD4", 3, 200, (64, 64), seed=0)
-    config = DistillConfig(unroll="auto", dataset="tiny", model="ConvNetD4", ipc=10, syn_steps=20)
+    config = MTTConfig(unroll="auto", dataset="tiny", model="ConvNetD4", ipc=10, syn_steps=20)
     picked = resolve_unroll(config, model, spec, cpu)
     assert picked.unroll == "checkpointed" and 1 < picked.unroll_chunk < 2000
     a, p = activation_floats(model, (3, 64, 64)), sum(q.numel() for q in model.parameters())

@@ -10,15 +10,9 @@ from pathlib import Path
 import pytest
 
 from dd.buffer.config import validate as validate_buffer
-from dd.config import load_yaml
-from dd.distill.condense import validate as validate_condense
-from dd.distill.dm import DMConfig
-from dd.distill.engine import validate as validate_distill
-from dd.distill.gradmatch import GradMatchConfig
-from dd.distill.gradmatch import validate as validate_gradmatch
-from dd.distill.krr_st import KRRConfig
-from dd.distill.krr_st import validate as validate_krr
-from dd.distill.methods import get_method
+from dd.config import load_yaml, validate
+from dd.distill.config import MTTConfig
+from dd.distill.registry import get_method
 from dd.errors import DDError
 from dd.protocols import get_protocol, list_protocols
 from dd.report.presets import buffer_of, preset_names, presets_markdown, read_preset, restated, source_of
@@ -44,13 +38,9 @@ def problems(root: Path, name: str) -> list[str]:
         return [f"{k}: restates the {config.protocol} protocol's value {preset.values[k]!r}; leave it out"
                 for k in ("epochs", "batch_size", "momentum", "weight_decay", "dsa_strategy")
                 if k in preset.values and getattr(config, k) == getattr(protocol, k)]
-    if isinstance(config, KRRConfig):
-        validate_krr(config)
+    validate(config)
+    if not isinstance(config, MTTConfig):  # dc, dsa, dm, krr_st: no experts to check
         return []
-    if isinstance(config, (GradMatchConfig, DMConfig)):
-        (validate_condense if isinstance(config, DMConfig) else validate_gradmatch)(config)
-        return []
-    validate_distill(config)
     buffer = buffer_of(root, config)
     validate_buffer(buffer)
     errors = []
@@ -130,6 +120,15 @@ def test_imagenet_subset_presets_share_mtts_one_setting(ipc):
 
 
 # -- the checks can fail ---------------------------------------------------------------------------------------
+def test_a_preset_setting_another_methods_knob_is_refused(tmp_path):
+    """A knob lives on its method's config only: AST's weight_perturb in a DATM preset is an unknown key."""
+    root = copy_presets(tmp_path, "datm/tiny_ipc1.yaml", "buffer/tiny_gsam.yaml")
+    assert problems(root, "datm/tiny_ipc1.yaml") == []
+    edit(root, "datm/tiny_ipc1.yaml", "ipc: 1", "ipc: 1\nweight_perturb: false")
+    with pytest.raises(DDError, match="unknown key 'weight_perturb'"):
+        problems(root, "datm/tiny_ipc1.yaml")
+
+
 def test_a_wrong_or_short_buffer_is_caught(tmp_path):
     root = copy_presets(tmp_path, "ftd/cifar10_ipc50.yaml", "buffer/cifar10_gsam_alpha1.yaml",
                         "buffer/cifar10_gsam.yaml", "buffer/tiny.yaml")
@@ -149,7 +148,7 @@ def test_an_eval_preset_restating_its_protocol_is_caught(tmp_path):
 
 
 def test_a_key_equal_to_its_default_or_its_base_value_is_restated(tmp_path):
-    """lr_img 1000 is DistillConfig's default; syn_steps 50 is the base's; method and ipc say what a preset is;
+    """lr_img 1000 is MTTConfig's default; syn_steps 50 is the base's; method and ipc say what a preset is;
     lr_lr 1e-5 equals the default but undoes the base's 1e-7, so it differs from what the preset would be."""
     root = copy_presets(tmp_path, "mtt/cifar10_ipc1.yaml")
     edit(root, "mtt/cifar10_ipc1.yaml", "method: mtt", "method: mtt\nlr_img: 1000.0")

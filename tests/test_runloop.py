@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import torch
 
 import dd.distill.runloop as runloop
-from dd.distill.checkpoint import save_checkpoint
 
 
 @dataclass
@@ -28,6 +27,7 @@ class Toy(runloop.RunLoop):
 
     def __init__(self, config: ToyConfig, run_dir) -> None:
         super().__init__(config, run_dir, [])
+        self.device = torch.device("cpu")
         self.x = torch.zeros(1)
 
     def step(self) -> torch.Tensor:
@@ -39,8 +39,8 @@ class Toy(runloop.RunLoop):
     def save_set(self, suffix: str = "") -> None:
         pass
 
-    def checkpoint(self) -> None:
-        save_checkpoint(self.run_dir, {"x": self.x}, self.run_state())
+    def state(self):
+        return {"x": self.x}, {}
 
     def load(self, tensors, state) -> None:
         self.x = tensors["x"]

@@ -9,7 +9,7 @@ from dd.augment import DSA
 from dd.buffer.store import TrajectoryStore
 from dd.device import make_generator
 from dd.distill.__main__ import main as distill_main
-from dd.distill.config import DistillConfig
+from dd.distill.config import TESLAConfig
 from dd.distill.engine import Distiller
 from dd.distill.methods.ast import MomentumStudent
 from dd.distill.methods.base import normalized_distance
@@ -161,10 +161,10 @@ def test_make_unroll_offers_tesla_and_refuses_a_snapshot_stride():
 TESLA_FLAGS = ["--method", "tesla", "--unroll", "tesla"]
 
 
-def tesla_config(buffer_root, run_dir, **extra) -> DistillConfig:
+def tesla_config(buffer_root, run_dir, **extra) -> TESLAConfig:
     values = dict(method="tesla", unroll="tesla", buffer_dir=str(buffer_root), run_dir=str(run_dir), syn_steps=5,
                   expert_epochs=2, max_start_epoch=2, lr_img=100.0, device="cpu")
-    return DistillConfig(**{**values, **extra})
+    return TESLAConfig(**{**values, **extra})
 
 
 def expert_logits_at(buffer_root, epoch, images):

@@ -14,7 +14,7 @@ import yaml
 
 from dd.cli import run_cli
 from dd.config import make_config
-from dd.distill.config import DistillConfig
+from dd.distill.config import DATMConfig, MTTConfig
 from dd.distill.dm import DMConfig
 from dd.errors import DDError
 from dd.io import read_json
@@ -47,14 +47,14 @@ def planted(values: dict, run_dir: Path, report) -> Score:
 
 # -- the space ------------------------------------------------------------------------------------------------
 def test_space_specs_become_typed_ranges_and_choices():
-    lr = parse_param("lr_img=log:10..1000", DistillConfig, "mtt")
+    lr = parse_param("lr_img=log:10..1000", MTTConfig, "mtt")
     assert (lr.kind, lr.low, lr.high, lr.log) == ("float", 10.0, 1000.0, True)
-    steps = parse_param("syn_steps=10,20,40", DistillConfig, "mtt")
+    steps = parse_param("syn_steps=10,20,40", MTTConfig, "mtt")
     assert (steps.kind, steps.choices) == ("choice", (10, 20, 40))
-    assert parse_param("max_start_epoch=2..8", DistillConfig, "mtt").kind == "int"
-    assert parse_param("soft_labels=true,no", DistillConfig, "mtt").choices == (True, False)
-    assert parse_param("eval_lr=log:1e-3..0.1", DistillConfig, "mtt").low == pytest.approx(1e-3)
-    assert [p.text() for p in parse_space(["lr_img=log:10..1000", "syn_steps=10,20"], DistillConfig, "mtt")] == \
+    assert parse_param("max_start_epoch=2..8", MTTConfig, "mtt").kind == "int"
+    assert parse_param("soft_labels=true,no", DATMConfig, "datm").choices == (True, False)
+    assert parse_param("eval_lr=log:1e-3..0.1", MTTConfig, "mtt").low == pytest.approx(1e-3)
+    assert [p.text() for p in parse_space(["lr_img=log:10..1000", "syn_steps=10,20"], MTTConfig, "mtt")] == \
         ["lr_img=log:10..1000", "syn_steps=10,20"]
 
 
@@ -71,11 +71,11 @@ def test_space_specs_become_typed_ranges_and_choices():
 ])
 def test_bad_space_is_one_error_line(spec, cause):
     with pytest.raises(DDError, match=re.escape(cause)):
-        parse_param(spec, DistillConfig, "mtt")
+        parse_param(spec, MTTConfig, "mtt")
 
 
 def test_a_key_of_another_method_is_refused():
-    assert parse_param("syn_steps=10,20", DistillConfig, "mtt").name == "syn_steps"
+    assert parse_param("syn_steps=10,20", MTTConfig, "mtt").name == "syn_steps"
     with pytest.raises(DDError, match="dm has no key 'syn_steps'"):
         parse_param("syn_steps=10,20", DMConfig, "dm")
 
@@ -125,7 +125,7 @@ def test_search_finds_the_planted_optimum_prunes_and_writes_table_preset_and_plo
     assert table["best"] == best["number"] and table["search"]["space"] == ["lr_img=log:1..10000",
                                                                            "syn_steps=10,20,40"]
     text = (out / "best.yaml").read_text()
-    chosen = make_config(DistillConfig, yaml.safe_load(text))
+    chosen = make_config(MTTConfig, yaml.safe_load(text))
     assert chosen.lr_img == pytest.approx(best["params"]["lr_img"]) and chosen.syn_steps == 20
     assert "validation split only" in text and "did not read the test split" in text and "24 trials" in text
     assert "| yes |" in (out / "trials.md").read_text()

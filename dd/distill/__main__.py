@@ -1,12 +1,13 @@
-"""``python -m dd.distill``: learn a small synthetic set whose training trajectories match the experts'.
+"""``python -m dd.distill``: learn a small synthetic set with one of the registered methods.
 
     python -m dd.distill --method mtt --config experiments/mtt/digits_ipc1.yaml
     python -m dd.distill --config experiments/mtt/cifar10_ipc10.yaml --data-path data --resume
-    python -m dd.distill --method krr_st --config experiments/krr_st/digits-0to4_n50.yaml   # KRR-ST
     python -m dd.distill --config experiments/dsa/digits_ipc10.yaml      # DC/DSA, DM: no buffer needed
+    python -m dd.distill --plugin my_method.py --method mine             # a method of your own
 
---method krr_st (self-supervised KRR-ST, a transfer set), dc and dsa (gradient matching) and dm
-(distribution matching) take their own flags: see python -m dd.distill --method dsa --help.
+Each method takes the flags of its own config: python -m dd.distill --method NAME --help. A method defined in
+your own file registers with dd.distill.registry.register_method; --plugin FILE.py (or a module name; repeatable,
+also DD_PLUGINS) imports it first (docs/adding-a-method.md).
 
 Writes into --run-dir: synset/ (safetensors + JSON: images, labels, learned lr; load it with
 dd.load_synset), synset_best/, grid.png, metrics.jsonl, config.json and a resumable checkpoint.
@@ -14,7 +15,7 @@ dd.load_synset), synset_best/, grid.png, metrics.jsonl, config.json and a resuma
 
 from __future__ import annotations
 
-import shlex
+import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,27 +23,43 @@ from pathlib import Path
 from dd import distributed
 from dd.cli import run_cli
 from dd.config import build_parser, parse_config, peek_option
-from dd.distill import dm, gradmatch, krr_st
-from dd.distill.config import DistillConfig
-from dd.distill.engine import Distiller
-
-# Methods with a loop and config of their own, not the trajectory engine's.
-OWN_LOOP = {"krr_st": krr_st.main, "dc": gradmatch.main, "dsa": gradmatch.main, "dm": dm.main}
+from dd.distill.registry import PLUGINS_ENV, MethodSpec, get_method, load_plugins, method_names
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    method = peek_option(argv, "method", "mtt")
-    if method in OWN_LOOP:
-        return OWN_LOOP[method](argv)
-    config, _ = parse_config(DistillConfig, argv, build_parser(DistillConfig, "python -m dd.distill", __doc__))
-    distiller = Distiller(config, argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    load_plugins(plugins_of(args))
+    spec = get_method(peek_option(args, "method", "mtt"))
+    config, _ = parse_config(spec.config, args, parser(spec))
+    run = spec.run(config, args)
     if distributed.is_main():
-        print(f"config: {preset_of(argv) or 'the defaults'} and the flags given; resolved in "
-              f"{distiller.run_dir / 'config.json'}")
-    distiller.run()
+        print(f"config: {preset_of(args) or 'the defaults'} and the flags given; resolved in "
+              f"{run.run_dir / 'config.json'}")
+    run.run()
     if distributed.is_main():
-        print(finished(distiller.run_dir, distiller.iteration, distiller.syn_lr.item()))
+        print(run.finished())
     return 0
+
+
+def parser(spec: MethodSpec) -> argparse.ArgumentParser:
+    """The parser of ``spec``'s config, with ``--plugin``; its help names every registered method."""
+    others = ", ".join(method_names())
+    description = (f"{__doc__}\nmethods: {others}. These are the flags of --method {spec.name} "
+                   f"({spec.config.__name__}).")
+    presets = sorted(Path("experiments", spec.name).glob("digits*.yaml"))
+    result = build_parser(spec.config, f"python -m dd.distill --method {spec.name}", description,
+                          str(presets[0]) if presets else f"experiments/{spec.name}/*.yaml")
+    result.add_argument("--plugin", action="append", default=argparse.SUPPRESS, metavar="FILE.py|MODULE",
+                        help=f"import this file or module first, so that the methods it registers can be named by "
+                             f"--method (repeatable; also {PLUGINS_ENV}, separated by ':')")
+    return result
+
+
+def plugins_of(argv: Sequence[str]) -> list[str]:
+    """The ``--plugin`` values of ``argv``, in order."""
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--plugin", action="append", default=[])
+    return peek.parse_known_args(list(argv))[0].plugin
 
 
 def preset_of(argv: Sequence[str] | None) -> str | None:
@@ -54,16 +71,6 @@ def preset_of(argv: Sequence[str] | None) -> str | None:
         if arg.startswith("--config="):
             return arg.split("=", 1)[1]
     return None
-
-
-def finished(run_dir: Path, iteration: int, lr: float) -> str:
-    """The stage's last lines: what it wrote and the commands that evaluate the set and report on the run."""
-    evaluate = shlex.join(["python", "-m", "dd.eval", "--synset", str(run_dir / "synset"), "--baseline", "random"])
-    report = shlex.join(["python", "-m", "dd.report", str(run_dir)])
-    return (f"synthetic set: {run_dir / 'synset'} (iteration {iteration}, learned lr {lr:.4g}); best on validation: "
-            f"{run_dir / 'synset_best'}; images: {run_dir / 'grids'}, {run_dir / 'progress.gif'}\n"
-            f"next: evaluate it: {evaluate}\n"
-            f"      report on the run: {report}")
 
 
 if __name__ == "__main__":

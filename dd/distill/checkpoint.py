@@ -14,7 +14,7 @@ import torch
 
 from dd.cli import flag
 from dd.errors import DDError
-from dd.io import atomic_write_json, load_tensors_and_metadata, save_tensors
+from dd.io import atomic_write_json, load_tensors_and_metadata, pack_state, save_tensors, unpack_state
 from dd.metrics import MetricsLog
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -52,6 +52,35 @@ def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     return tensors, state
 
 
+def save_optimizers(optimizers: dict[str, torch.optim.Optimizer]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The checkpoint part of ``optimizers`` (by name): their state dicts as tensors ``optimizers.<i>`` and the JSON
+    state ``{"optimizers": skeleton}``, which ``load_optimizers`` reads back. Every run class saves its optimisers
+    this way."""
+    tensors, skeleton = pack_state({name: opt.state_dict() for name, opt in optimizers.items()}, "optimizers")
+    return tensors, {"optimizers": skeleton}
+
+
+def load_optimizers(optimizers: dict[str, torch.optim.Optimizer], tensors: dict[str, torch.Tensor],
+                    state: dict[str, Any], device: torch.device) -> None:
+    """Restore ``optimizers`` (by name) from a checkpoint written by ``save_optimizers``, or by an older dd: one
+    optimiser's packed state dict under ``"optimizer"`` (DC/DSA/DM, KRR-ST), or the trajectory engine's momentum
+    buffers as tensors ``opt.<name>.<group>.<param>``."""
+    if "optimizers" in state:
+        saved = unpack_state(state["optimizers"], tensors, device)
+        for name, opt in optimizers.items():
+            opt.load_state_dict(saved[name])
+    elif "optimizer" in state:
+        (opt,) = optimizers.values()
+        opt.load_state_dict(unpack_state(state["optimizer"], tensors, device))
+    else:
+        for name, opt in optimizers.items():
+            for i, group in enumerate(opt.param_groups):
+                for j, p in enumerate(group["params"]):
+                    key = f"opt.{name}.{i}.{j}"
+                    if key in tensors:
+                        opt.state[p]["momentum_buffer"] = tensors[key].to(device)
+
+
 def _show(value: Any) -> str:
     return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -66,8 +95,10 @@ def check_resume(run_dir: Path, stored: dict[str, Any], requested: dict[str, Any
                  defaults: dict[str, Any] | None = None) -> dict[str, tuple[Any, Any]]:
     """The run-control changes of a resume; DDError naming each other key that differs, with both values. A key
     the checkpoint lacks (a setting newer than the run) passes when it is requested at its value in ``defaults``:
-    the run is continued as if it had had that setting's default from the start."""
-    changes = config_changes(stored, requested)
+    the run is continued as if it had had that setting's default from the start. A key the requested config lacks
+    is a setting its method does not read (a checkpoint from before each method had its own config, whose config
+    held every trajectory method's knobs): it cannot have changed the set and is left out."""
+    changes = {k: v for k, v in config_changes(stored, requested).items() if k in requested}
     defaults = defaults or {}
     newer = {k for k, (_, new) in changes.items() if k not in stored and k in defaults and new == defaults[k]}
     mixed = {k: v for k, v in changes.items() if k not in RUN_CONTROL and k not in newer}
@@ -81,13 +112,13 @@ def check_resume(run_dir: Path, stored: dict[str, Any], requested: dict[str, Any
 
 
 def open_run(run_dir: Path, resume: bool, config: dict[str, Any], defaults: dict[str, Any] | None = None,
-             extra: int = 0
+             extra: int = 0, record: dict[str, Any] | None = None
              ) -> tuple[tuple[dict[str, torch.Tensor], dict[str, Any]] | None, dict[str, tuple[Any, Any]], MetricsLog]:
     """Check ``run_dir`` (held by this process, see ``dd.lock``) against ``config``, open its ``metrics.jsonl``
-    and only then write its ``config.json``. Returns (its last checkpoint or None, the run-control changes of a
-    resume, also logged, and the log). Refuses a folder with a checkpoint unless ``resume``, a checkpoint of
-    another run (``check_resume``, with the config class's ``defaults`` for settings newer than the checkpoint),
-    and one past the requested iterations (plus ``extra``: DC/DSA/DM run one more)."""
+    and only then write its ``config.json`` (``record``, default ``config``). Returns (its last checkpoint or None,
+    the run-control changes of a resume, also logged, and the log). Refuses a folder with a checkpoint unless
+    ``resume``, a checkpoint of another run (``check_resume``, with the config class's ``defaults`` for settings
+    newer than the checkpoint), and one past the requested iterations (plus ``extra``: DC/DSA/DM run one more)."""
     found = load_checkpoint(run_dir)
     if found is None and resume and any(run_dir.glob("synset*/synset.json")):
         raise DDError(f"--resume: {run_dir} holds a set but no {CHECKPOINT}, so its run cannot be continued (starting "
@@ -102,7 +133,7 @@ def open_run(run_dir: Path, resume: bool, config: dict[str, Any], defaults: dict
         raise DDError(f"{run_dir} holds iteration {iteration}, past --iterations {config['iterations']}; "
                       f"pass --iterations {iteration - extra} or more")
     log = MetricsLog(run_dir / "metrics.jsonl", config["wandb"], config, resume_from=iteration)
-    atomic_write_json(run_dir / "config.json", config)
+    atomic_write_json(run_dir / "config.json", config if record is None else record)
     if changes:
         log.write({"iteration": iteration, "resumed": {k: {"checkpoint": old, "now": new}
                                                        for k, (old, new) in changes.items()}})

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from dd.buffer.store import TrajectoryStore
-from dd.distill.config import DistillConfig
+from dd.distill.config import MTTConfig
 from dd.realdata import PreparedData
 
 
@@ -17,7 +17,7 @@ from dd.realdata import PreparedData
 class Context:
     """The run's config, its prepared real data, the expert store, the student model and the device."""
 
-    config: DistillConfig
+    config: MTTConfig
     data: PreparedData
     store: TrajectoryStore
     model: nn.Module

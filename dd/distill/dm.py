@@ -20,18 +20,22 @@ import torch
 from torch import nn
 
 from dd.config import opt
-from dd.distill.condense import CondenseConfig, Condenser, run_command, siamese
+from dd.distill.condense import CondenseConfig, Condenser, siamese
+from dd.distill.config import METHOD_HELP
+from dd.distill.registry import register_method
 from dd.functional import has_batchnorm
 
 
 @dataclass
 class DMConfig(CondenseConfig):
-    method: str = opt("dm", "distribution matching", choices=("dm",))
-    iterations: int = opt(20000, "outer iterations (a fresh network each)")
-    lr_img: float = opt(1.0, "learning rate of the synthetic images (SGD, momentum 0.5)")
+    """DM: the per-class settings with DM's defaults."""
+
+    method: str = opt("dm", METHOD_HELP)
+    iterations: int = opt(20000, "outer iterations (a fresh network each)", bounds="positive")
+    lr_img: float = opt(1.0, "learning rate of the synthetic images (SGD, momentum 0.5)", bounds="positive")
     pix_init: str = opt("real", "initial images: Gaussian noise or random real images of the class",
                         choices=("noise", "real"))
-    eval_every: int = opt(2000, "evaluate every k iterations (0: only at the end)")
+    eval_every: int = opt(2000, "evaluate every k iterations (0: only at the end)", bounds="nonnegative")
 
 
 def class_mean_embeddings(model: nn.Module, batches: Sequence[torch.Tensor], together: bool) -> torch.Tensor:
@@ -50,6 +54,7 @@ def mean_embedding_loss(model: nn.Module, real: Sequence[torch.Tensor], syn: Seq
     return ((target - class_mean_embeddings(model, syn, together)) ** 2).sum()
 
 
+@register_method("dm", config=DMConfig)
 class DM(Condenser):
     """One DM run (module docstring)."""
 
@@ -66,7 +71,3 @@ class DM(Condenser):
         self.outer_step(loss)
         return loss.detach() / len(self.pools)
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dd.distill --method dm``."""
-    return run_command(argv, DMConfig, DM, __doc__, "experiments/dm/digits_ipc10.yaml")

@@ -15,89 +15,44 @@ The loop, checkpoints, evaluations and interrupts are ``dd.distill.runloop.RunLo
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from dd import distributed, schema
 from dd.augment import DSA
 from dd.buffer.store import TrajectoryStore
-from dd.cli import Interrupted, check_flags
+from dd.cli import Interrupted
 from dd.config import to_dict
-from dd.data import Preprocessor, list_datasets, shape_flags
-from dd.device import check_fits, check_seed, make_generator
-from dd.distill.checkpoint import config_changes, load_checkpoint, open_run, save_checkpoint
-from dd.distill.config import DistillConfig
+from dd.data import Preprocessor, shape_flags
+from dd.device import make_generator
+from dd.distill.config import MTTConfig, default_run_dir
 from dd.distill.context import Context
 from dd.distill.experts import ExpertPool, find_store
 from dd.distill.memory import resolve_unroll
-from dd.distill.methods import Method, get_method
+from dd.distill.registry import get_method
 from dd.distill.runloop import Progress, RunLoop
 from dd.distill.synset import SynSet, save_synset
 from dd.distill.unroll import make_plan, make_unroll
 from dd.errors import DDError
 from dd.functional import has_batchnorm
 from dd.identity import check_data, data_flags, describe
-from dd.io import atomic_write_json
-from dd.metrics import MetricsLog, check_wandb
-from dd.models import create_model, list_models
+from dd.metrics import MetricsLog
+from dd.models import create_model
 from dd.multiseed import train_and_test_seeds
 from dd.protocols import get_protocol
 from dd.realdata import prepare_data
 from dd.schema import check_schema
 from dd.viz import class_names, grid_history, save_grid, save_history_gif
 
-
-def validate(config: DistillConfig) -> None:
-    """Reject bad values before any data is loaded."""
-    if config.dataset not in list_datasets():
-        raise DDError(f"unknown dataset '{config.dataset}'; choose from {', '.join(list_datasets())}")
-    get_method(config.method)
-    for name in [config.model, *(config.eval_models or config.model).split(",")]:
-        if name not in list_models():
-            raise DDError(f"unknown model '{name}'; see dd.models.list_models() for the choices")
-    check_flags(config, positive=("ipc", "iterations", "syn_steps", "expert_epochs", "eval_runs", "eval_epochs",
-                                  "eval_batch_size", "log_every", "checkpoint_every", "batch_syn",
-                                  "image_size", "lr_img", "lr_teacher", "threshold", "label_temperature"),
-                nonnegative=("lr_lr", "lr_y", "eval_every", "expert_cache_mb", "lr_step_limit"))
-    check_wandb(config.wandb)
-    check_fits("--syn-steps", config.syn_steps, PLAN_BYTES_PER_STEP, "the inner plan")
-    check_fits("--eval-runs", config.eval_runs, PLAN_BYTES_PER_STEP, "the list of evaluation seeds")
-    if not 0 <= config.ema_decay <= 1:
-        raise DDError(f"--ema-decay must be in [0, 1], got {config.ema_decay:g}")
-    if not 0 <= config.inner_momentum < 1:
-        raise DDError(f"--inner-momentum must be in [0, 1), got {config.inner_momentum:g}")
-    check_run_dir(default_run_dir(config))
-    check_seed("--seed", config.seed, offsets=config.eval_runs)
-    check_seed("--val-seed", config.val_seed)
-    if not 0 <= config.min_start_epoch < config.max_start_epoch:
-        raise DDError(f"need 0 <= --min-start-epoch < --max-start-epoch, got {config.min_start_epoch} and "
-                      f"{config.max_start_epoch}")
-    if config.lr_step_limit >= 1:
-        raise DDError(f"--lr-step-limit must be below 1 (a fraction of the lr), got {config.lr_step_limit:g}")
-    make_unroll("checkpointed" if config.unroll == "auto" else config.unroll, config.unroll_snapshot_every,
-                config.unroll_chunk)  # raises on a bad unroll, stride or chunk
+if TYPE_CHECKING:
+    from dd.distill.methods.base import Method
 
 
-PLAN_BYTES_PER_STEP = 256
-"""A lower bound of the host bytes one inner step's plan (its minibatch indices and seed), or one evaluation seed,
-holds."""
-
-
-def check_run_dir(run_dir: Path) -> None:
-    """The run folder, and every folder above it, must not be a file (checked before anything is printed)."""
-    for path in (run_dir, *run_dir.parents):
-        if path.is_file():
-            where = "is a file" if path == run_dir else f"lies under {path}, which is a file"
-            raise DDError(f"--run-dir {run_dir} {where}; pass a folder")
-
-
-def default_run_dir(config: DistillConfig) -> Path:
-    return Path(config.run_dir or f"runs/{config.method}-{config.dataset}-ipc{config.ipc}")
-
-
-def check_store(store: TrajectoryStore, config: DistillConfig) -> None:
+def check_store(store: TrajectoryStore, config: MTTConfig) -> None:
     """The experts must be of the dataset and model being distilled, and long enough for the window."""
     header = store.header
     check_schema(header, schema.DISTILLABLE, store.root / "manifest.json", "buffer manifest",
@@ -109,7 +64,7 @@ def check_store(store: TrajectoryStore, config: DistillConfig) -> None:
     store.check_window(config.max_start_epoch, config.expert_epochs)
 
 
-def store_choice(config: DistillConfig) -> str:
+def store_choice(config: MTTConfig) -> str:
     """How the expert store was chosen, in the flags' words."""
     if config.buffer:
         return f"--buffer {config.buffer}"
@@ -140,7 +95,7 @@ def check_classes(store: TrajectoryStore, data) -> None:
                       "store of this data")
 
 
-def check_split(config: DistillConfig, model: torch.nn.Module, num_images: int) -> None:
+def check_split(config: MTTConfig, model: torch.nn.Module, num_images: int) -> None:
     """A minibatch split into chunks or across processes must give the whole minibatch's gradient: no
     BatchNorm (its statistics span the minibatch), and every process gets at least one image of the
     smallest minibatch (the last of each pass over the set)."""
@@ -159,7 +114,7 @@ def check_split(config: DistillConfig, model: torch.nn.Module, num_images: int) 
                       f"remainder of the {num_images} images (or fewer processes)")
 
 
-def check_eval_models(config: DistillConfig, spec) -> None:
+def check_eval_models(config: MTTConfig, spec) -> None:
     """Each ``--eval-models`` network must take the dataset's images: one forward pass of a zero batch, on the CPU."""
     for name in config.eval_models.split(","):
         try:
@@ -174,25 +129,13 @@ def check_eval_models(config: DistillConfig, spec) -> None:
                           f"of {spec.name} ({first}); choose another eval model") from None
 
 
-class _NoLog:
-    """The metrics log of ranks other than 0, which write nothing."""
-
-    def write(self, record: dict) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 class Distiller(RunLoop):
     """One trajectory-matching run: its state, outer step, evaluations and outputs over the shared run loop."""
 
-    def __init__(self, config: DistillConfig, argv: Sequence[str] | None = None) -> None:
+    def __init__(self, config: MTTConfig, argv: Sequence[str] | None = None) -> None:
         """``argv``: the command-line arguments of the run, for the resume command that an interrupt prints."""
         config = dataclasses.replace(config, eval_models=config.eval_models or config.model)
-        validate(config)
-        self.device = distributed.setup(config.device, config.tf32)
-        config = dataclasses.replace(config, device=str(self.device))  # recorded: the device used
+        config, self.device = self.setup(config)
         store = find_store(config.buffer, config.buffer_dir, config.dataset, config.model, config.buffer_config)
         check_store(store, config)
         if distributed.is_main():
@@ -213,11 +156,12 @@ class Distiller(RunLoop):
         check_eval_models(config, spec)
         model = create_model(config.model, spec.channels, spec.num_classes, spec.size, seed=config.seed)
         model = model.to(self.device).train()
-        config = resolve_unroll(config, model, spec, self.device, get_method(config.method).unroll)
+        hooks = get_method(config.method).hooks
+        config = resolve_unroll(config, model, spec, self.device, hooks.unroll)
         super().__init__(config, default_run_dir(config), argv)
         self.label = f"{config.method} ipc{config.ipc}"
         self.ctx = Context(config, data, store, model, self.device)
-        self.method: Method = get_method(config.method)(self.ctx)
+        self.method: Method = hooks(self.ctx)
         self.experts = ExpertPool(store, self.device, config.expert_cache_mb, config.expert_epochs + 1)
         self.experts_sha256 = store.fingerprint(self.experts.indices)  # which expert bits this set matched
         self.augment = DSA(config.dsa_strategy)
@@ -238,17 +182,11 @@ class Distiller(RunLoop):
         if self.labels.requires_grad:
             self.optimizers["y"] = torch.optim.SGD([self.labels], lr=self.config.lr_y, momentum=0.9)
 
-    def state_tensors(self) -> dict[str, torch.Tensor]:
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors = {"images": self.images.detach(), "labels": self.labels.detach(),
                    "syn_lr": self.syn_lr.detach().reshape(1), "generator": self.generator.get_state()}
-        for name, opt in self.optimizers.items():
-            for i, group in enumerate(opt.param_groups):
-                for j, p in enumerate(group["params"]):
-                    buf = opt.state.get(p, {}).get("momentum_buffer")
-                    if buf is not None:
-                        tensors[f"opt.{name}.{i}.{j}"] = buf
         tensors.update({f"method.{k}": v for k, v in self.method.state_tensors().items()})
-        return tensors
+        return tensors, {}
 
     def run_state(self) -> dict:
         """The loop's state plus the fingerprint of the run's data, which a resume must match."""
@@ -265,12 +203,6 @@ class Distiller(RunLoop):
             self.labels.copy_(tensors["labels"].to(self.device))
             self.syn_lr.copy_(tensors["syn_lr"][0].to(self.device))
         self.generator.set_state(tensors["generator"])
-        for name, opt in self.optimizers.items():
-            for i, group in enumerate(opt.param_groups):
-                for j, p in enumerate(group["params"]):
-                    key = f"opt.{name}.{i}.{j}"
-                    if key in tensors:
-                        opt.state[p]["momentum_buffer"] = tensors[key].to(self.device)
         self.method.load_state_tensors({k.split(".", 1)[1]: v.to(self.device) for k, v in tensors.items()
                                         if k.startswith("method.")})
 
@@ -305,7 +237,7 @@ class Distiller(RunLoop):
             self.generator.set_state(drawn)
             raise
 
-    def _step(self, cfg: DistillConfig) -> torch.Tensor:
+    def _step(self, cfg: MTTConfig) -> torch.Tensor:
         _, trajectory = self.experts.sample(self.generator)
         start = self.method.start_epoch(self.iteration, self.generator)
         w_start = self.method.start_params(trajectory, start, self.generator)
@@ -364,8 +296,6 @@ class Distiller(RunLoop):
 
     def save_set(self, suffix: str = "") -> None:
         """The optimised set and the method's extra sets as ``synset[_<set>]<suffix>``; the grid with suffix ""."""
-        if not distributed.is_main():
-            return
         for set_name, images in self.sets().items():
             save_synset(self.run_dir / ("synset" + (f"_{set_name}" if set_name else "") + suffix),
                         self.synset(images, set_name))
@@ -394,26 +324,9 @@ class Distiller(RunLoop):
         save_history_gif(self.run_dir / "progress.gif", [p for _, p in grid_history(path.parent)])
         log.image("grid", path, self.iteration)
 
-    def checkpoint(self) -> None:
-        if distributed.is_main():
-            save_checkpoint(self.run_dir, self.state_tensors(), self.run_state())
-
-    def open_run_dir(self) -> MetricsLog:
-        """Rank 0 checks the run folder against the config and records the store it matches in config.json;
-        every rank then restores the checkpoint rank 0 checked (when resuming)."""
-        if distributed.is_main():
-            found, changes, log = open_run(self.run_dir, self.config.resume, to_dict(self.config),
-                                           to_dict(type(self.config)()))
-            # config.json names the store the run matches, also when it was found rather than given
-            atomic_write_json(self.run_dir / "config.json",
-                              {**to_dict(self.config), "buffer": str(self.ctx.store.root)})
-        distributed.barrier()
-        if not distributed.is_main():
-            found, log = load_checkpoint(self.run_dir) if self.config.resume else None, _NoLog()
-            changes = {} if found is None else config_changes(found[1]["config"], to_dict(self.config))
-        if found is not None:
-            self.restore(*found, changes)
-        return log
+    def recorded_config(self) -> dict:
+        """config.json names the store the run matches, also when it was found rather than given."""
+        return {**to_dict(self.config), "buffer": str(self.ctx.store.root)}
 
     def learned(self) -> dict[str, torch.Tensor]:
         return {"images": self.images, "learned lr": self.syn_lr}
@@ -423,6 +336,18 @@ class Distiller(RunLoop):
 
     def bar_fields(self) -> dict[str, str]:
         return {"lr": f"{self.syn_lr.item():.4g}"}
+
+    def finished(self) -> str:
+        """What the run wrote and the commands that evaluate the set and report on the run."""
+        run_dir = self.run_dir
+        evaluate = shlex.join(["python", "-m", "dd.eval", "--synset", str(run_dir / "synset"), "--baseline", "random"])
+        report = shlex.join(["python", "-m", "dd.report", str(run_dir)])
+        lr = self.syn_lr.item()
+        return (f"synthetic set: {run_dir / 'synset'} (iteration {self.iteration}, learned lr {lr:.4g}); "
+                f"best on validation: {run_dir / 'synset_best'}; images: {run_dir / 'grids'}, "
+                f"{run_dir / 'progress.gif'}\n"
+                f"next: evaluate it: {evaluate}\n"
+                f"      report on the run: {report}")
 
     def divergence_cause(self, bad: list[str]) -> str:
         cfg = self.config

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dd.cli import check_flags
 from dd.config import opt
-from dd.distill.condense import CondenseConfig, Condenser, run_command, siamese
-from dd.distill.condense import validate as validate_common
+from dd.distill.condense import CondenseConfig, Condenser, siamese
+from dd.distill.config import METHOD_HELP
+from dd.distill.registry import register_method
 from dd.errors import DDError
 from dd.functional import has_batchnorm
 from dd.training import train_epoch
@@ -39,24 +39,29 @@ BN_IMAGES_PER_CLASS = 16  # real images per class that set the BatchNorm statist
 
 
 @dataclass
-class GradMatchConfig(CondenseConfig):
-    method: str = opt("dc", "dc (no augmentation) or dsa (siamese DSA in the matching and the network updates)",
-                      choices=("dc", "dsa"))
+class DCConfig(CondenseConfig):
+    """DC: gradient matching without augmentation."""
+
+    method: str = opt("dc", METHOD_HELP)
     outer_loop: int | None = opt(None, "matching rounds (image updates) per fresh network (default: the DC code's "
-                                 "value for the IPC: 1, 10, 20, 30, 40, 50 for IPC 1, 10, 20, 30, 40, 50)")
+                                 "value for the IPC: 1, 10, 20, 30, 40, 50 for IPC 1, 10, 20, 30, 40, 50)",
+                                 bounds="positive")
     inner_loop: int | None = opt(None, "epochs of the network on the synthetic set between rounds (default: the DC "
-                                 "code's value for the IPC: 1, 50, 25, 20, 15, 10)")
-    batch_train: int = opt(256, "batch size of the network's epochs on the synthetic set")
+                                 "code's value for the IPC: 1, 50, 25, 20, 15, 10)", bounds="positive")
+    batch_train: int = opt(256, "batch size of the network's epochs on the synthetic set", bounds="positive")
+
+    def check(self) -> None:
+        loops(self)
 
 
-def validate(config: GradMatchConfig) -> None:
-    """Reject bad values before any data is loaded."""
-    validate_common(config)
-    check_flags(config, positive=("outer_loop", "inner_loop", "batch_train"))
-    loops(config)
+@dataclass
+class DSAConfig(DCConfig):
+    """DSA: DC with the siamese augmentation in the matching and the network updates."""
+
+    method: str = opt("dsa", METHOD_HELP)
 
 
-def loops(config: GradMatchConfig) -> tuple[int, int]:
+def loops(config: DCConfig) -> tuple[int, int]:
     """(outer_loop, inner_loop): the flags, else the DC code's values for the IPC."""
     outer, inner = LOOPS.get(config.ipc, (None, None))
     outer = config.outer_loop or outer
@@ -88,11 +93,12 @@ def gradient_match_loss(model: nn.Module, real: torch.Tensor, syn: torch.Tensor,
     return sum(layer_distance(gs, gr.detach()) for gs, gr in zip(g_syn, g_real, strict=True))
 
 
+@register_method("dsa", config=DSAConfig)
+@register_method("dc", config=DCConfig)
 class GradMatch(Condenser):
     """One DC or DSA run (module docstring)."""
 
-    def __init__(self, config: GradMatchConfig, argv: Sequence[str] | None = None) -> None:
-        validate(config)
+    def __init__(self, config: DCConfig, argv: Sequence[str] | None = None) -> None:
         super().__init__(config, argv)
         self.outer_loop, self.inner_loop = loops(config)
         self.augment = self.dsa if config.method == "dsa" else None
@@ -137,7 +143,3 @@ class GradMatch(Condenser):
                 train_epoch(model, images, self.labels, model_optimizer, cfg.batch_train, self.augment, self.generator)
         return total / (len(self.pools) * self.outer_loop)
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dd.distill --method dc|dsa``."""
-    return run_command(argv, GradMatchConfig, GradMatch, __doc__, "experiments/dsa/digits_ipc10.yaml")

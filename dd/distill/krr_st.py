@@ -22,7 +22,6 @@ The result is a transfer set (``dd.distill.synset``, ``kind: transfer``, labels 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,59 +32,59 @@ from torch import nn
 
 from dd.augment import crop_flip
 from dd.buffer.ssl import TARGETS, Teacher, find_teacher
-from dd.cli import check_flags
-from dd.config import build_parser, opt, parse_config, to_dict
-from dd.data import CHANNELS_HELP, IMAGE_SIZE_HELP, list_datasets
-from dd.device import TF32_HELP, check_seed, make_generator, setup_device
-from dd.distill.checkpoint import save_checkpoint
-from dd.distill.engine import check_run_dir
+from dd.config import opt, to_dict
+from dd.device import make_generator
+from dd.distill.config import METHOD_HELP, MethodChoice, check_models, check_run_dir
+from dd.distill.registry import register_method
 from dd.distill.runloop import RunLoop
 from dd.distill.synset import SynSet, save_synset
 from dd.errors import DDError
 from dd.identity import check_data, data_flags
 from dd.io import pack_state, unpack_state
-from dd.metrics import check_wandb
-from dd.models import create_model, list_models
+from dd.models import create_model
 from dd.realdata import PreparedData, prepare_data
+from dd.settings import DataSettings, DeviceSettings, RunControl
 from dd.viz import save_grid
 
 
 @dataclass
-class KRRConfig:
-    method: str = opt("krr_st", "distillation method; krr_st takes the flags below", choices=("krr_st",))
+class KRRConfig(DeviceSettings, RunControl, DataSettings, MethodChoice):
+    """KRR-ST's settings: no labels, no in-run evaluation (a transfer set is scored by ``dd.eval --protocol
+    transfer``)."""
+
+    method: str = opt("krr_st", METHOD_HELP)
     dataset: str = opt("digits-0to4", "source dataset (unlabelled use of its training images)")
-    data_path: str = opt("data", "folder holding the dataset")
-    download: bool = opt(False, "download the dataset through torchvision if it is missing")
-    image_size: int | None = opt(None, IMAGE_SIZE_HELP)
-    channels: int | None = opt(None, CHANNELS_HELP)
     teacher: str | None = opt(None, "teacher folder from dd.buffer --teacher barlow_twins (default: the only "
                                     "one under <buffer-dir>/<dataset>/)")
     buffer_dir: str = opt("buffers", "root of the buffers and teachers")
     targets: str = opt("standardized", "the teacher's representations as targets: standardized per dimension "
                        "(statistics of the source training images) or raw (the KRR-ST code)", choices=TARGETS)
     model: str = opt("ConvNetBN", "architecture of the pool's feature extractors (reference: ConvNet with BN)")
-    num_images: int = opt(1000, "synthetic images n (reference: 1000 for CIFAR100, 2000 for Tiny ImageNet)")
-    iterations: int = opt(160000, "outer iterations")
-    batch_real: int = opt(1024, "real images per outer step")
-    lr: float = opt(1e-3, "AdamW lr of images and targets (reference README: 1e-4 CIFAR100, 1e-5 Tiny/ImageNet)")
-    weight_decay: float = opt(0.0, "AdamW weight decay of images and targets")
-    lr_end_factor: float = opt(1e-3, "the lr decays linearly to lr x this at the last iteration")
-    grad_clip: float = opt(0.0, "clip the outer gradient norm to this (0: off)")
-    ridge: float = opt(1e-6, "KRR regulariser lambda relative to tr(K_ss)")
-    num_models: int = opt(10, "feature extractors in the pool")
+    num_images: int = opt(1000, "synthetic images n (reference: 1000 for CIFAR100, 2000 for Tiny ImageNet)",
+                          bounds="positive")
+    iterations: int = opt(160000, "outer iterations", bounds="positive")
+    batch_real: int = opt(1024, "real images per outer step", bounds="positive")
+    lr: float = opt(1e-3, "AdamW lr of images and targets (reference README: 1e-4 CIFAR100, 1e-5 Tiny/ImageNet)",
+                    bounds="positive")
+    weight_decay: float = opt(0.0, "AdamW weight decay of images and targets", bounds="nonnegative")
+    lr_end_factor: float = opt(1e-3, "the lr decays linearly to lr x this at the last iteration",
+                               bounds="positive_unit")
+    grad_clip: float = opt(0.0, "clip the outer gradient norm to this (0: off)", bounds="nonnegative")
+    ridge: float = opt(1e-6, "KRR regulariser lambda relative to tr(K_ss)", bounds="nonnegative")
+    num_models: int = opt(10, "feature extractors in the pool", bounds="positive")
     online_iterations: int = opt(1000, "a pool model is re-initialised after this many online steps")
-    online_lr: float = opt(0.1, "SGD lr of the pool's online MSE steps")
-    online_momentum: float = opt(0.9, "SGD momentum of the pool's online steps")
-    online_weight_decay: float = opt(1e-3, "SGD weight decay of the pool's online steps")
+    online_lr: float = opt(0.1, "SGD lr of the pool's online MSE steps", bounds="nonnegative")
+    online_momentum: float = opt(0.9, "SGD momentum of the pool's online steps", bounds="nonnegative")
+    online_weight_decay: float = opt(1e-3, "SGD weight decay of the pool's online steps", bounds="nonnegative")
     augment: bool = opt(True, "crop + flip the real batches before the teacher and the feature extractor")
-    log_every: int = opt(10, "write metrics every k iterations")
-    checkpoint_every: int = opt(100, "save the set and a resumable checkpoint every k iterations")
+    checkpoint_every: int = opt(100, "save the set and a resumable checkpoint every k iterations", bounds="positive")
     run_dir: str | None = opt(None, "output folder (default: runs/krr_st-<dataset>-n<num-images>)")
-    resume: bool = opt(False, "continue the run in --run-dir from its last checkpoint")
-    seed: int = opt(0, "seed of every random choice of the run")
-    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
-    tf32: bool = opt(False, TF32_HELP)
-    wandb: str = opt("off", "log to Weights & Biases", choices=("off", "offline", "online"))
+
+    def check(self) -> None:
+        check_models(self.model)
+        if self.online_iterations < 2:
+            raise DDError(f"--online-iterations must be at least 2, got {self.online_iterations}")
+        check_run_dir(run_dir_of(self))
 
 
 def with_bias(features: torch.Tensor) -> torch.Tensor:
@@ -176,29 +175,11 @@ class ModelPool:
         self.steps = list(state["steps"])
 
 
-def validate(config: KRRConfig) -> None:
-    """Reject bad values before any data is loaded."""
-    if config.dataset not in list_datasets():
-        raise DDError(f"unknown dataset '{config.dataset}'; choose from {', '.join(list_datasets())}")
-    if config.model not in list_models():
-        raise DDError(f"unknown model '{config.model}'; see dd.models.list_models() for the choices")
-    check_flags(config, positive=("num_images", "iterations", "batch_real", "num_models", "log_every",
-                                  "checkpoint_every", "lr", "lr_end_factor", "image_size"),
-                nonnegative=("weight_decay", "grad_clip", "ridge", "online_lr", "online_momentum",
-                             "online_weight_decay"))
-    if config.online_iterations < 2:
-        raise DDError(f"--online-iterations must be at least 2, got {config.online_iterations}")
-    if config.lr_end_factor > 1:
-        raise DDError(f"--lr-end-factor must lie in (0, 1], got {config.lr_end_factor}")
-    check_wandb(config.wandb)
-    check_run_dir(Path(run_dir_of(config)))
-    check_seed("--seed", config.seed)
-
-
 def run_dir_of(config: KRRConfig) -> Path:
     return Path(config.run_dir or f"runs/krr_st-{config.dataset}-n{config.num_images}")
 
 
+@register_method("krr_st", config=KRRConfig)
 class KRRDistiller(RunLoop):
     """One KRR-ST run: its state, outer step, checkpoints and outputs over the shared run loop."""
 
@@ -207,9 +188,7 @@ class KRRDistiller(RunLoop):
 
     def __init__(self, config: KRRConfig, argv: Sequence[str] | None = None) -> None:
         """``argv``: the command-line arguments of the run, for the resume command that an interrupt prints."""
-        validate(config)
-        self.device = setup_device(config.device, config.tf32)
-        config = dataclasses.replace(config, device=str(self.device))  # recorded: the device used
+        config, self.device = self.setup(config)
         super().__init__(config, run_dir_of(config), argv)
         self.teacher: Teacher = find_teacher(config.teacher, config.buffer_dir, config.dataset)
         self.teacher.encoder.to(self.device)
@@ -231,7 +210,8 @@ class KRRDistiller(RunLoop):
         pick = torch.randperm(n_real, generator=self.generator)[: config.num_images].to(self.device)
         self.images = self.data.train_images[pick].clone().requires_grad_(True)
         self.targets = self.teacher.represent(self.images.detach(), targets=config.targets).clone().requires_grad_(True)
-        self.optimizer = torch.optim.AdamW([self.images, self.targets], lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizers = {"outer": torch.optim.AdamW([self.images, self.targets], lr=config.lr,
+                                                      weight_decay=config.weight_decay)}
         spec = self.data.spec
 
         def build(seed: int) -> nn.Module:
@@ -266,9 +246,10 @@ class KRRDistiller(RunLoop):
         self.images.grad, self.targets.grad = torch.autograd.grad(loss, [self.images, self.targets])
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_([self.images, self.targets], cfg.grad_clip)
-        for group in self.optimizer.param_groups:
+        optimizer = self.optimizers["outer"]
+        for group in optimizer.param_groups:
             group["lr"] = self.lr_at(self.iteration)
-        self.optimizer.step()
+        optimizer.step()
         self.pool.update(i, self.images, self.targets)
         return loss.detach()
 
@@ -290,18 +271,15 @@ class KRRDistiller(RunLoop):
         pixels = self.data.preprocessor.invert(self.images.detach().cpu())
         save_grid(self.run_dir / "grid.png", pixels, nrow=min(10, pixels.shape[0]))
 
-    def checkpoint(self) -> None:
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors, pool = self.pool.state()
-        opt_tensors, optimizer = pack_state(self.optimizer.state_dict(), "outer")
-        tensors.update(opt_tensors, images=self.images.detach(), targets=self.targets.detach(),
-                       generator=self.generator.get_state())
-        save_checkpoint(self.run_dir, tensors, {**self.run_state(), "pool": pool, "optimizer": optimizer})
+        tensors.update(images=self.images.detach(), targets=self.targets.detach(), generator=self.generator.get_state())
+        return tensors, {"pool": pool}
 
     def load(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
         with torch.no_grad():
             self.images.copy_(tensors["images"])
             self.targets.copy_(tensors["targets"])
-        self.optimizer.load_state_dict(unpack_state(state["optimizer"], tensors, self.device))
         self.pool.load(tensors, state["pool"], self.device)
         self.generator.set_state(tensors["generator"])
 
@@ -311,17 +289,10 @@ class KRRDistiller(RunLoop):
     def log_fields(self) -> dict[str, float]:
         return {"lr": self.lr_at(self.iteration - 1)}
 
+    def finished(self) -> str:
+        synset = self.run_dir / "synset"
+        return f"transfer set: {synset}; evaluate with: python -m dd.eval --protocol transfer --synset {synset}"
+
     def start(self) -> None:
         self.pool.warm_up(self.images.detach(), self.targets.detach())
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dd.distill --method krr_st``."""
-    parser = build_parser(KRRConfig, "python -m dd.distill --method krr_st", __doc__,
-                          "experiments/krr_st/digits-0to4_n50.yaml")
-    config, _ = parse_config(KRRConfig, argv, parser)
-    distiller = KRRDistiller(config, argv)
-    distiller.run()
-    print(f"transfer set: {distiller.run_dir / 'synset'}; evaluate with: python -m dd.eval --protocol transfer "
-          f"--synset {distiller.run_dir / 'synset'}")
-    return 0

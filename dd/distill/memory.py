@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from dd.data import DatasetSpec
-from dd.distill.config import DistillConfig
+from dd.distill.config import MTTConfig
 from dd.distributed import world_size
 from dd.functional import has_batchnorm
 
@@ -145,8 +145,8 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.3g}"
 
 
-def resolve_unroll(config: DistillConfig, model: nn.Module, spec: DatasetSpec, device: torch.device,
-                   preferred: str | None = None) -> DistillConfig:
+def resolve_unroll(config: MTTConfig, model: nn.Module, spec: DatasetSpec, device: torch.device,
+                   preferred: str | None = None) -> MTTConfig:
     """``config`` with ``unroll: auto`` replaced by the method's ``preferred`` unroll when it has one, else by
     ``pick_unroll``'s choice for its synthetic set (ipc images per class of ``spec``, minibatch ``batch_syn``
     shared by the processes, ``syn_steps`` steps of ``model``) on ``device``, printed with the reason; the snapshot

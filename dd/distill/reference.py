@@ -33,7 +33,7 @@ from torch.func import functional_call
 
 from dd.augment import DSA
 from dd.device import make_generator
-from dd.distill.config import DistillConfig
+from dd.distill.config import ASTConfig, DATMConfig, FTDConfig, MTTConfig, TESLAConfig
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -119,7 +119,7 @@ def sgd_step(p: torch.Tensor, grad: torch.Tensor, lr: float, momentum: float,
     return p - lr * b, b
 
 
-def outer_update(cfg: DistillConfig, s: Synthetic, x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor) -> Synthetic:
+def outer_update(cfg: MTTConfig, s: Synthetic, x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor) -> Synthetic:
     """The outer step from the gradients in ``.grad``: images and lr by SGD(momentum 0.5), learned labels by
     SGD(lr_y, momentum 0.9); the lr guard keeps the new lr within lr_step_limit of the old one."""
     with torch.no_grad():
@@ -141,7 +141,7 @@ def leaves(s: Synthetic, learn_labels: bool = False) -> tuple[torch.Tensor, torc
 
 
 # -- MTT (Cazenavette et al., CVPR 2022) ---------------------------------------------------------------
-def mtt_iteration(cfg: DistillConfig, model: nn.Module, experts: Sequence[torch.Tensor], s: Synthetic,
+def mtt_iteration(cfg: MTTConfig, model: nn.Module, experts: Sequence[torch.Tensor], s: Synthetic,
                   generator: torch.Generator, iteration: int = 0) -> tuple[torch.Tensor, Synthetic]:
     """One outer MTT iteration: (the matching loss, the learned tensors after it)."""
     trajectory = draw_expert(experts, generator)
@@ -156,7 +156,7 @@ def mtt_iteration(cfg: DistillConfig, model: nn.Module, experts: Sequence[torch.
 
 
 # -- FTD (Du et al., CVPR 2023): MTT on flat (GSAM) experts, plus an EMA of the images ----------------
-def ftd_iteration(cfg: DistillConfig, model: nn.Module, experts: Sequence[torch.Tensor], s: Synthetic,
+def ftd_iteration(cfg: FTDConfig, model: nn.Module, experts: Sequence[torch.Tensor], s: Synthetic,
                   generator: torch.Generator, iteration: int = 0) -> tuple[torch.Tensor, Synthetic]:
     """MTT's iteration, then ema <- d * ema + (1 - d) * x (the EMA starts as the initial images)."""
     loss, after = mtt_iteration(cfg, model, experts, s, generator, iteration)
@@ -165,7 +165,7 @@ def ftd_iteration(cfg: DistillConfig, model: nn.Module, experts: Sequence[torch.
 
 
 # -- DATM (Guo et al., ICLR 2024) ----------------------------------------------------------------------
-def datm_iteration(cfg: DistillConfig, model: nn.Module, experts: Sequence[torch.Tensor], s: Synthetic,
+def datm_iteration(cfg: DATMConfig, model: nn.Module, experts: Sequence[torch.Tensor], s: Synthetic,
                    generator: torch.Generator, iteration: int = 0) -> tuple[torch.Tensor, Synthetic]:
     """MTT with a start window that grows from current_max_start_epoch T to max_start_epoch T+ over the first
     expansion_end iterations, soft labels learned through the unroll (when lr_y > 0), and no update at all when
@@ -188,7 +188,7 @@ def datm_iteration(cfg: DistillConfig, model: nn.Module, experts: Sequence[torch
 
 
 # -- AST (Shen et al., arXiv 2310.10541) ---------------------------------------------------------------
-def ast_iteration(cfg: DistillConfig, model: nn.Module, experts: Sequence[torch.Tensor], s: Synthetic,
+def ast_iteration(cfg: ASTConfig, model: nn.Module, experts: Sequence[torch.Tensor], s: Synthetic,
                   generator: torch.Generator, iteration: int = 0) -> tuple[torch.Tensor, Synthetic]:
     """MTT with a perturbed start w~_t (each conv weight W <- W + (d / ||d||) * W, d ~ N(0, I)), heavy-ball
     momentum in the inner SGD, the inner loss weighted by w(t) = log_5(t - h + 8) for t >= h, else
@@ -224,7 +224,7 @@ def ast_iteration(cfg: DistillConfig, model: nn.Module, experts: Sequence[torch.
 
 
 # -- TESLA (Cui et al., ICML 2023) ---------------------------------------------------------------------
-def tesla_iteration(cfg: DistillConfig, model: nn.Module, experts: Sequence[torch.Tensor], s: Synthetic,
+def tesla_iteration(cfg: TESLAConfig, model: nn.Module, experts: Sequence[torch.Tensor], s: Synthetic,
                     generator: torch.Generator, iteration: int = 0) -> tuple[torch.Tensor, Synthetic]:
     """MTT with fixed soft labels (an expert's logits / T, assigned at initialisation, not learned) and the
     first-order gradient: each inner gradient g_k sees w_k as a constant."""

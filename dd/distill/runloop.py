@@ -2,16 +2,18 @@
 folder, resume from the last checkpoint, metrics, periodic saves, in-run evaluation with a best-so-far set,
 divergence checks and interrupts that keep the last finished iteration.
 
-A method subclasses ``RunLoop`` and supplies one outer ``step``, what is learned (``learned``), how its set
-and checkpoint are written (``save_set``, ``checkpoint``) and read back (``load``); ``evaluate`` is optional
-(a config without ``eval_every`` never evaluates). The config must have ``iterations``, ``log_every``,
-``checkpoint_every``, ``resume`` and ``wandb``. Under torchrun every rank runs the loop; only rank 0 prints
-and holds the folder, and the methods' writers check ``dd.distributed.is_main`` themselves.
+A method subclasses ``RunLoop`` and supplies one outer ``step``, what is learned (``learned``), how its set is
+written (``save_set``), its outer ``optimizers`` by name and the rest of its resumable state (``state``, read back
+by ``load``); the loop writes and restores the checkpoint (``dd.distill.checkpoint``), the optimisers' state
+included, on the run's ``device``. ``evaluate`` is optional (a config without ``eval_every`` never evaluates). The
+config composes ``dd.settings.RunControl``. Under torchrun every rank runs the loop; only rank 0 prints and holds
+the folder and writes the sets and checkpoints.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -23,15 +25,33 @@ from tqdm import tqdm
 
 from dd import distributed
 from dd.cli import Interrupted, flag, resume_command, uninterruptible
-from dd.config import to_dict
+from dd.config import to_dict, validate
 from dd.device import retain_freed_memory
-from dd.distill.checkpoint import EVAL_KEYS, open_run
+from dd.distill.checkpoint import (
+    EVAL_KEYS,
+    config_changes,
+    load_checkpoint,
+    load_optimizers,
+    open_run,
+    save_checkpoint,
+    save_optimizers,
+)
 from dd.errors import DDError
 from dd.lock import hold
 from dd.metrics import MetricsLog
 
 Progress = Callable[[int, int, str], None]  # (networks done, networks in all, what is being trained)
 BAR_LOSS_EVERY_S = 1.0  # the bar's loss is the running mean of the log window, fetched at most this often
+
+
+class _NoLog:
+    """The metrics log of ranks other than 0, which write nothing."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class RunLoop:
@@ -45,12 +65,21 @@ class RunLoop:
     def __init__(self, config: Any, run_dir: Path, argv: Sequence[str] | None) -> None:
         """``argv``: the command-line arguments of the run, for the resume command that an interrupt prints."""
         self.config, self.run_dir, self.argv = config, Path(run_dir), argv
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}  # the outer optimisers, set by the method
         self.iteration = 0
         self.checkpointed = 0  # iteration of the last checkpoint written or resumed from
         self.evaluated = 0  # iteration of the last finished evaluation
         self.best: dict[str, float] = {}
         self._bar: tqdm | None = None
         self._shown_eval: dict[str, str] = {}  # the last evaluation, in the bar's postfix
+
+    @staticmethod
+    def setup(config: Any) -> tuple[Any, torch.device]:
+        """Validate ``config`` (``dd.config.validate``, before any data is read) and set up its device (joining the
+        process group under torchrun); returns the config recording the device used, and the device."""
+        validate(config)
+        device = distributed.setup(config.device, config.tf32)
+        return dataclasses.replace(config, device=str(device)), device
 
     # -- what a method supplies -------------------------------------------------------------------
     def step(self) -> torch.Tensor:
@@ -65,12 +94,12 @@ class RunLoop:
         """Write the current set into ``run_dir/synset<suffix>`` (and, for suffix "", its grid)."""
         raise NotImplementedError
 
-    def checkpoint(self) -> None:
-        """Write the resumable checkpoint; its state must include ``run_state()``."""
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The method's resumable state beside its optimisers: (tensors, JSON-able state)."""
         raise NotImplementedError
 
     def load(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-        """Restore the method's tensors from a checkpoint (the loop's counters are restored by the caller)."""
+        """Restore what ``state`` returned (the loop restores the optimisers and its counters)."""
         raise NotImplementedError
 
     def start(self) -> None:
@@ -92,24 +121,49 @@ class RunLoop:
         """Extra values of the progress bar's postfix beside the loss."""
         return {}
 
+    def finished(self) -> str:
+        """The stage's last lines: what the run wrote and how to evaluate it."""
+        synset = self.run_dir / "synset"
+        return f"synthetic set: {synset}; evaluate with: python -m dd.eval --synset {synset}"
+
     def divergence_cause(self, bad: list[str]) -> str:
         """What to change when the tensors named in ``bad`` (or, when empty, the loss) stopped being finite."""
         return self.divergence_fix
 
+    def recorded_config(self) -> dict[str, Any]:
+        """What the run folder's config.json holds: the resolved config."""
+        return to_dict(self.config)
+
     def open_run_dir(self) -> MetricsLog:
-        """Check the run folder (held by this process) against the config, restore its checkpoint when resuming
-        (else ``start``), and return its metrics log."""
-        found, changes, log = open_run(self.run_dir, self.config.resume, to_dict(self.config),
-                                       to_dict(type(self.config)()), self.final_iteration - self.config.iterations)
+        """Rank 0 checks the run folder (held by this process) against the config and writes ``recorded_config``;
+        every rank then restores the checkpoint rank 0 checked when resuming (else ``start``s). Returns the metrics
+        log (rank 0's; the other ranks log nothing)."""
+        if distributed.is_main():
+            found, changes, log = open_run(self.run_dir, self.config.resume, to_dict(self.config),
+                                           to_dict(type(self.config)()), self.final_iteration - self.config.iterations,
+                                           self.recorded_config())
+        distributed.barrier()
+        if not distributed.is_main():
+            found, log = load_checkpoint(self.run_dir) if self.config.resume else None, _NoLog()
+            changes = {} if found is None else config_changes(found[1]["config"], to_dict(self.config))
         if found is not None:
             self.restore(*found, changes)
         else:
             self.start()
         return log
 
+    def checkpoint(self) -> None:
+        """Write the resumable checkpoint (rank 0): the method's ``state``, its optimisers and ``run_state``."""
+        if not distributed.is_main():
+            return
+        tensors, state = self.state()
+        opt_tensors, opt_state = save_optimizers(self.optimizers)
+        save_checkpoint(self.run_dir, {**tensors, **opt_tensors}, {**self.run_state(), **state, **opt_state})
+
     def restore(self, tensors: dict[str, torch.Tensor], state: dict[str, Any], changes: dict[str, Any]) -> None:
         """Load a checkpoint and the loop's counters; best accuracies under changed evaluation settings drop."""
         self.load(tensors, state)
+        load_optimizers(self.optimizers, tensors, state, self.device)
         self.iteration = self.checkpointed = int(state["iteration"])
         self.evaluated = int(state.get("evaluated", self.iteration))
         self.best = {} if EVAL_KEYS & changes.keys() else dict(state.get("best", {}))
@@ -130,8 +184,9 @@ class RunLoop:
                 "config": to_dict(self.config)}
 
     def save(self) -> None:
-        """The set, then the checkpoint (a checkpoint never runs ahead of the set)."""
-        self.save_set()
+        """The set, then the checkpoint (a checkpoint never runs ahead of the set); rank 0 writes."""
+        if distributed.is_main():
+            self.save_set()
         self.checkpoint()
         self.checkpointed = self.iteration
 
@@ -207,7 +262,8 @@ class RunLoop:
         if distributed.is_main():
             tqdm.write(" ".join(f"{k}={v:.4f}" for k, v in record.items()) + f" (iteration {self.iteration})")
         if improved:
-            self.save_set("_best")
+            if distributed.is_main():
+                self.save_set("_best")
         first = next(iter(record))
         self._shown_eval = {first: f"{record[first]:.4f}"}
         if self._bar is not None:

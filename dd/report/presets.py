@@ -17,7 +17,7 @@ from typing import Any
 
 from dd.buffer.config import BufferConfig
 from dd.config import BASE_KEY, load_yaml, make_config, read_yaml
-from dd.distill.config import DistillConfig
+from dd.distill.config import MTTConfig
 from dd.distill.gradmatch import loops
 from dd.distill.methods import get_method
 from dd.errors import DDError
@@ -122,7 +122,7 @@ def recipe_label(buffer: BufferConfig) -> str:
     return "sgd" if plain == (0, 0, None, False, 0) else "smooth"
 
 
-def buffer_of(root: Path, config: DistillConfig) -> BufferConfig:
+def buffer_of(root: Path, config: MTTConfig) -> BufferConfig:
     """The buffer preset a distillation preset names (``buffer_config``, relative to the repository root)."""
     return make_config(BufferConfig, load_yaml(root / config.buffer_config), config.buffer_config)
 

@@ -16,21 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from dd.config import load_yaml, make_config
-from dd.distill.config import DistillConfig
-from dd.distill.dm import DM, DMConfig
-from dd.distill.engine import Distiller
-from dd.distill.gradmatch import GradMatch, GradMatchConfig
-from dd.distill.krr_st import KRRConfig, KRRDistiller
+from dd.distill.registry import get_method, load_plugins
 from dd.errors import DDError
 from dd.eval.__main__ import main as eval_main
 from dd.io import read_json
 
 Report = Callable[[int, float], None]  # (iteration, validation accuracy of the first eval model)
-
-# Methods with a loop and config of their own (as dd.distill.__main__.OWN_LOOP); the others are the trajectory
-# engine's. KRR-ST makes a transfer set, which dd.eval scores on the test split only: it cannot be tuned here.
-OWN_LOOPS: dict[str, tuple[type, type]] = {"dc": (GradMatchConfig, GradMatch), "dsa": (GradMatchConfig, GradMatch),
-                                           "dm": (DMConfig, DM), "krr_st": (KRRConfig, KRRDistiller)}
 
 
 def preset_method(preset: str | Path) -> str:
@@ -39,15 +30,16 @@ def preset_method(preset: str | Path) -> str:
 
 
 def config_class(method: str) -> type:
-    """The config class whose keys a search over ``method`` may set."""
-    return OWN_LOOPS.get(method, (DistillConfig, Distiller))[0]
+    """The config class whose keys a search over ``method`` may set (the registry's; plugins from ``DD_PLUGINS``)."""
+    load_plugins()
+    return get_method(method).config
 
 
 def run_distillation(preset: str | Path, values: dict[str, Any], run_dir: Path, report: Report) -> int:
     """Distil with the preset's config and ``values`` on top into ``run_dir`` (resuming it when it holds a
     checkpoint of the same config); returns the iterations run. Exceptions raised by ``report`` stop the run."""
-    method = preset_method(preset)
-    config_cls, loop_cls = OWN_LOOPS.get(method, (DistillConfig, Distiller))
+    spec = get_method(preset_method(preset))
+    config_cls, loop_cls = spec.config, spec.run
     resume = (run_dir / "config.json").is_file()
     config = make_config(config_cls, {**load_yaml(preset), **values, "run_dir": str(run_dir), "resume": resume},
                          source=f"trial config (preset {preset})")

@@ -34,12 +34,14 @@ import torch
 from torch import nn
 
 from dd.augment import DSA
+from dd.distill.config import ASTConfig
 from dd.distill.context import Context
+from dd.distill.engine import Distiller
 from dd.distill.expert_labels import complete_experts, expert_logits
 from dd.distill.init import class_pools, register_init
-from dd.distill.methods.base import Method, normalized_distance, register_method
+from dd.distill.methods.base import Method, normalized_distance
+from dd.distill.registry import register_method
 from dd.distill.unroll import Student
-from dd.errors import DDError
 from dd.functional import ParamSpec, param_spec
 
 if TYPE_CHECKING:
@@ -139,7 +141,7 @@ def perturb_conv_weights(w: torch.Tensor, spec: ParamSpec, generator: torch.Gene
     return out
 
 
-@register_method("ast")
+@register_method("ast", config=ASTConfig, run=Distiller)
 class AST(Method):
     """MTT with a momentum student, plus the optional AST terms selected in the config."""
 
@@ -147,10 +149,6 @@ class AST(Method):
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        cfg = ctx.config
-        if cfg.middle_loss != "none" and cfg.syn_steps < cfg.expert_epochs:
-            raise DDError(f"--middle-loss needs --syn-steps >= --expert-epochs (one inner step per expert epoch), "
-                          f"got {cfg.syn_steps} and {cfg.expert_epochs}")
         self.spec = param_spec(ctx.model)
 
     def make_student(self, model: nn.Module, augment: DSA, start: int) -> Student:

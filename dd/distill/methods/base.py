@@ -16,27 +16,7 @@ from dd.augment import DSA
 from dd.distill.context import Context
 from dd.distill.init import init_images
 from dd.distill.unroll import Student
-from dd.errors import DDError
 from dd.training import classification_loss
-
-METHODS: dict[str, type[Method]] = {}
-
-
-def register_method(name: str):
-    """Class decorator adding a method to the registry under ``name``."""
-
-    def wrap(cls: type[Method]) -> type[Method]:
-        cls.name = name
-        METHODS[name] = cls
-        return cls
-
-    return wrap
-
-
-def get_method(name: str) -> type[Method]:
-    if name not in METHODS:
-        raise DDError(f"unknown method '{name}'; choose from {', '.join(sorted(METHODS))}")
-    return METHODS[name]
 
 
 def normalized_distance(w_final: torch.Tensor, w_start: torch.Tensor, w_target: torch.Tensor) -> torch.Tensor:

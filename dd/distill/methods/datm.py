@@ -35,11 +35,13 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from dd.distill.config import DATMConfig
 from dd.distill.context import Context
+from dd.distill.engine import Distiller
 from dd.distill.expert_labels import complete_experts, expert_logits
 from dd.distill.init import class_pools, register_init
-from dd.distill.methods.base import Method, register_method
-from dd.errors import DDError
+from dd.distill.methods.base import Method
+from dd.distill.registry import register_method
 
 
 # -- 1. difficulty alignment -------------------------------------------------------------------------
@@ -113,7 +115,7 @@ def masked_mean_logits(logits: torch.Tensor, classes: torch.Tensor) -> torch.Ten
     return (weights.unsqueeze(2) * logits).sum(dim=0)
 
 
-@register_method("datm")
+@register_method("datm", config=DATMConfig, run=Distiller)
 class DATM(Method):
     """MTT with a growing start-epoch window, soft labels and the threshold skip."""
 
@@ -121,15 +123,6 @@ class DATM(Method):
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        cfg = ctx.config
-        if cfg.current_max_start_epoch is not None:
-            if not cfg.min_start_epoch < cfg.current_max_start_epoch <= cfg.max_start_epoch:
-                raise DDError(f"need --min-start-epoch < --current-max-start-epoch <= --max-start-epoch, got "
-                              f"{cfg.min_start_epoch}, {cfg.current_max_start_epoch} and {cfg.max_start_epoch}")
-            if cfg.expansion_end <= 0:
-                raise DDError(f"--expansion-end must be positive, got {cfg.expansion_end}")
-        if cfg.lr_y < 0:
-            raise DDError(f"--lr-y must be >= 0 (0 keeps the soft labels fixed), got {cfg.lr_y}")
         self.skipped = 0
 
     def start_epoch(self, iteration: int, generator: torch.Generator) -> int:

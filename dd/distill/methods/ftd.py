@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import torch
 
+from dd.distill.config import FTDConfig
 from dd.distill.context import Context
-from dd.distill.methods.base import Method, register_method
-from dd.errors import DDError
+from dd.distill.engine import Distiller
+from dd.distill.methods.base import Method
+from dd.distill.registry import register_method
 
 
 def ema_update_(ema: torch.Tensor, images: torch.Tensor, decay: float) -> None:
@@ -31,14 +33,12 @@ def ema_update_(ema: torch.Tensor, images: torch.Tensor, decay: float) -> None:
     ema.mul_(decay).add_(images, alpha=1 - decay)
 
 
-@register_method("ftd")
+@register_method("ftd", config=FTDConfig, run=Distiller)
 class FTD(Method):
     """MTT plus an EMA of the synthetic images (decay ``ema_decay``)."""
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        if not 0 <= ctx.config.ema_decay <= 1:
-            raise DDError(f"--ema-decay must lie in [0, 1], got {ctx.config.ema_decay}")
         self.ema: torch.Tensor | None = None
 
     def init_images(self, generator: torch.Generator) -> torch.Tensor:

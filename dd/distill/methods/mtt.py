@@ -12,9 +12,12 @@ The minibatches B_k are consecutive chunks of fresh random permutations of the s
 the engine's default, so the method is the base class itself.
 """
 
-from dd.distill.methods.base import Method, register_method
+from dd.distill.config import MTTConfig
+from dd.distill.engine import Distiller
+from dd.distill.methods.base import Method
+from dd.distill.registry import register_method
 
 
-@register_method("mtt")
+@register_method("mtt", config=MTTConfig, run=Distiller)
 class MTT(Method):
     """Matching Training Trajectories: the engine's defaults."""

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import torch
 
+from dd.distill.config import TESLAConfig
 from dd.distill.context import Context
+from dd.distill.engine import Distiller
 from dd.distill.expert_labels import complete_experts, expert_logits
-from dd.distill.methods.base import Method, register_method
-from dd.errors import DDError
+from dd.distill.methods.base import Method
+from dd.distill.registry import register_method
 
 
 def label_epoch(max_start_epoch: int, expert_epochs: int) -> int:
@@ -41,16 +43,11 @@ def expert_soft_labels(ctx: Context, images: torch.Tensor) -> torch.Tensor:
     return expert_logits(ctx, images, complete_experts(ctx)[0], epoch) / cfg.label_temperature
 
 
-@register_method("tesla")
+@register_method("tesla", config=TESLAConfig, run=Distiller)
 class TESLA(Method):
     """MTT with fixed soft labels assigned by an expert, and TESLA's first-order unroll under --unroll auto."""
 
     unroll = "tesla"
-
-    def __init__(self, ctx: Context) -> None:
-        super().__init__(ctx)
-        if not ctx.config.label_temperature > 0:
-            raise DDError(f"--label-temperature must be positive, got {ctx.config.label_temperature}")
 
     def init_labels(self, images: torch.Tensor) -> torch.Tensor:
         """Soft labels [N, K] (logits / T) from the expert at the last target epoch; not learned."""
