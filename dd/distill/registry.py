@@ -43,6 +43,17 @@ class MethodSpec:
     run: Callable[..., Any]
     hooks: type | None = None
 
+    @property
+    def protocol(self) -> str | None:
+        """The ``dd.protocols`` protocol its sets name, which dd.eval scores them under (a per-class method's
+        ``protocol_name``, by default its own name); None for a method whose sets are scored otherwise (KRR-ST's
+        transfer protocol)."""
+        if self.hooks is not None:
+            return self.hooks.protocol
+        if hasattr(self.run, "protocol_name"):
+            return self.run.protocol_name or self.name
+        return None
+
 
 METHODS: dict[str, MethodSpec] = {}
 
@@ -65,14 +76,14 @@ def register_method(name: str, *, config: type, run: Callable[..., Any] | None =
 
 
 def method_names() -> list[str]:
-    """The registered methods, sorted (the built-ins once ``dd.distill.methods`` is imported)."""
+    """The registered methods, sorted: the built-ins and the plugins imported so far."""
+    importlib.import_module("dd.distill.methods")  # registers the built-ins
     return sorted(METHODS)
 
 
 def get_method(name: str) -> MethodSpec:
     """The method registered under ``name``; a one-line error listing the registered ones otherwise."""
-    importlib.import_module("dd.distill.methods")  # registers the built-ins before any lookup
-    if name not in METHODS:
+    if name not in method_names():
         raise DDError(f"unknown method '{name}'; choose from {', '.join(method_names())} (a method of your own: "
                       f"--plugin FILE.py or {PLUGINS_ENV}, docs/adding-a-method.md)")
     return METHODS[name]
