@@ -99,6 +99,7 @@ def run_main(monkeypatch, capsys, *argv: str) -> str:
     return err
 
 
+@pytest.mark.e2e
 def test_bad_sets_stop_with_one_error_line(tmp_path, monkeypatch, capsys):
     assert "does not exist" in run_main(monkeypatch, capsys, "--synset", str(tmp_path / "nowhere"),
                                         "--out", str(tmp_path / "out"))

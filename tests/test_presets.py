@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from dd.buffer.config import BufferConfig
-from dd.buffer.config import validate as validate_buffer
 from dd.config import load_yaml, make_config
+from dd.config import validate as validate_buffer
 from dd.distill.condense import validate as validate_condense
 from dd.distill.config import DistillConfig
 from dd.distill.dm import DMConfig
@@ -24,7 +24,7 @@ from dd.distill.gradmatch import validate as validate_gradmatch
 from dd.distill.krr_st import KRRConfig
 from dd.distill.krr_st import validate as validate_krr
 from dd.distill.methods import get_method
-from dd.eval.__main__ import EvalConfig
+from dd.eval.config import EvalConfig
 from dd.protocols import get_protocol, list_protocols
 
 ROOT = Path(__file__).parents[1]
