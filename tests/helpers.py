@@ -200,7 +200,7 @@ def reference_evaluate_synset(images, labels, lr, epoch_eval_train, batch_train,
     return net
 
 
-# Bad input: the one error line, and the artefacts a case damages.
+# Bad input: the one error line, the artefacts a case damages, and which cases need trained experts.
 
 def one_error_line(capsys, main, argv, code: int = 2) -> str:
     """Run ``main`` through run_cli; assert the exit status and a single ``error:`` line, last, with no traceback."""
@@ -304,3 +304,12 @@ class Inputs:
         flags = self.folder_dataset("complete")
         Image.new("L", (100, 100)).save(self.tmp / "images" / "train" / "a" / "big.png")
         return flags
+
+
+def cases_on_experts_as_e2e(cases: dict, readers: tuple[str, ...] = ()) -> list:
+    """The names of ``cases`` ({name: (main, argv builder, words)}) as parameters, those whose argv builder reads the
+    session's trained experts (``Inputs.buffer``/``store``/``distill``, or one of the module's ``readers``) marked
+    e2e: such a case trains them when no test has yet."""
+    names = {"buffer", "store", "distill", "damaged_store", "foreign_manifest", *readers}
+    return [pytest.param(name, marks=pytest.mark.e2e) if names & set(build.__code__.co_names) else name
+            for name, (_, build, _) in cases.items()]

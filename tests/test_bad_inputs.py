@@ -12,7 +12,7 @@ from dd.buffer.__main__ import main as buffer_main
 from dd.cli import run_cli
 from dd.distill.__main__ import main as distill_main
 from dd.eval.__main__ import main as eval_main
-from tests.helpers import Inputs
+from tests.helpers import Inputs, cases_on_experts_as_e2e
 
 
 class WritesMarker:
@@ -105,7 +105,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", cases_on_experts_as_e2e(CASES))
 def test_bad_input_is_one_clear_line(case, tmp_path, request, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a case that slips through writes nothing into the repository
     main, make_argv, words = CASES[case]
@@ -124,7 +124,6 @@ def test_bad_input_is_one_clear_line(case, tmp_path, request, capsys, monkeypatc
     assert not (tmp_path / "executed").exists(), "a pickled payload ran"
 
 
-@pytest.mark.e2e
 def test_decompression_bomb_is_one_line(tmp_path, request, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     argv = Inputs(tmp_path, request).bomb_folder(monkeypatch)
@@ -135,7 +134,6 @@ def test_decompression_bomb_is_one_line(tmp_path, request, capsys, monkeypatch):
     assert "big.png has more pixels than PIL decodes safely" in err.splitlines()[-1]
 
 
-@pytest.mark.e2e
 def test_a_failed_import_leaves_no_empty_store(tmp_path, request, capsys):
     argv = malicious_buffer(Inputs(tmp_path, request))
     with pytest.raises(SystemExit):

@@ -28,7 +28,7 @@ from dd.realdata import PreparedData, prepare_data
 from dd.report.__main__ import main as report_main
 from dd.report.artefacts import Run
 from dd.report.build import label_apart
-from tests.helpers import TINY_BUFFER_FLAGS, Inputs, make_set
+from tests.helpers import TINY_BUFFER_FLAGS, Inputs, cases_on_experts_as_e2e, make_set
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL = ["--runs", "1", "--epochs", "1", "--device", "cpu"]
@@ -176,7 +176,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", cases_on_experts_as_e2e(CASES, readers=("store_copy", "buffer_flags")))
 def test_mismatch_and_malformed_input_is_one_line(case, tmp_path, request, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main, make_argv, words = CASES[case]
