@@ -21,6 +21,7 @@ import gpu_check  # noqa: E402
 from dd.distill.methods import METHODS  # noqa: E402
 
 
+@pytest.mark.e2e
 def test_quick_stages_and_report(tmp_path):
     cpu = torch.device("cpu")
     same = gpu_check.equivalence_rows(cpu, 1, 1)
