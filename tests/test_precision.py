@@ -28,6 +28,7 @@ def test_bf16_is_part_of_the_protocol_identity():
         get_protocol("mtt", amp="fp16")
 
 
+@pytest.mark.e2e
 def test_bf16_training_keeps_fp32_weights_and_learns():
     data = prepare_data("digits", torch.device("cpu"))
     train = random_subset(data, 10, seed=0)
