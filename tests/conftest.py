@@ -7,12 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dd.buffer.__main__ import main as buffer_main
-from tests.procs import MLP_BUFFER, python_m, run_ok
-
-TINY_BUFFER_FLAGS = ["--num-experts", "2", "--epochs", "4", "--batch-size", "64", "--test-every", "2",
-                     "--device", "cpu"]
-
+from dd.buffer import BufferConfig, train_store
+from tests.helpers import MLP_BUFFER, TINY_BUFFER, TINY_TEACHER, python_m, run_ok
 
 THREADS = 2  # every in-process computation, the session fixtures' references included
 
@@ -42,19 +38,15 @@ def _no_system_datasets(monkeypatch):
 def digits_buffer(tmp_path_factory) -> Path:
     """``buffers/`` root holding 2 ConvNet experts of 4 epochs on digits."""
     root = tmp_path_factory.mktemp("buffers")
-    assert buffer_main([*TINY_BUFFER_FLAGS, "--buffer-dir", str(root)]) == 0
+    train_store(BufferConfig(**TINY_BUFFER, buffer_dir=str(root)))
     return root
-
-
-TINY_TEACHER_FLAGS = ["--teacher", "barlow_twins", "--dataset", "digits-0to4", "--model", "ConvNetW32", "--epochs", "2",
-                      "--batch-size", "128", "--lr", "0.05", "--momentum", "0.9", "--proj-dim", "32", "--device", "cpu"]
 
 
 @pytest.fixture(scope="session")
 def digits_teacher(tmp_path_factory) -> Path:
     """``buffers/`` root holding a 2-epoch Barlow Twins ConvNetW32 teacher on digits-0to4."""
     root = tmp_path_factory.mktemp("teachers")
-    assert buffer_main([*TINY_TEACHER_FLAGS, "--buffer-dir", str(root)]) == 0
+    train_store(BufferConfig(**TINY_TEACHER, buffer_dir=str(root)))
     return root
 
 

@@ -14,7 +14,7 @@ from dd.distill.methods.ast import MomentumStudent
 from dd.distill.methods.base import normalized_distance
 from dd.distill.unroll import Student, make_plan, make_unroll
 from dd.training import classification_loss
-from tests.test_unroll import tiny_problem
+from tests.helpers import tiny_problem
 
 UNROLLS = {"full": ("full", 1, None), "checkpointed": ("checkpointed", 2, None), "chunked": ("checkpointed", 1, 1)}
 

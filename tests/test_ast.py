@@ -33,9 +33,7 @@ from dd.errors import DDError
 from dd.functional import flatten_params, load_flat_, param_spec
 from dd.models import create_model
 from dd.training import classification_loss
-from tests.gradcheck import assert_matches_finite_differences
-from tests.test_distill import flags
-from tests.test_unroll import tiny_problem
+from tests.helpers import assert_matches_finite_differences, flags, tiny_problem
 
 ALL_OPTIONS = ["--method", "ast", "--pix-init", "kmeans", "--middle-loss", "adaptive", "--balance-loss",
                "--weight-perturb", "--inner-momentum", "0.9", "--lr-teacher", "0.003"]
@@ -177,6 +175,7 @@ def test_nearest_unique_takes_the_next_nearest_when_centres_share_one():
     assert nearest_unique(torch.tensor([[1.0], [1.0], [1.0]]), features).tolist() == [1, 0, 2]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("ipc", [1, 10])
 def test_kmeans_init_picks_distinct_real_images_of_each_class(digits_buffer, tmp_path, ipc):
     config = make_config(ASTConfig, { "pix_init": "kmeans", "ipc": ipc, "device": "cpu",
@@ -203,6 +202,7 @@ def test_kmeans_init_picks_distinct_real_images_of_each_class(digits_buffer, tmp
 
 
 # -- end to end ----------------------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_ast_runs_end_to_end_with_every_option(tmp_path, digits_buffer):
     run = tmp_path / "run"
     assert distill_main([*flags(digits_buffer, run), *ALL_OPTIONS, "--ipc", "2"]) == 0
@@ -215,6 +215,7 @@ def test_ast_runs_end_to_end_with_every_option(tmp_path, digits_buffer):
     assert len(losses) == 4 and all(v > 0 for v in losses)
 
 
+@pytest.mark.e2e
 def test_ast_resume_equals_uninterrupted(tmp_path, digits_buffer):
     full, split = tmp_path / "full", tmp_path / "split"
     assert distill_main([*flags(digits_buffer, full), *ALL_OPTIONS]) == 0
@@ -224,6 +225,7 @@ def test_ast_resume_equals_uninterrupted(tmp_path, digits_buffer):
     assert torch.equal(a.images, b.images) and a.lr == b.lr
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("extra, message", [
     (["--middle-loss", "agg", "--syn-steps", "1"], "--middle-loss needs --syn-steps >= --expert-epochs"),
     (["--inner-momentum", "1.0"], "--inner-momentum must be in"),

@@ -3,112 +3,16 @@ the cause and the fix, with no traceback (run through ``run_cli``, as ``python -
 
 from __future__ import annotations
 
-import json
-import shutil
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from dd.buffer.__main__ import main as buffer_main
 from dd.cli import run_cli
 from dd.distill.__main__ import main as distill_main
 from dd.eval.__main__ import main as eval_main
-from tests.test_eval import make_set
-
-
-@dataclass
-class Inputs:
-    """Lazily built artefacts a case may need, in the test's own folder."""
-
-    tmp: Path
-    request: pytest.FixtureRequest
-
-    @cached_property
-    def buffer(self) -> Path:
-        return self.request.getfixturevalue("digits_buffer")
-
-    @cached_property
-    def store(self) -> Path:
-        (store,) = self.buffer.glob("digits/ConvNet/*")
-        return store
-
-    @cached_property
-    def synset(self) -> Path:
-        return make_set(self.tmp / "set", soft=False)
-
-    def distill(self, *extra: str, buffer: str | None = None) -> list[str]:
-        buffer_flags = ["--buffer", buffer] if buffer else ["--buffer-dir", str(self.buffer)]
-        return [*buffer_flags, "--run-dir", str(self.tmp / "run"), "--iterations", "2", "--syn-steps", "2",
-                "--expert-epochs", "2", "--max-start-epoch", "2", "--eval-every", "0", "--device", "cpu", *extra]
-
-    def damaged_store(self, damage: str) -> str:
-        """A copy of the digits store with both expert files truncated or with one bit flipped."""
-        store = self.tmp / "store"
-        shutil.copytree(self.store, store)
-        for path in store.glob("expert_*.safetensors"):
-            data = bytearray(path.read_bytes())
-            if damage == "truncate":
-                data = data[: len(data) // 2]
-            else:
-                data[-5] ^= 0x01
-            path.write_bytes(bytes(data))
-        return str(store)
-
-    def damaged_synset(self, damage: str) -> str:
-        path = self.synset / "synset.safetensors"
-        data = bytearray(path.read_bytes())
-        if damage == "truncate":
-            data = data[:-40]
-        else:
-            data[-3] ^= 0x04  # a bit of the last tensor: the file still parses, only the checksum knows
-        path.write_bytes(bytes(data))
-        return str(self.synset)
-
-    def folder_dataset(self, layout: str) -> list[str]:
-        """Buffer flags on an ImageFolder tree with an empty class folder, with no images at all, or with
-        one image in every class folder ("complete")."""
-        root = self.tmp / "images"
-        for split in ("train", "val"):
-            for cls in ("a", "b"):
-                (root / split / cls).mkdir(parents=True)
-                if layout == "complete" or (layout == "empty class" and not (split == "train" and cls == "b")):
-                    Image.new("RGB", (4, 4)).save(root / split / cls / "x.png")
-                elif layout == "no images":
-                    (root / split / cls / "notes.txt").write_text("not an image")
-        return ["--dataset", "imagefolder", "--data-path", str(root), "--buffer-dir", str(self.tmp / "b"),
-                "--device", "cpu"]
-
-    def file(self, name: str, text: str | bytes) -> str:
-        path = self.tmp / name
-        path.write_bytes(text if isinstance(text, bytes) else text.encode())
-        return str(path)
-
-    def foreign_manifest(self) -> str:
-        """A copy of the digits store whose manifest claims one more epoch than its experts hold."""
-        store = self.tmp / "store"
-        shutil.copytree(self.store, store)
-        manifest = json.loads((store / "manifest.json").read_text())
-        manifest["num_epochs"] += 1
-        (store / "manifest.json").write_text(json.dumps(manifest))
-        return str(store)
-
-    def foreign_results(self) -> str:
-        """An eval folder whose results.json is valid JSON but not dd's."""
-        (self.tmp / "ev").mkdir()
-        (self.tmp / "ev" / "results.json").write_text('{"runs": [{"acc": 1}]}')
-        return str(self.tmp / "ev")
-
-    def bomb_folder(self, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-        """Buffer flags on an ImageFolder tree holding one image over PIL's decompression-bomb limit (the
-        limit lowered to keep the file small; a 20000x20000 PNG trips the default one the same way)."""
-        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-        flags = self.folder_dataset("complete")
-        Image.new("L", (100, 100)).save(self.tmp / "images" / "train" / "a" / "big.png")
-        return flags
+from tests.helpers import Inputs, cases_on_experts_as_e2e
 
 
 class WritesMarker:
@@ -201,7 +105,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", cases_on_experts_as_e2e(CASES))
 def test_bad_input_is_one_clear_line(case, tmp_path, request, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a case that slips through writes nothing into the repository
     main, make_argv, words = CASES[case]

@@ -13,6 +13,7 @@ sys.path.insert(0, str(SCRIPT.parent))
 import bench  # noqa: E402
 
 
+@pytest.mark.e2e
 def test_worker_reports_seconds_and_memory_of_one_configuration():
     done = subprocess.run([sys.executable, str(SCRIPT), "--worker", "digits", "checkpointed", "3", "--quick",
                            "--snapshot-every", "2",
@@ -54,6 +55,7 @@ def test_report_tables_and_targets(tmp_path):
     assert text.count("# Benchmarks") == 1 and "written by hand" in text, "other sections of the page stay"
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_quick_run_writes_both_files(tmp_path):
     subprocess.run([sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--out", str(tmp_path)], check=True)

@@ -19,7 +19,7 @@ from dd.errors import DDError
 from dd.functional import flatten_params, param_spec
 from dd.models import create_model
 from dd.training import classification_loss
-from tests.test_unroll import tiny_problem
+from tests.helpers import tiny_problem
 
 STEPS = 5
 
@@ -164,6 +164,7 @@ def test_plan_indices_live_on_the_requested_device():
     assert [len(i) for i in plan.indices] == [4, 4, 2, 4, 4, 2]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("method, extra", [("mtt", {}), ("datm", {"soft_labels": True}),
                                            ("ast", {"middle_loss": "agg", "weight_perturb": True,
                                                     "balance_loss": True})])

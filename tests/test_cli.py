@@ -20,8 +20,8 @@ from dd.config import load_yaml, make_config
 from dd.distill.__main__ import main as distill_main
 from dd.distill.config import MTTConfig
 from dd.errors import DDError
-from dd.eval.__main__ import EvalConfig
 from dd.eval.__main__ import main as eval_main
+from dd.eval.config import EvalConfig
 from dd.realdata import prepare_data, random_subset
 from dd.viz import class_names
 
@@ -41,6 +41,7 @@ def test_help(stage, flag):
     assert result.returncode == 0 and flag in result.stdout and "default:" in result.stdout
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("args, message", [
     (("dd.buffer", "--dataset", "nope"), "error: unknown dataset 'nope'"),
     (("dd.buffer", "--dataset", "cifar10", "--data-path", "missing-dir"), "--download"),
@@ -74,6 +75,7 @@ def test_help_shows(stage, flag):
 
 # -- what a stage prints at the end ------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_python_m_dd_lists_every_stage_and_quickstart_commands_a_stage_accepts():
     text = overview()
     for stage in ("dd.buffer", "dd.distill", "dd.eval", "dd.report"):
@@ -98,6 +100,7 @@ def test_buffer_end_names_the_store_and_the_commands_quoted():
     assert report == ["python", "-m", "dd.report", "buffers/imagefolder/ConvNet/a b"]
 
 
+@pytest.mark.e2e
 def test_distill_and_eval_end_with_their_outputs_and_next_commands(digits_buffer, tmp_path, capsys):
     run_dir = tmp_path / "my run"
     assert distill_main(["--buffer-dir", str(digits_buffer), "--run-dir", str(run_dir), *TINY_DISTILL]) == 0
@@ -128,6 +131,7 @@ def one_line(capsys, main, argv) -> str:
     return err
 
 
+@pytest.mark.e2e
 def test_an_image_size_other_than_the_experts_says_so(digits_buffer, tmp_path, capsys):
     err = one_line(capsys, distill_main, ["--buffer-dir", str(digits_buffer), "--run-dir", str(tmp_path / "r"),
                                           *TINY_DISTILL, "--image-size", "16"])
@@ -159,6 +163,7 @@ def test_a_class_is_named_by_its_folder(tmp_path):
 
 # -- your own data: the README's flow on a folder of grey PNGs -----------------------------------------------
 
+@pytest.mark.e2e
 def test_own_grey_folder_flows_through_every_stage_without_size_or_path_flags(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)  # the presets name each other by their path from the repository root
     tree = grey_tree(tmp_path / "my images", {"one": 6, "three": 6, "two": 6})
@@ -182,6 +187,7 @@ def test_own_grey_folder_flows_through_every_stage_without_size_or_path_flags(tm
     capsys.readouterr()
 
 
+@pytest.mark.e2e
 def test_channels_chosen_at_the_buffer_is_named_by_distill_and_taken_from_the_set_by_eval(tmp_path, capsys,
                                                                                          monkeypatch):
     """Experts of a grey folder loaded as colour (--channels 3): dd.distill without the flag names it; dd.eval

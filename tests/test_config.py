@@ -67,7 +67,7 @@ def test_missing_preset_and_bad_flag_value(tmp_path):
 
 STAGES = {"buffer": ("dd.buffer.__main__", "dd.buffer.config", "BufferConfig"),
           "distill": ("dd.distill.__main__", "dd.distill.config", "MTTConfig"),
-          "eval": ("dd.eval.__main__", "dd.eval.__main__", "EvalConfig")}
+          "eval": ("dd.eval.__main__", "dd.eval.config", "EvalConfig")}
 
 
 @pytest.mark.parametrize("stage", STAGES)

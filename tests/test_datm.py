@@ -19,7 +19,7 @@ from dd.errors import DDError
 from dd.functional import load_flat_
 from dd.models import create_model
 from dd.realdata import prepare_data
-from tests.test_distill import flags
+from tests.helpers import flags
 
 DATM_FLAGS = ["--method", "datm", "--pix-init", "correct", "--soft-labels", "--current-max-start-epoch", "1",
               "--expansion-end", "2"]
@@ -128,6 +128,7 @@ def real_rows(images, data):
     return rows.float().argmax(1)
 
 
+@pytest.mark.e2e
 def test_correct_init_takes_correct_images_of_the_first_expert_then_the_next(digits_setup):
     store, data, net = digits_setup
     trained = store.read_expert(store.completed()[1])
@@ -151,6 +152,7 @@ def test_correct_init_takes_correct_images_of_the_first_expert_then_the_next(dig
     assert (predicted[picked[3:]] == classes[3:]).all()
 
 
+@pytest.mark.e2e
 def test_correct_init_tops_up_a_class_no_expert_can_fill(digits_setup):
     store, data, _ = digits_setup
     blind = torch.zeros(1, store.read_expert(store.completed()[0]).shape[1])
@@ -169,6 +171,7 @@ def datm_config(buffer_root, run_dir, **extra) -> DATMConfig:
     return DATMConfig(**{**values, **extra})
 
 
+@pytest.mark.e2e
 def test_soft_labels_start_as_masked_mean_expert_logits(tmp_path, digits_buffer, digits_setup):
     store, _, net = digits_setup
     distiller = Distiller(datm_config(digits_buffer, tmp_path / "r"))
@@ -189,6 +192,7 @@ def test_soft_labels_start_as_masked_mean_expert_logits(tmp_path, digits_buffer,
     assert not fixed.labels.requires_grad and "y" not in fixed.optimizers
 
 
+@pytest.mark.e2e
 def test_soft_labels_first_expert_are_its_raw_logits(tmp_path, digits_buffer, digits_setup):
     """DATM.py l.309-319 (pix_init real): the logits of one expert's final epoch, no mask, no mean."""
     store, _, net = digits_setup
@@ -201,6 +205,7 @@ def test_soft_labels_first_expert_are_its_raw_logits(tmp_path, digits_buffer, di
     assert not torch.allclose(mean.labels.detach(), expected, atol=1e-3), "the default averages the experts"
 
 
+@pytest.mark.e2e
 def test_threshold_skip_leaves_the_state_untouched(tmp_path, digits_buffer):
     distiller = Distiller(datm_config(digits_buffer, tmp_path / "r", threshold=1e-9, pix_init="real"))
     state = [distiller.images.detach().clone(), distiller.labels.detach().clone(), distiller.syn_lr.item()]
@@ -214,6 +219,7 @@ def test_threshold_skip_leaves_the_state_untouched(tmp_path, digits_buffer):
     assert not torch.equal(distiller.images.detach(), state[0]) and distiller.method.skipped == 1
 
 
+@pytest.mark.e2e
 def test_datm_runs_end_to_end_and_logs_its_skips(tmp_path, digits_buffer):
     run = tmp_path / "run"
     assert distill_main([*flags(digits_buffer, run), *DATM_FLAGS, "--threshold", "1.0", "--eval-epochs", "5"]) == 0

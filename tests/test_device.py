@@ -59,6 +59,7 @@ def test_deterministic_backends_turn_autotuning_off(backends):
         torch.backends.cudnn.deterministic = before[1]
 
 
+@pytest.mark.e2e
 def test_a_run_records_the_device_it_used_and_tf32(tmp_path, backends, capsys):
     run = tmp_path / "dm"
     assert distill_main(["--method", "dm", "--model", "ConvNetW32", "--iterations", "1", "--batch-real", "4",

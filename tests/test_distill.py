@@ -11,12 +11,9 @@ from dd.distill.__main__ import main as distill_main
 from dd.distill.config import MTTConfig
 from dd.distill.engine import Distiller
 from dd.errors import DDError
+from tests.helpers import TINY_BUFFER, flags
 
-
-def flags(buffer_root, run_dir, *extra):
-    return ["--buffer-dir", str(buffer_root), "--run-dir", str(run_dir), "--iterations", "4", "--syn-steps", "5",
-            "--expert-epochs", "2", "--max-start-epoch", "2", "--lr-img", "100", "--eval-every", "0",
-            "--eval-epochs", "20", "--checkpoint-every", "2", "--log-every", "1", "--device", "cpu", *extra]
+pytestmark = pytest.mark.e2e  # every test here runs a stage end to end
 
 
 def test_mtt_run_writes_its_artefacts(tmp_path, digits_buffer):
@@ -66,12 +63,11 @@ def test_buffer_of_another_model_is_refused(tmp_path, digits_buffer):
 def test_buffer_preset_picks_its_store(tmp_path, digits_buffer):
     import shutil
 
-    from dd.buffer.__main__ import main as buffer_main
-    from tests.conftest import TINY_BUFFER_FLAGS
+    from dd.buffer import BufferConfig, train_store
 
     root = tmp_path / "buffers"
     shutil.copytree(digits_buffer, root)
-    assert buffer_main([*TINY_BUFFER_FLAGS, "--num-experts", "1", "--lr", "0.02", "--buffer-dir", str(root)]) == 0
+    train_store(BufferConfig(**{**TINY_BUFFER, "num_experts": 1, "lr": 0.02}, buffer_dir=str(root)))
     with pytest.raises(DDError, match="several expert buffers"):
         distill_main(flags(root, tmp_path / "r"))
     preset = tmp_path / "b.yaml"

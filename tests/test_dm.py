@@ -10,7 +10,7 @@ import torch
 from dd.augment import DSA, DSAParams
 from dd.distill.__main__ import main as distill_main
 from dd.distill.dm import DM, DMConfig, class_mean_embeddings
-from dd.eval.__main__ import main as eval_main
+from dd.eval import EvalConfig, evaluate
 from dd.models import create_model
 
 
@@ -60,6 +60,7 @@ def test_batchnorm_networks_embed_all_classes_in_one_batch():
                                class_mean_embeddings(instance, batches, False))
 
 
+@pytest.mark.e2e
 def test_dm_runs_without_a_buffer_and_dd_eval_reads_its_set(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no buffers/ folder anywhere near
     run = tmp_path / "dm"
@@ -68,9 +69,9 @@ def test_dm_runs_without_a_buffer_and_dd_eval_reads_its_set(tmp_path, monkeypatc
                          str(run)]) == 0
     assert not (tmp_path / "buffers").exists()
     out = tmp_path / "eval"
-    assert eval_main(["--synset", str(run / "synset"), "--models", "ConvNetW32", "--runs", "1", "--epochs", "2",
-                      "--out", str(out), "--device", "cpu"]) == 0
-    runs = json.loads((out / "results.json").read_text())["runs"]
+    runs = evaluate(EvalConfig(synset=str(run / "synset"), models="ConvNetW32", runs=1, epochs=2, out=str(out),
+                               device="cpu")).runs
+    assert runs == json.loads((out / "results.json").read_text())["runs"]
     mine = [r for r in runs if r["source"] == "distilled"]
     assert mine and all(r["method"] == "dm" and r["protocol"]["name"] == "dm" for r in mine)
     assert all(r["protocol"]["lr"] == pytest.approx(0.01) and 0 <= r["accuracy"] <= 1 for r in mine)

@@ -5,34 +5,11 @@ import json
 import pytest
 import torch
 
-import dd
 from dd.errors import DDError
-from dd.eval.__main__ import main as eval_main
+from dd.eval import EvalConfig, evaluate
 from dd.eval.report import augment_of, format_cell, improvement_table, improvements, markdown_table
 from dd.training import soft_cross_entropy
-
-
-def make_set(folder, soft: bool, pick: int = 0, **extra):
-    """One real digit per class (the ``pick``-th of each) as a set; ``soft``: [10, 10] logits whose argmax
-    is the true class; ``extra`` adds metadata. The set records the fingerprint of digits, as dd.distill's do
-    (``data=None``: a set made before fingerprints)."""
-    from dd.data import Preprocessor, load_dataset
-    from dd.identity import data_fingerprint
-    raw = load_dataset("digits")
-    extra.setdefault("data", data_fingerprint("digits", 1, (8, 8), 10, raw.train_images, raw.train_labels,
-                                              raw.test_images, raw.test_labels))
-    pre = Preprocessor.fit("standard", raw.spec, raw.train_images)
-    tensors, meta = pre.state()
-    idx = torch.cat([torch.nonzero(raw.train_labels == c)[pick : pick + 1, 0] for c in range(10)])
-    labels = raw.train_labels[idx]
-    if soft:
-        noise = torch.rand(10, 10, generator=torch.Generator().manual_seed(0))
-        labels = 3.0 * torch.nn.functional.one_hot(labels, 10).float() + noise
-    synset = dd.SynSet(pre(raw.train_images[idx]), labels, 0.01,
-                       {"dataset": "digits", "ipc": 1, "method": "datm" if soft else "mtt", "preprocess_meta": meta,
-                        **extra},
-                       tensors)
-    return dd.save_synset(folder, synset)
+from tests.helpers import make_set
 
 
 @pytest.fixture
@@ -45,42 +22,39 @@ def soft_dir(tmp_path):
     return make_set(tmp_path / "soft", soft=True)
 
 
-def read_runs(folder):
-    return json.loads((folder / "results.json").read_text())["runs"]
-
-
+@pytest.mark.e2e
 def test_eval_records_and_resume(tmp_path, synset_dir):
-    argv = ["--synset", str(synset_dir), "--runs", "2", "--epochs", "30", "--baseline", "random",
-            "--out", str(tmp_path / "ev"), "--device", "cpu"]
-    assert eval_main(argv) == 0
-    runs = json.loads((tmp_path / "ev" / "results.json").read_text())["runs"]
+    config = EvalConfig(synset=str(synset_dir), runs=2, epochs=30, baseline="random", out=str(tmp_path / "ev"),
+                        device="cpu")
+    runs = evaluate(config).runs
+    assert json.loads((tmp_path / "ev" / "results.json").read_text())["runs"] == runs
     assert len(runs) == 4
     assert {r["source"] for r in runs} == {"distilled", "random"}
     for r in runs:
         assert {"source", "method", "model", "ipc", "seed", "accuracy", "protocol", "labels"} <= r.keys()
         assert 0.0 <= r["accuracy"] <= 1.0 and r["ipc"] == 1 and r["protocol"]["epochs"] == 30
     assert "| mtt ipc1 | " in (tmp_path / "ev" / "results.md").read_text()
-    assert eval_main(argv) == 0  # everything recorded: nothing retrained, same records
+    assert evaluate(config).runs == runs  # everything recorded: nothing retrained, same records
     assert json.loads((tmp_path / "ev" / "results.json").read_text())["runs"] == runs
 
 
+@pytest.mark.e2e
 def test_same_seed_same_accuracy(tmp_path, synset_dir):
-    argv = ["--synset", str(synset_dir), "--runs", "1", "--epochs", "10", "--device", "cpu"]
-    eval_main([*argv, "--out", str(tmp_path / "a")])
-    eval_main([*argv, "--out", str(tmp_path / "b")])
-    acc = [json.loads((tmp_path / d / "results.json").read_text())["runs"][0]["accuracy"] for d in "ab"]
+    acc = [evaluate(EvalConfig(synset=str(synset_dir), runs=1, epochs=10, device="cpu", out=str(tmp_path / d)))
+           .runs[0]["accuracy"] for d in "ab"]
     assert acc[0] == acc[1]
 
 
+@pytest.mark.e2e
 def test_eval_errors(tmp_path, synset_dir):
     with pytest.raises(DDError, match="distilled on digits, not mnist"):
-        eval_main(["--synset", str(synset_dir), "--dataset", "mnist", "--out", str(tmp_path)])
+        evaluate(EvalConfig(synset=str(synset_dir), dataset="mnist", out=str(tmp_path)))
     with pytest.raises(DDError, match="nothing to evaluate"):
-        eval_main(["--out", str(tmp_path)])
+        evaluate(EvalConfig(out=str(tmp_path)))
     with pytest.raises(DDError, match="unknown baseline 'best'"):
-        eval_main(["--synset", str(synset_dir), "--baseline", "best", "--out", str(tmp_path)])
+        evaluate(EvalConfig(synset=str(synset_dir), baseline="best", out=str(tmp_path)))
     with pytest.raises(DDError, match="needs --ipc"):
-        eval_main(["--baseline", "random", "--out", str(tmp_path)])
+        evaluate(EvalConfig(baseline="random", out=str(tmp_path)))
 
 
 def test_table_by_hand():
@@ -101,34 +75,32 @@ def test_soft_cross_entropy_by_hand():
                           torch.nn.functional.cross_entropy(hard, torch.tensor([0])))
 
 
+@pytest.mark.e2e
 def test_soft_set_under_hard_and_soft_labels(tmp_path, soft_dir, synset_dir):
-    flags = ["--runs", "1", "--epochs", "10", "--device", "cpu"]
-    argv = ["--synset", str(soft_dir), "--labels", "auto,hard,soft", *flags, "--out", str(tmp_path / "s")]
-    assert eval_main(argv) == 0
-    runs = read_runs(tmp_path / "s")
+    short = {"runs": 1, "epochs": 10, "device": "cpu"}
+    runs = evaluate(EvalConfig(synset=str(soft_dir), labels="auto,hard,soft", **short, out=str(tmp_path / "s"))).runs
     assert [r["labels"] for r in runs] == ["soft", "hard"]  # auto on a soft set is soft: evaluated once
     assert all(r["augment"] == "dsa" and r["protocol"]["augment"] != "none" for r in runs)
     # --labels hard trains on the argmax: exactly the run of the hard set with those labels
-    assert eval_main(["--synset", str(synset_dir), "--labels", "hard,auto", *flags, "--out", str(tmp_path / "h")]) == 0
-    hard_runs = read_runs(tmp_path / "h")
+    hard_runs = evaluate(EvalConfig(synset=str(synset_dir), labels="hard,auto", **short, out=str(tmp_path / "h"))).runs
     assert [r["labels"] for r in hard_runs] == ["hard"]
     assert runs[1]["accuracy"] == hard_runs[0]["accuracy"]
 
 
+@pytest.mark.e2e
 def test_label_and_augment_errors(tmp_path, synset_dir):
     with pytest.raises(DDError, match="--labels soft needs a set with soft labels"):
-        eval_main(["--synset", str(synset_dir), "--labels", "soft", "--out", str(tmp_path)])
+        evaluate(EvalConfig(synset=str(synset_dir), labels="soft", out=str(tmp_path)))
     with pytest.raises(DDError, match="unknown --labels setting 'fuzzy'"):
-        eval_main(["--synset", str(synset_dir), "--labels", "hard,fuzzy", "--out", str(tmp_path)])
+        evaluate(EvalConfig(synset=str(synset_dir), labels="hard,fuzzy", out=str(tmp_path)))
     with pytest.raises(DDError, match="unknown --augment setting 'zca'"):
-        eval_main(["--synset", str(synset_dir), "--augment", "zca", "--out", str(tmp_path)])
+        evaluate(EvalConfig(synset=str(synset_dir), augment="zca", out=str(tmp_path)))
 
 
+@pytest.mark.e2e
 def test_augment_none_and_random_under_each_setting(tmp_path, soft_dir):
-    argv = ["--synset", str(soft_dir), "--labels", "hard,auto", "--augment", "dsa,none", "--baseline", "random",
-            "--runs", "1", "--epochs", "10", "--device", "cpu", "--out", str(tmp_path / "ev")]
-    assert eval_main(argv) == 0
-    runs = read_runs(tmp_path / "ev")
+    runs = evaluate(EvalConfig(synset=str(soft_dir), labels="hard,auto", augment="dsa,none", baseline="random", runs=1,
+                               epochs=10, device="cpu", out=str(tmp_path / "ev"))).runs
     settings = sorted((r["source"], r["labels"], r["augment"]) for r in runs)
     assert settings == [("distilled", "hard", "dsa"), ("distilled", "hard", "none"), ("distilled", "soft", "dsa"),
                         ("distilled", "soft", "none"), ("random", "hard", "dsa"), ("random", "hard", "none")]
@@ -141,16 +113,15 @@ def test_augment_none_and_random_under_each_setting(tmp_path, soft_dir):
     assert md.count("| datm ipc1 [labels hard] | ") == 4 and md.count("| datm ipc1 [labels soft] | ") == 4
 
 
+@pytest.mark.e2e
 def test_resume_distinguishes_settings(tmp_path, soft_dir, capsys):
-    base = ["--synset", str(soft_dir), "--baseline", "random", "--runs", "1", "--epochs", "10", "--device", "cpu",
-            "--out", str(tmp_path / "ev")]
-    assert eval_main([*base, "--labels", "hard", "--augment", "none"]) == 0
-    first = read_runs(tmp_path / "ev")
+    base = {"synset": str(soft_dir), "baseline": "random", "runs": 1, "epochs": 10, "device": "cpu",
+            "out": str(tmp_path / "ev")}
+    first = evaluate(EvalConfig(**base, labels="hard", augment="none")).runs
     assert len(first) == 2
     capsys.readouterr()
-    assert eval_main([*base, "--labels", "hard,soft", "--augment", "dsa,none"]) == 0
+    runs = evaluate(EvalConfig(**base, labels="hard,soft", augment="dsa,none")).runs
     assert "eval: 2 of 6 runs already in" in capsys.readouterr().out
-    runs = read_runs(tmp_path / "ev")
     assert runs[:2] == first and len(runs) == 6
     assert len({(r["source"], r["labels"], r["augment"]) for r in runs}) == 6
 
@@ -180,55 +151,56 @@ def test_improvement_table_by_hand():
     assert augment_of({"protocol": {"augment": "flip"}}) == "dsa"
 
 
+@pytest.mark.e2e
 def test_baseline_from_a_separate_call_joins_the_report(tmp_path, synset_dir):
-    argv = ["--synset", str(synset_dir), "--epochs", "2", "--out", str(tmp_path / "ev"), "--device", "cpu"]
-    assert eval_main([*argv, "--runs", "2", "--baseline", "random"]) == 0
-    assert eval_main([*argv, "--runs", "1", "--baseline", "full"]) == 0
+    base = {"synset": str(synset_dir), "epochs": 2, "out": str(tmp_path / "ev"), "device": "cpu"}
+    evaluate(EvalConfig(**base, runs=2, baseline="random"))
+    evaluate(EvalConfig(**base, runs=1, baseline="full"))
     table = (tmp_path / "ev" / "results.md").read_text()
     assert "(2) |" in table and "(1) |" in table and "full" in table and "random" in table
-    assert eval_main([*argv, "--runs", "1", "--epochs", "3"]) == 0  # another protocol: a section of its own
+    evaluate(EvalConfig(**{**base, "epochs": 3}, runs=1))  # another protocol: a section of its own
     two, three = (tmp_path / "ev" / "results.md").read_text().split("# digits (test split")[1:]
     assert "epochs 2," in two and "full" in two and "(2) |" in two
     assert "epochs 3," in three and "full" not in three and "(1) |" in three
 
 
+@pytest.mark.e2e
 def test_batched_seeds_give_the_sequential_records(tmp_path, synset_dir, monkeypatch):
     """--batch-seeds on trains the set's 3 seeds (and the full data's) as one vmapped group each, random
     real images per seed; the records equal a sequential evaluation's."""
-    import dd.eval.__main__ as eval_module
+    import dd.eval.jobs as eval_jobs
     calls = []
-    real = eval_module.train_and_score_seeds
-    monkeypatch.setattr(eval_module, "train_and_score_seeds", lambda *a, **k: calls.append(a[8]) or real(*a, **k))
-    argv = ["--synset", str(synset_dir), "--runs", "3", "--epochs", "4", "--baseline", "random", "--device", "cpu"]
-    assert eval_main([*argv, "--batch-seeds", "on", "--out", str(tmp_path / "on")]) == 0
+    real = eval_jobs.train_and_score_seeds
+    monkeypatch.setattr(eval_jobs, "train_and_score_seeds", lambda *a, **k: calls.append(a[8]) or real(*a, **k))
+    base = {"synset": str(synset_dir), "runs": 3, "epochs": 4, "baseline": "random", "device": "cpu"}
+    on = evaluate(EvalConfig(**base, batch_seeds="on", out=str(tmp_path / "on"))).runs
     assert sorted(map(len, calls)) == [1, 1, 1, 3]
-    assert eval_main([*argv, "--batch-seeds", "off", "--out", str(tmp_path / "off")]) == 0
+    off = evaluate(EvalConfig(**base, batch_seeds="off", out=str(tmp_path / "off"))).runs
     key = lambda r: (r["source"], r["seed"])  # noqa: E731
-    on, off = sorted(read_runs(tmp_path / "on"), key=key), sorted(read_runs(tmp_path / "off"), key=key)
+    on, off = sorted(on, key=key), sorted(off, key=key)
     assert [key(r) for r in on] == [key(r) for r in off] and len(on) == 6
     assert [r["accuracy"] for r in on] == pytest.approx([r["accuracy"] for r in off], abs=2 / 360)
 
 
+@pytest.mark.e2e
 def test_a_set_trains_under_its_methods_protocol_and_random_real_images_beside_it_too(tmp_path):
     """A DC set: protocol dc, no augmentation, for it and for the random baseline (the DC paper's random rows);
     a DSA set written before dsa had a protocol of its own (it says dc): protocol dsa; --protocol overrides."""
     dc = make_set(tmp_path / "dc", soft=False, method="dc", protocol="dc")
     old_dsa = make_set(tmp_path / "dsa", soft=False, pick=1, method="dsa", protocol="dc")
-    flags = ["--runs", "1", "--epochs", "2", "--device", "cpu", "--baseline", "random"]
-    assert eval_main(["--synset", str(dc), *flags, "--out", str(tmp_path / "a")]) == 0
-    runs = read_runs(tmp_path / "a")
+    short = {"runs": 1, "epochs": 2, "device": "cpu", "baseline": "random"}
+    runs = evaluate(EvalConfig(synset=str(dc), **short, out=str(tmp_path / "a"))).runs
     assert sorted(r["source"] for r in runs) == ["distilled", "random"]
     assert all(r["protocol"]["name"] == "dc" and r["protocol"]["augment"] == "none" for r in runs)
-    assert eval_main(["--synset", str(old_dsa), *flags, "--out", str(tmp_path / "b")]) == 0
-    runs = read_runs(tmp_path / "b")
+    runs = evaluate(EvalConfig(synset=str(old_dsa), **short, out=str(tmp_path / "b"))).runs
     assert all(r["protocol"]["name"] == "dsa" and r["protocol"]["augment"] != "none" for r in runs)
     assert all(r["protocol"]["dsa_align_corners"] is False for r in runs)
-    assert eval_main(["--synset", str(old_dsa), *flags, "--protocol", "mtt", "--out", str(tmp_path / "c")]) == 0
-    assert {r["protocol"]["name"] for r in read_runs(tmp_path / "c")} == {"mtt"}
+    runs = evaluate(EvalConfig(synset=str(old_dsa), **short, protocol="mtt", out=str(tmp_path / "c"))).runs
+    assert {r["protocol"]["name"] for r in runs} == {"mtt"}
 
 
 def test_protocol_dc_says_where_the_dc_code_augmented():
-    from dd.eval.__main__ import dc_augmentation_notes
+    from dd.eval.jobs import dc_augmentation_notes
     from dd.protocols import get_protocol
 
     dc = {"dc": {"none": get_protocol("dc")}}

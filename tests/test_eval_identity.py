@@ -9,11 +9,13 @@ import torch
 
 import dd
 from dd.cli import run_cli
+from dd.eval import EvalConfig, evaluate
 from dd.eval.__main__ import main as eval_main
 from dd.eval.report import by_context, context_key, markdown_table, source_key
-from tests.test_eval import make_set, read_runs
+from tests.helpers import as_flags, make_set, read_runs
 
-FLAGS = ["--runs", "2", "--epochs", "2", "--device", "cpu"]
+SHORT = {"runs": 2, "epochs": 2, "device": "cpu"}
+FLAGS = as_flags(SHORT)
 
 
 def cells(md: str) -> list[str]:
@@ -29,12 +31,13 @@ def seeds_per_cell(runs: list[dict]) -> set[int]:
     return set(counts.values())
 
 
+@pytest.mark.e2e
 def test_two_sets_in_one_folder_never_share_a_cell(tmp_path):
     run = tmp_path / "run"
     make_set(run / "synset", soft=False, pick=0, iteration=500)
     make_set(run / "synset_best", soft=False, pick=1, iteration=300)
-    assert eval_main(["--synset", str(run / "synset"), *FLAGS]) == 0
-    assert eval_main(["--synset", str(run / "synset_best"), *FLAGS]) == 0
+    evaluate(EvalConfig(synset=str(run / "synset"), **SHORT))
+    evaluate(EvalConfig(synset=str(run / "synset_best"), **SHORT))
     runs = read_runs(run / "eval")
     assert len(runs) == 4 and len({r["set"]["sha256"] for r in runs}) == 2
     md = (run / "eval" / "results.md").read_text()
@@ -43,27 +46,29 @@ def test_two_sets_in_one_folder_never_share_a_cell(tmp_path):
     assert seeds_per_cell(runs) == {2}
 
 
+@pytest.mark.e2e
 def test_a_changed_set_at_the_same_path_is_evaluated_again(tmp_path, capsys):
     folder = tmp_path / "run" / "synset"
     make_set(folder, soft=False, pick=0, iteration=100)
-    assert eval_main(["--synset", str(folder), *FLAGS]) == 0
+    evaluate(EvalConfig(synset=str(folder), **SHORT))
     make_set(folder, soft=False, pick=2, iteration=200)  # resumed to more iterations: a new set, same path
     capsys.readouterr()
-    assert eval_main(["--synset", str(folder), *FLAGS]) == 0
+    runs = evaluate(EvalConfig(synset=str(folder), **SHORT)).runs
     assert "already in" not in capsys.readouterr().out  # nothing of the old set is reused
+    assert [r["set"]["iteration"] for r in runs] == [200, 200]  # the runs asked for: the new set's
     runs = read_runs(tmp_path / "run" / "eval")
     assert [r["set"]["iteration"] for r in runs] == [100, 100, 200, 200]
     assert seeds_per_cell(runs) == {2}
-    assert eval_main(["--synset", str(folder), *FLAGS]) == 0  # the same set again: all reused
+    evaluate(EvalConfig(synset=str(folder), **SHORT))  # the same set again: all reused
     assert "4 of 2 runs" not in capsys.readouterr().out and len(read_runs(tmp_path / "run" / "eval")) == 4
 
 
+@pytest.mark.e2e
 def test_another_protocol_in_the_same_folder_is_a_section_of_its_own(tmp_path):
     folder = make_set(tmp_path / "set", soft=False)
-    out = ["--out", str(tmp_path / "ev")]
-    assert eval_main(["--synset", str(folder), *FLAGS, *out]) == 0
-    assert eval_main(["--synset", str(folder), *FLAGS, *out, "--momentum", "0", "--weight-decay", "0",
-                      "--batch-size", "8"]) == 0
+    base = {"synset": str(folder), **SHORT, "out": str(tmp_path / "ev")}
+    evaluate(EvalConfig(**base))
+    evaluate(EvalConfig(**base, momentum=0.0, weight_decay=0.0, batch_size=8))
     runs = read_runs(tmp_path / "ev")
     assert len(runs) == 4 and len(by_context(runs)) == 2
     md = (tmp_path / "ev" / "results.md").read_text()
@@ -71,12 +76,12 @@ def test_another_protocol_in_the_same_folder_is_a_section_of_its_own(tmp_path):
     assert all(c.endswith("(2)") for c in cells(md))  # no seed counted twice, no protocols merged
 
 
+@pytest.mark.e2e
 def test_several_sets_in_one_call_one_row_each_baselines_once(tmp_path):
     a = make_set(tmp_path / "a" / "synset", soft=False, pick=0)
     b = make_set(tmp_path / "b" / "synset", soft=True, pick=1)
     out = tmp_path / "ev"
-    assert eval_main(["--synset", str(a), "--synset", f"{b}", "--baseline", "random", *FLAGS, "--out", str(out)]) == 0
-    runs = read_runs(out)
+    runs = evaluate(EvalConfig(synset=f"{a},{b}", baseline="random", **SHORT, out=str(out))).runs
     assert sorted((r["source"], r.get("method")) for r in runs) == sorted(
         [("distilled", "mtt")] * 2 + [("distilled", "datm")] * 2 + [("random", "random")] * 2)
     md = (out / "results.md").read_text()
@@ -86,10 +91,10 @@ def test_several_sets_in_one_call_one_row_each_baselines_once(tmp_path):
     assert f"`{a}`" in md and f"`{b}`" in md  # the legend names each set's path
 
 
+@pytest.mark.e2e
 def test_records_name_set_data_split_and_protocol(tmp_path):
     folder = make_set(tmp_path / "set", soft=False, iteration=7)
-    assert eval_main(["--synset", str(folder), *FLAGS, "--out", str(tmp_path / "ev")]) == 0
-    run = read_runs(tmp_path / "ev")[0]
+    run = evaluate(EvalConfig(synset=str(folder), **SHORT, out=str(tmp_path / "ev"))).runs[0]
     assert run["set"] == {"sha256": dd.load_synset(folder).checksum, "path": str(folder), "method": "mtt",
                           "iteration": 7, "verified": True}
     assert run["split"] == "test" and run["dataset"] == "digits"
@@ -131,6 +136,7 @@ def rewrite_meta(folder, **changes):
     (folder / "synset.json").write_text(json.dumps(meta))
 
 
+@pytest.mark.e2e
 def test_edited_or_unchecksummed_sets_are_refused(tmp_path, capsys):
     folder = make_set(tmp_path / "set", soft=False)
     argv = ["--synset", str(folder), "--baseline", "random", *FLAGS, "--out", str(tmp_path / "ev")]
@@ -141,9 +147,9 @@ def test_edited_or_unchecksummed_sets_are_refused(tmp_path, capsys):
     data = bytearray((folder / "synset.safetensors").read_bytes())
     data[-3] ^= 0x04
     (folder / "synset.safetensors").write_bytes(bytes(data))
-    assert eval_main([*argv, "--no-verify"]) == 0  # a hand-made set: accepted, and its records say so
-    assert {r.get("set", {}).get("verified") for r in read_runs(tmp_path / "ev") if r["source"] == "distilled"} == {
-        False}
+    runs = evaluate(EvalConfig(synset=str(folder), baseline="random", **SHORT, out=str(tmp_path / "ev"),
+                               verify=False)).runs  # a hand-made set: accepted, and its records say so
+    assert {r.get("set", {}).get("verified") for r in runs if r["source"] == "distilled"} == {False}
     assert "NOT verified" in (tmp_path / "ev" / "results.md").read_text()
     assert not (tmp_path / "ev2").exists()
 
@@ -169,6 +175,7 @@ BAD_SETS = {
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", BAD_SETS)
 def test_bad_sets_are_refused_before_training(tmp_path, capsys, case):
     changes, message = BAD_SETS[case]
@@ -190,6 +197,7 @@ BAD_FLAGS = {
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", BAD_FLAGS)
 def test_bad_eval_flags_are_refused(tmp_path, capsys, case):
     extra, message = BAD_FLAGS[case]
@@ -197,6 +205,7 @@ def test_bad_eval_flags_are_refused(tmp_path, capsys, case):
     assert message in error_line(["--synset", str(folder), *FLAGS, *extra, "--out", str(tmp_path / "ev")], capsys)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("split", ["val", "test"])
 def test_accuracy_is_measured_on_the_split_the_record_names(tmp_path, split):
     """dd.eval's accuracy equals a direct train-and-test on that split (and differs from the other splits')."""
@@ -204,9 +213,8 @@ def test_accuracy_is_measured_on_the_split_the_record_names(tmp_path, split):
     from dd.training import Protocol, train_and_test
 
     folder = make_set(tmp_path / "set", soft=False)
-    assert eval_main(["--synset", str(folder), "--runs", "1", "--epochs", "3", "--device", "cpu", "--split", split,
-                      "--val-fraction", "0.2", "--out", str(tmp_path / "ev")]) == 0
-    (run,) = read_runs(tmp_path / "ev")
+    (run,) = evaluate(EvalConfig(synset=str(folder), runs=1, epochs=3, device="cpu", split=split, val_fraction=0.2,
+                                 out=str(tmp_path / "ev"))).runs
     assert run["split"] == split and run["data"]["val"] > 0 and run["data"]["val_fraction"] == 0.2
     synset = dd.load_synset(folder)
     data = prepare_data("digits", torch.device("cpu"), val_fraction=0.2, val_seed=0)
@@ -217,28 +225,30 @@ def test_accuracy_is_measured_on_the_split_the_record_names(tmp_path, split):
     assert len(set(found.values())) == 3, "the three splits must score differently for this test to mean anything"
 
 
+@pytest.mark.e2e
 def test_each_set_is_evaluated_under_its_methods_protocol_and_baselines_under_each(tmp_path):
     mtt = make_set(tmp_path / "a", soft=False)
     datm = make_set(tmp_path / "b", soft=True, protocol="datm")
     out = tmp_path / "ev"
-    assert eval_main(["--synset", f"{mtt},{datm}", "--baseline", "random", *FLAGS, "--runs", "1",
-                      "--out", str(out)]) == 0
-    runs = read_runs(out)
+    one = {**SHORT, "runs": 1}
+    runs = evaluate(EvalConfig(synset=f"{mtt},{datm}", baseline="random", **one, out=str(out))).runs
     found = sorted((r["source"], r.get("method"), r["protocol"]["name"], r["protocol"]["batch_size"]) for r in runs)
     assert found == [("distilled", "datm", "datm", 128), ("distilled", "mtt", "mtt", 256),
                      ("random", "random", "datm", 128), ("random", "random", "mtt", 256)]
     assert all(r["protocol"]["epochs"] == 2 and r["protocol"]["epochs_run"] == 3 for r in runs)
     assert len(by_context(runs)) == 2  # one section per protocol, each with its random baseline
-    assert eval_main(["--synset", str(datm), "--protocol", "mtt", *FLAGS, "--runs", "1", "--out", str(out)]) == 0
+    evaluate(EvalConfig(synset=str(datm), protocol="mtt", **one, out=str(out)))
     assert {r["protocol"]["name"] for r in read_runs(out) if r.get("method") == "datm"} == {"datm", "mtt"}
 
 
+@pytest.mark.e2e
 def test_a_set_naming_an_unknown_protocol_is_refused(tmp_path, capsys):
     folder = make_set(tmp_path / "set", soft=False, protocol="mystery")
     line = error_line(["--synset", str(folder), *FLAGS, "--out", str(tmp_path / "ev")], capsys)
     assert "evaluation protocol 'mystery'" in line and "--protocol" in line
 
 
+@pytest.mark.e2e
 def test_a_second_writer_of_an_eval_folder_is_refused(tmp_path, capsys):
     """While another process holds the eval output's lock (here: this one, through dd.lock), dd.eval refuses
     to write there, naming the holder; the finished records stay as they were."""
@@ -246,10 +256,10 @@ def test_a_second_writer_of_an_eval_folder_is_refused(tmp_path, capsys):
 
     folder = make_set(tmp_path / "set", soft=False)
     argv = ["--synset", str(folder), *FLAGS, "--out", str(tmp_path / "ev")]
-    assert eval_main(argv) == 0
+    evaluate(EvalConfig(synset=str(folder), **SHORT, out=str(tmp_path / "ev")))
     before = (tmp_path / "ev" / "results.json").read_text()
     with hold(tmp_path / "ev", "test"):
         line = error_line([*argv, "--runs", "3"], capsys)
     assert "in use by another dd process" in line and f"pid {os.getpid()}" in line
     assert (tmp_path / "ev" / "results.json").read_text() == before
-    assert eval_main([*argv, "--runs", "3"]) == 0  # released: the same command now runs
+    evaluate(EvalConfig(synset=str(folder), **{**SHORT, "runs": 3}, out=str(tmp_path / "ev")))  # released: it runs

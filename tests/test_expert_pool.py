@@ -8,7 +8,7 @@ import torch
 from dd.buffer.store import ExpertFile, TrajectoryStore, recipe_tag
 from dd.distill.experts import ExpertPool
 from dd.errors import DDError
-from tests.test_store import RECIPE, SPEC, header, trajectory
+from tests.helpers import RECIPE, SPEC, header, trajectory
 
 ROW_MB = SPEC.numel * 4 / 2**20  # one row of float32 parameters, in MiB
 

@@ -2,7 +2,6 @@
 rerun with the same command; a diverging distillation; atomic writes under a crashing writer and a full disk."""
 
 import errno
-import json
 import os
 import signal
 import subprocess
@@ -17,8 +16,7 @@ from dd.buffer.store import TrajectoryStore
 from dd.distill.checkpoint import load_checkpoint
 from dd.errors import DDError
 from dd.io import atomic_write, atomic_write_json, load_tensors, read_json, save_tensors
-from tests.procs import ENV, MLP_BUFFER, TORCHRUN, python_m, run_ok
-from tests.test_eval import make_set
+from tests.helpers import ENV, MLP_BUFFER, TORCHRUN, assert_same_set, logged_iterations, make_set, python_m, run_ok
 
 
 def descendants(pid: int) -> list[int]:
@@ -68,6 +66,7 @@ def stores(root) -> list:
 SLOW = pytest.mark.slow  # CI kills each stage at one point; -m slow adds the others
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("point", [pytest.param("preprocess.safetensors", marks=SLOW), "expert_00000.json",
                                    pytest.param("expert_00001.json", marks=SLOW)])
 def test_killed_buffer_resumes_without_loss_or_corruption(tmp_path, mlp_buffer, point):
@@ -103,15 +102,7 @@ def reference_set(digits_buffer, tmp_path_factory):
     return dd.load_synset(run / "synset")
 
 
-def logged_iterations(run_dir) -> list[int]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [record["iteration"] for record in map(json.loads, lines) if "loss" in record]
-
-
-def assert_same_set(a, b) -> None:
-    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) and a.lr == b.lr
-
-
+@pytest.mark.e2e
 @pytest.mark.parametrize("point, resumes_at", [pytest.param("config.json", None, marks=SLOW),
                                                ("checkpoint.safetensors", 2),
                                                pytest.param("iteration 5", 4, marks=SLOW)])
@@ -136,6 +127,7 @@ def test_killed_distillation_resumes_to_the_same_set(tmp_path, digits_buffer, re
     assert logged_iterations(run) == [1, 2, 3, 4, 5, 6], "each iteration logged once after the resume"
 
 
+@pytest.mark.e2e
 def test_diverging_distillation_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path, digits_buffer):
     run = tmp_path / "run"
     result = subprocess.run(distill_command(digits_buffer, run, "--lr-img", "1e30", "--checkpoint-every", 1,
@@ -173,6 +165,7 @@ def recorded(out) -> int:
     return len(read_json(path)["runs"]) if path.is_file() else 0
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("point", [1, pytest.param(4, marks=SLOW)])
 def test_killed_eval_keeps_finished_runs(tmp_path, eval_reference, point):
     synset, reference = eval_reference
@@ -184,6 +177,7 @@ def test_killed_eval_keeps_finished_runs(tmp_path, eval_reference, point):
     assert read_json(tmp_path / "results.json")["runs"] == reference, "no run lost, none duplicated"
 
 
+@pytest.mark.e2e
 def test_killed_torchrun_eval_is_merged_by_a_single_process_rerun(tmp_path, eval_reference):
     from dd.eval.results import run_key
 

@@ -15,7 +15,7 @@ from dd.distill.engine import Distiller
 from dd.distill.methods.ftd import FTD, ema_update_
 from dd.errors import DDError
 from dd.realdata import prepare_data
-from tests.test_distill import flags
+from tests.helpers import flags
 
 FTD_FLAGS = ["--method", "ftd", "--ema-decay", "0.5", "--eval-epochs", "5"]
 
@@ -36,6 +36,7 @@ def test_bad_ema_decay(decay):
         validate(FTDConfig(ema_decay=decay))
 
 
+@pytest.mark.e2e
 def test_ema_follows_the_accepted_outer_steps(tmp_path, digits_buffer):
     config = FTDConfig(ema_decay=0.5, buffer_dir=str(digits_buffer), run_dir=str(tmp_path / "r"),
                            syn_steps=5, expert_epochs=2, max_start_epoch=2, lr_img=100.0, device="cpu")
@@ -63,6 +64,7 @@ def ftd_runs(digits_buffer, tmp_path_factory):
     return full, split
 
 
+@pytest.mark.e2e
 def test_ema_set_is_saved_and_evaluated_on_fresh_networks(ftd_runs):
     from dd.training import Protocol, train_and_test
 
@@ -83,6 +85,7 @@ def test_ema_set_is_saved_and_evaluated_on_fresh_networks(ftd_runs):
     assert final["val/ema/ConvNet"] == pytest.approx(alone)
 
 
+@pytest.mark.e2e
 def test_resumed_ftd_equals_uninterrupted_ema_included(ftd_runs):
     full, split = ftd_runs
     for folder in ("synset", "synset_ema"):

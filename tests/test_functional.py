@@ -18,7 +18,7 @@ from dd.functional import (
     unflatten,
 )
 from dd.models import create_model, list_models
-from tests.test_models import INDIVISIBLE, ONE_BY_ONE
+from tests.helpers import INDIVISIBLE, ONE_BY_ONE
 
 
 def small_convnet(**kw) -> nn.Module:

@@ -21,6 +21,7 @@ import gpu_check  # noqa: E402
 from dd.distill.methods import METHODS  # noqa: E402
 
 
+@pytest.mark.e2e
 def test_quick_stages_and_report(tmp_path):
     cpu = torch.device("cpu")
     same = gpu_check.equivalence_rows(cpu, 1, 1)
@@ -81,6 +82,7 @@ def test_a_failing_case_becomes_its_own_row():
     assert row == {"name": "unroll", "ipc": 50, "error": "RuntimeError: no kernel image"}
 
 
+@pytest.mark.e2e
 def test_the_check_runs_from_a_bare_checkout(tmp_path):
     """From another folder, without PYTHONPATH: the script puts its checkout's dd first, writes after each stage."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -97,12 +99,14 @@ def test_the_check_runs_from_a_bare_checkout(tmp_path):
     assert [r["status"] for r in report["rows"] if r["name"] == "stage"] == ["ok"]
 
 
+@pytest.mark.e2e
 def test_shell_script_refuses_an_unknown_flag():
     done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--fast"], capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error: unknown option --fast; use --device DEV, --quick, --out DIR")
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_the_shell_scripts_quick_cpu_form_passes(tmp_path):
     done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--device", "cpu", "--quick", "--out",

@@ -20,7 +20,7 @@ from dd.distill.registry import get_method
 from dd.distill.synset import load_synset
 from dd.models import create_model
 from dd.training import train_epoch
-from tests.test_run_integrity import one_error_line
+from tests.helpers import one_error_line
 
 TINY = ["--model", "ConvNetW32", "--eval-models", "ConvNetW32", "--batch-real", "8", "--eval-epochs", "2",
         "--device", "cpu", "--log-every", "1"]
@@ -121,6 +121,7 @@ def test_siamese_dsa_draws_one_set_of_parameters_for_both_batches():
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("method", ["dsa", "dm"])
 def test_resume_equals_an_uninterrupted_run(method, tmp_path, monkeypatch):
     common = ["--method", method, *TINY, "--iterations", "4", "--checkpoint-every", "2", "--eval-every", "0"]
@@ -143,6 +144,7 @@ def test_resume_equals_an_uninterrupted_run(method, tmp_path, monkeypatch):
     assert (tmp_path / "straight" / "synset_best").is_dir()
 
 
+@pytest.mark.e2e
 def test_bad_input_is_one_error_line(tmp_path, capsys):
     run = ["--run-dir", str(tmp_path / "r"), *TINY]
     cases = {
@@ -164,6 +166,7 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
     assert "--lr-img 0.1 (checkpoint) vs 0.2 (now)" in line
 
 
+@pytest.mark.e2e
 def test_a_run_makes_iterations_plus_one_updates_and_evaluates_at_iterations(tmp_path, capsys):
     """The reference's range(Iteration + 1): updates 1..3 for --iterations 2; the evaluations at the multiples of
     eval_every and at iterations (the reference evaluates the set before that iteration's update), never after

@@ -19,17 +19,16 @@ from dd.cli import Interrupted, run_cli, uninterruptible
 from dd.distill.__main__ import main as distill_main
 from dd.distill.unroll import make_plan
 from dd.errors import DDError
-from dd.eval.__main__ import check_set, check_set_data
+from dd.eval import EvalConfig, evaluate
 from dd.eval.__main__ import main as eval_main
+from dd.eval.inputs import check_set, check_set_data
 from dd.eval.report import context_title, improvement_table, improvements
 from dd.identity import OTHER, UNVERIFIED, check_data
 from dd.realdata import PreparedData, prepare_data
 from dd.report.__main__ import main as report_main
 from dd.report.artefacts import Run
 from dd.report.build import label_apart
-from tests.conftest import TINY_BUFFER_FLAGS
-from tests.test_bad_inputs import Inputs
-from tests.test_eval import make_set
+from tests.helpers import TINY_BUFFER_FLAGS, Inputs, cases_on_experts_as_e2e, make_set
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL = ["--runs", "1", "--epochs", "1", "--device", "cpu"]
@@ -180,7 +179,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", cases_on_experts_as_e2e(CASES, readers=("store_copy", "buffer_flags")))
 def test_mismatch_and_malformed_input_is_one_line(case, tmp_path, request, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main, make_argv, words = CASES[case]
@@ -232,16 +231,17 @@ def test_a_set_on_data_of_another_class_count_blames_the_data(tmp_path):
         check_set("s", synset, four.spec, False)
 
 
+@pytest.mark.e2e
 def test_eval_with_allow_other_data_records_it_and_a_set_without_fingerprint_as_unverified(tmp_path, capsys):
     other = edited(make_set(tmp_path / "o", soft=False, data=digits_fingerprint()) / "synset.json", other_sha)
     old = make_set(tmp_path / "old", soft=False, pick=1, data=None)
-    assert eval_main(["--synset", other, "--synset", str(old), *EVAL, "--allow-other-data",
-                      "--out", str(tmp_path / "ev")]) == 0
-    runs = json.loads((tmp_path / "ev" / "results.json").read_text())["runs"]
+    runs = evaluate(EvalConfig(synset=f"{other},{old}", runs=1, epochs=1, device="cpu", allow_other_data=True,
+                               out=str(tmp_path / "ev"))).runs
     checks = {r["set"]["path"]: r["set"].get("data_check") for r in runs}
     assert checks == {other: OTHER, str(old): UNVERIFIED}
 
 
+@pytest.mark.e2e
 def test_a_distilled_set_records_its_data_and_its_store_and_resume_needs_the_checkpoint(tmp_path, request, capsys):
     inputs = Inputs(tmp_path, request)
     assert distill_main(inputs.distill()) == 0
@@ -255,6 +255,7 @@ def test_a_distilled_set_records_its_data_and_its_store_and_resume_needs_the_che
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics  # the history is kept
 
 
+@pytest.mark.e2e
 def test_buffer_discards_a_truncated_expert_before_it_resumes(tmp_path, digits_buffer):
     (store,) = digits_buffer.glob("digits/ConvNet/*")
     copy = tmp_path / "store"
@@ -330,6 +331,7 @@ def test_a_full_disk_reported_by_a_library_is_one_line_and_other_errors_pass(tmp
     assert list(tmp_path.iterdir()) == []  # no temporary file left behind
 
 
+@pytest.mark.e2e
 def test_an_abandoned_iteration_leaves_the_generator_as_it_was(tmp_path, digits_buffer):
     from dd.distill.config import MTTConfig
     from dd.distill.engine import Distiller

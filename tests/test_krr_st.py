@@ -12,7 +12,7 @@ from dd.distill.checkpoint import save_checkpoint
 from dd.distill.krr_st import KRRConfig, KRRDistiller, ModelPool, krr_predict, solve_psd, with_bias
 from dd.distill.synset import load_synset
 from dd.errors import DDError
-from dd.eval.__main__ import main as eval_main
+from dd.eval import EvalConfig, TransferConfig, evaluate, evaluate_transfer
 from dd.models import create_model
 
 TINY = ["--method", "krr_st", "--model", "ConvNetW32", "--num-images", "12", "--batch-real", "64",
@@ -66,6 +66,7 @@ def test_pool_resets_a_model_and_its_counter_after_max_steps():
     assert pool.steps[0] == 1
 
 
+@pytest.mark.e2e
 def test_one_step_moves_images_and_target_representations(digits_teacher, tmp_path):
     config = KRRConfig(buffer_dir=str(digits_teacher), model="ConvNetW32", num_images=12, batch_real=64,
                        num_models=2, online_iterations=3, device="cpu", run_dir=str(tmp_path))
@@ -78,6 +79,7 @@ def test_one_step_moves_images_and_target_representations(digits_teacher, tmp_pa
     assert not torch.equal(distiller.targets.detach(), targets) and not torch.equal(distiller.images.detach(), images)
 
 
+@pytest.mark.e2e
 def test_raw_targets_are_the_encoder_output_and_recorded(digits_teacher, tmp_path):
     config = KRRConfig(buffer_dir=str(digits_teacher), model="ConvNetW32", num_images=12, batch_real=64,
                        num_models=2, online_iterations=3, device="cpu", run_dir=str(tmp_path), targets="raw")
@@ -86,6 +88,7 @@ def test_raw_targets_are_the_encoder_output_and_recorded(digits_teacher, tmp_pat
     assert distiller.synset().meta["targets"] == "raw"
 
 
+@pytest.mark.e2e
 def test_distill_resumes_and_eval_transfer_runs_every_source(digits_teacher, tmp_path, monkeypatch):
     common = [*TINY, "--buffer-dir", str(digits_teacher)]
     assert distill_main([*common, "--iterations", "4", "--run-dir", str(tmp_path / "straight")]) == 0
@@ -110,12 +113,11 @@ def test_distill_resumes_and_eval_transfer_runs_every_source(digits_teacher, tmp
 
     synset = str(tmp_path / "straight" / "synset")
     with pytest.raises(DDError, match="--protocol transfer"):
-        eval_main(["--synset", synset, "--device", "cpu"])
+        evaluate(EvalConfig(synset=synset, device="cpu"))
     out = tmp_path / "eval"
-    assert eval_main(["--protocol", "transfer", "--synset", synset, "--buffer-dir", str(digits_teacher),
-                      "--runs", "1", "--pretrain-epochs", "2", "--finetune-epochs", "1", "--linear-epochs", "2",
-                      "--out", str(out), "--device", "cpu"]) == 0
-    runs = json.loads((out / "results.json").read_text())["runs"]
+    runs = evaluate_transfer(TransferConfig(synset=synset, buffer_dir=str(digits_teacher), runs=1, pretrain_epochs=2,
+                                            finetune_epochs=1, linear_epochs=2, out=str(out), device="cpu")).runs
+    assert runs == json.loads((out / "results.json").read_text())["runs"]
     assert {(r["source"], r["protocol"]) for r in runs} == {(s, p) for s in ("krr_st", "random", "none")
                                                             for p in ("linear", "finetune")}
     for r in runs:
@@ -172,6 +174,7 @@ def copy_teacher(digits_teacher, tmp_path, edit) -> str:
     return str(root)
 
 
+@pytest.mark.e2e
 def test_a_teacher_records_its_data_and_krr_st_refuses_a_teacher_of_other_data(digits_teacher, tmp_path):
     config = dict(model="ConvNetW32", num_images=12, batch_real=64, num_models=2, online_iterations=3, device="cpu")
     distiller = KRRDistiller(KRRConfig(buffer_dir=str(digits_teacher), run_dir=str(tmp_path / "a"), **config))
@@ -189,6 +192,7 @@ def test_a_teacher_records_its_data_and_krr_st_refuses_a_teacher_of_other_data(d
     assert KRRDistiller(KRRConfig(buffer_dir=older, run_dir=str(tmp_path / "c"), **config)).teacher_data == "unverified"
 
 
+@pytest.mark.e2e
 def test_a_malformed_teacher_manifest_is_one_error_naming_the_field(digits_teacher, tmp_path):
     bad = copy_teacher(digits_teacher, tmp_path, lambda m: {**m, "output_dim": "64"})
     with pytest.raises(DDError, match="teacher manifest .*manifest.json: field 'output_dim' should be a positive "

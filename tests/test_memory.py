@@ -130,6 +130,7 @@ def test_a_step_too_big_for_the_device_gets_a_chunk_that_fits(monkeypatch, capsy
     assert "BatchNorm rules out --unroll-chunk: lower --batch-syn" in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 def test_the_run_records_the_picked_unroll(tmp_path, digits_buffer, monkeypatch):
     from dd.distill.__main__ import main as distill_main
 

@@ -8,6 +8,7 @@ from torch import nn
 from dd.errors import DDError
 from dd.functional import flatten_params
 from dd.models import create_model, list_models, register_model
+from tests.helpers import INDIVISIBLE, ONE_BY_ONE, assert_matches_finite_differences
 
 REFERENCE_NAMES = (
     ["ConvNet"] + [f"ConvNetD{d}" for d in range(1, 9)] + [f"ConvNetW{w}" for w in (32, 64, 128, 256, 512, 1024)]
@@ -26,16 +27,6 @@ def num_params(model: nn.Module) -> int:
 
 def test_registry_holds_the_reference_zoo():
     assert sorted(list_models()) == sorted(REFERENCE_NAMES + KRR_ST_NAMES + VIT_NAMES)
-
-
-# Instance-norm networks that reach a 1x1 feature map before a norm at this input size (refused).
-ONE_BY_ONE = {(1, (8, 8)): {"ConvNetD4", "ConvNetD5", "ConvNetD6", "ConvNetD7", "ConvNetD8", "ResNet18",
-                            "ResNet18_AP", "VGG11"},
-              (3, (32, 32)): {"ConvNetD6", "ConvNetD7", "ConvNetD8"}}
-
-
-# ViTs whose patch does not divide the image (refused).
-INDIVISIBLE = {(1, (8, 8)): {"ViTP16"}, (3, (32, 32)): set()}
 
 
 @pytest.mark.parametrize("name", REFERENCE_NAMES + KRR_ST_NAMES + VIT_NAMES)
@@ -297,7 +288,6 @@ def test_vit_unrolled_step_gradient_matches_finite_differences():
     """One inner SGD step on a flat ViT, as the distillation loop takes it (create_graph through attention and
     LayerNorm): d(loss after the step)/d(images, lr) equals central differences."""
     from dd.functional import functional_forward
-    from tests.gradcheck import assert_matches_finite_differences
 
     model = tiny_vit(dtype=torch.float64)
     start = flatten_params(model)

@@ -1,17 +1,17 @@
 """dd.eval's named model pools: the DC code's lists, their adaptation to the image size, every pool model
 training a step at 8 and 32 px, and ``--models pool:...`` through dd.eval."""
 
-import json
 
 import pytest
 import torch
 
 from dd.cli import run_cli
 from dd.errors import DDError
+from dd.eval import EvalConfig, evaluate
 from dd.eval.__main__ import main as eval_main
 from dd.eval.pools import POOLS, check_models, expand_models, pool_models
 from dd.models import create_model
-from tests.test_eval import make_set
+from tests.helpers import make_set
 
 SIZES = [(1, (8, 8)), (3, (32, 32))]
 
@@ -84,16 +84,16 @@ def test_every_pool_model_trains_a_step(channels, size):
         assert any(not torch.equal(a, p) for a, p in zip(start, model.parameters(), strict=True)), name
 
 
+@pytest.mark.e2e
 def test_eval_runs_a_pool_and_says_what_it_capped(tmp_path, capsys):
     synset = make_set(tmp_path / "set", soft=False)
-    argv = ["--synset", str(synset), "--models", "pool:D", "--runs", "1", "--epochs", "1", "--out",
-            str(tmp_path / "ev"), "--device", "cpu"]
-    assert eval_main(argv) == 0
+    runs = evaluate(EvalConfig(synset=str(synset), models="pool:D", runs=1, epochs=1, out=str(tmp_path / "ev"),
+                               device="cpu")).runs
     assert "eval: pool:D: ConvNetD4 left out at 8x8" in capsys.readouterr().out
-    runs = json.loads((tmp_path / "ev" / "results.json").read_text())["runs"]
     assert [r["model"] for r in runs] == ["ConvNetD1", "ConvNetD2", "ConvNetD3"]
 
 
+@pytest.mark.e2e
 def test_eval_refuses_an_unknown_pool_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_cli(eval_main, ["--models", "pool:Q", "--baseline", "random", "--ipc", "1", "--out", str(tmp_path)])

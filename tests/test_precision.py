@@ -11,7 +11,8 @@ import torch
 
 from dd.device import use_deterministic
 from dd.errors import DDError
-from dd.eval.__main__ import EvalConfig, protocol_overrides
+from dd.eval.config import EvalConfig
+from dd.eval.jobs import protocol_overrides
 from dd.protocols import get_protocol
 from dd.realdata import prepare_data, random_subset
 from dd.training import train_model
@@ -27,6 +28,7 @@ def test_bf16_is_part_of_the_protocol_identity():
         get_protocol("mtt", amp="fp16")
 
 
+@pytest.mark.e2e
 def test_bf16_training_keeps_fp32_weights_and_learns():
     data = prepare_data("digits", torch.device("cpu"))
     train = random_subset(data, 10, seed=0)
@@ -69,6 +71,7 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_retained_memory_is_reused_without_page_faults():
     """Ten 64 MiB blocks allocated and freed: by default each is mapped afresh (16k faults of 4 KiB pages each);

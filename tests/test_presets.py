@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from dd.buffer.config import validate as validate_buffer
 from dd.config import load_yaml, validate
 from dd.distill.config import MTTConfig
 from dd.distill.registry import get_method
@@ -29,7 +28,7 @@ def problems(root: Path, name: str) -> list[str]:
     preset = read_preset(root, name)
     config, folder = preset.config, Path(name).parent.name
     if folder == "buffer":
-        validate_buffer(config)
+        validate(config)
         return []
     if folder == "eval":
         if config.protocol not in list_protocols():
@@ -42,7 +41,7 @@ def problems(root: Path, name: str) -> list[str]:
     if not isinstance(config, MTTConfig):  # dc, dsa, dm, krr_st: no experts to check
         return []
     buffer = buffer_of(root, config)
-    validate_buffer(buffer)
+    validate(buffer)
     errors = []
     if (buffer.dataset, buffer.model) != (config.dataset, config.model):
         errors.append(f"{config.buffer_config} trains {buffer.model} on {buffer.dataset}, not {config.model} on "

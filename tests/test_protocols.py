@@ -7,19 +7,16 @@ import dataclasses
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import dd.multiseed as multiseed
 import dd.training as training
 from dd.data import load_dataset
 from dd.errors import DDError
 from dd.functional import flatten_params
-from dd.models import create_model
 from dd.multiseed import train_and_score_seeds
 from dd.protocols import Protocol, get_protocol, legacy_name, list_protocols
-from dd.training import PeriodicTests, eval_generator, train_and_score, train_and_test, train_model
-
-MLP = ("MLP", 1, 10, (8, 8))
+from dd.training import PeriodicTests, train_and_score, train_and_test, train_model
+from tests.helpers import MLP, reference_evaluate_synset
 
 
 @pytest.fixture(autouse=True)
@@ -103,25 +100,6 @@ def test_dd0_is_the_earlier_protocol_epochs_epochs_and_decay_at_half_with_moment
     assert [e["lr"] for e in seen] == pytest.approx([0.05] * 3 + [0.005] * 3)  # a6fb579: epoch >= epochs // 2
     assert len({e["optimizer"] for e in seen}) == 1 and all(e["buffers"] > 0 for e in seen[1:])
     assert {e["momentum"] for e in seen} == {0.9} and {e["weight_decay"] for e in seen} == {5e-4}
-
-
-def reference_evaluate_synset(images, labels, lr, epoch_eval_train, batch_train, seed):
-    """MTT's evaluate_synset (GeorgeCazenavette/mtt-distillation at 50dccea, utils.py:352-389), without DSA: a fresh
-    SGD(momentum 0.9, wd 5e-4), Epoch+1 epochs, and after epoch Epoch//2+1 a new SGD at lr * 0.1."""
-    net = create_model(*MLP, seed=seed)
-    generator = eval_generator(seed)  # dd's batch order, so only the schedule is compared
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=0.0005)
-    lr_schedule = [epoch_eval_train // 2 + 1]
-    for ep in range(epoch_eval_train + 1):
-        net.train()
-        for idx in torch.randperm(images.shape[0], generator=generator).split(batch_train):
-            optimizer.zero_grad()
-            F.cross_entropy(net(images[idx]), labels[idx]).backward()
-            optimizer.step()
-        if ep in lr_schedule:
-            lr *= 0.1
-            optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=0.0005)
-    return net
 
 
 def test_mtt_equals_the_reference_loop_written_out(digits):

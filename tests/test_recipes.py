@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dd.augment import DSA
+from dd.buffer import train_store
 from dd.buffer.__main__ import main as buffer_main
 from dd.buffer.config import BufferConfig, store_root
 from dd.buffer.experts import ExpertRecipe, train_expert
@@ -204,12 +205,12 @@ def test_recipe_fields_reach_the_folder_name():
     assert root(rho=0.5).name == recipe_tag(before), "GSAM settings do not affect an SGD recipe"
 
 
+@pytest.mark.e2e
 def test_gsam_buffer_end_to_end(tmp_path):
-    flags = ["--optimizer", "gsam", "--rho", "0.01", "--alpha", "0.3", "--no-adaptive", "--model", "MLP",
-             "--num-experts", "2", "--epochs", "2", "--batch-size", "256", "--test-every", "0",
-             "--device", "cpu", "--buffer-dir", str(tmp_path)]
-    assert buffer_main(flags) == 0
+    root = train_store(BufferConfig(optimizer="gsam", rho=0.01, alpha=0.3, adaptive=False, model="MLP", num_experts=2,
+                                    epochs=2, batch_size=256, test_every=0, device="cpu", buffer_dir=str(tmp_path)))
     (manifest,) = tmp_path.glob("digits/MLP/*/manifest.json")
+    assert manifest.parent == root
     assert manifest.parent.name.startswith("gsam-rho0.01-a0.3-nonadaptive-")
     recipe = json.loads(manifest.read_text())["recipe"]
     assert {k: recipe[k] for k in ("optimizer", "rho", "alpha", "adaptive")} == {
@@ -220,11 +221,11 @@ def test_gsam_buffer_end_to_end(tmp_path):
     assert trajectory.shape[0] == 3 and ((trajectory[1:] - trajectory[:-1]).norm(dim=1) > 0).all()
 
 
+@pytest.mark.e2e
 def test_ast_recipe_recorded_in_the_manifest(tmp_path):
-    flags = ["--lr", "0.003", "--momentum", "0.9", "--weight-decay", "1e-3", "--lr-decay-epoch", "1",
-             "--loss-warmup", "--gp-lambda", "2", "--model", "MLP", "--num-experts", "1", "--epochs", "3",
-             "--test-every", "0", "--device", "cpu", "--buffer-dir", str(tmp_path)]
-    assert buffer_main(flags) == 0
+    train_store(BufferConfig(lr=0.003, momentum=0.9, weight_decay=1e-3, lr_decay_epoch=1, loss_warmup=True,
+                             gp_lambda=2.0, model="MLP", num_experts=1, epochs=3, test_every=0, device="cpu",
+                             buffer_dir=str(tmp_path)))
     (manifest,) = tmp_path.glob("digits/MLP/*/manifest.json")
     recipe = json.loads(manifest.read_text())["recipe"]
     assert {k: recipe[k] for k in ("optimizer", "lr_decay_epoch", "lr_decay_factor", "loss_warmup", "gp_lambda")} \
@@ -233,6 +234,7 @@ def test_ast_recipe_recorded_in_the_manifest(tmp_path):
     assert record["lr"] == pytest.approx([0.003, 0.003, 0.0018])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("flags, message", [
     (["--optimizer", "adam"], "unknown --optimizer 'adam'; choose sgd or gsam"),
     (["--optimizer", "gsam", "--rho=-0.1"], "--rho must be >= 0, got -0.1"),

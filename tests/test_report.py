@@ -17,7 +17,7 @@ from PIL import Image
 
 from dd.cli import run_cli
 from dd.distill.__main__ import main as distill_main
-from dd.eval.__main__ import main as eval_main
+from dd.eval import EvalConfig, evaluate
 from dd.report import make_report
 from dd.report.__main__ import main as report_main
 from dd.report.artefacts import Buffer, read_run
@@ -35,7 +35,7 @@ def tiny_run(digits_buffer, tmp_path_factory) -> Path:
     """A 4-iteration MTT run on digits, evaluated at iterations 2 and 4, then by dd.eval (2 seeds, 2 epochs)."""
     run = tmp_path_factory.mktemp("report") / "mtt run"  # a space: paths in printed commands must be quoted
     assert distill_main(["--buffer-dir", str(digits_buffer), "--run-dir", str(run), *FLAGS]) == 0
-    assert eval_main(["--synset", str(run / "synset"), "--epochs", "2", "--runs", "2", "--device", "cpu"]) == 0
+    evaluate(EvalConfig(synset=str(run / "synset"), epochs=2, runs=2, device="cpu"))
     return run
 
 
@@ -43,6 +43,7 @@ def store_of(buffer_root: Path) -> Path:
     return next((buffer_root / "digits" / "ConvNet").iterdir())
 
 
+@pytest.mark.e2e
 def test_a_run_keeps_a_grid_per_evaluation_and_their_animation(tiny_run):
     grids = sorted(p.name for p in (tiny_run / "grids").iterdir())
     assert grids == ["grid_000002.png", "grid_000004.png"]
@@ -54,6 +55,7 @@ def test_a_run_keeps_a_grid_per_evaluation_and_their_animation(tiny_run):
         Path(json.loads((tiny_run / "synset" / "synset.json").read_text())["buffer"]))
 
 
+@pytest.mark.e2e
 def test_report_files_numbers_and_image_sizes(tiny_run, digits_buffer, tmp_path):
     out = make_report([tiny_run, store_of(digits_buffer)], tmp_path / "out")
     names = sorted(p.name for p in out.iterdir())
@@ -89,6 +91,7 @@ def test_report_files_numbers_and_image_sizes(tiny_run, digits_buffer, tmp_path)
     assert 'src="' not in html.replace('src="data:', "")  # self-contained: every image inlined
 
 
+@pytest.mark.e2e
 def test_report_compares_runs_by_the_keys_that_differ(tiny_run, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
@@ -100,12 +103,14 @@ def test_report_compares_runs_by_the_keys_that_differ(tiny_run, tmp_path):
     assert "| lr_img | `100.0` | `10.0` |" in markdown and "| run_dir |" not in markdown
 
 
+@pytest.mark.e2e
 def test_the_command_writes_next_to_the_run_and_quotes_the_path(tiny_run, capsys):
     assert report_main([str(tiny_run)]) == 0
     assert (tiny_run / "report" / "report.md").is_file()
     assert shlex.quote(str((tiny_run / "report" / "report.html").resolve())) in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 def test_missing_matplotlib_is_one_line_naming_the_install(tiny_run, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     with pytest.raises(SystemExit) as exit_info:
@@ -115,6 +120,7 @@ def test_missing_matplotlib_is_one_line_naming_the_install(tiny_run, monkeypatch
     assert err.startswith("error: ") and "pip install 'dd[report]'" in err
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("make, message", [
     (lambda p: p / "nothing-here", "is not a folder"),
     (lambda p: p, "holds neither a run"),

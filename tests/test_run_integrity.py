@@ -16,14 +16,12 @@ from safetensors.torch import load_file, save_file
 
 import dd
 from dd.buffer.store import TrajectoryStore
-from dd.cli import run_cli
 from dd.distill import engine
 from dd.distill.__main__ import main as distill_main
 from dd.distill.checkpoint import check_resume, load_checkpoint
 from dd.errors import DDError
 from dd.lock import Lock, hold
-from tests.procs import ENV, python_m, run_ok
-from tests.test_faults import assert_same_set, logged_iterations
+from tests.helpers import ENV, assert_same_set, logged_iterations, one_error_line, python_m, run_ok
 
 FLAGS = ["--iterations", "2", "--syn-steps", "2", "--expert-epochs", "2", "--max-start-epoch", "2", "--eval-every",
          "0", "--eval-epochs", "1", "--lr-img", "100", "--log-every", "1", "--device", "cpu"]
@@ -31,19 +29,6 @@ FLAGS = ["--iterations", "2", "--syn-steps", "2", "--expert-epochs", "2", "--max
 
 def distill_args(buffer, run, *extra) -> list[str]:
     return ["--buffer-dir", str(buffer), "--run-dir", str(run), *FLAGS, *extra]
-
-
-def one_error_line(capsys, main, argv, code: int = 2) -> str:
-    """Run ``main`` through run_cli; assert the exit status and a single ``error:`` line, last, with no traceback."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(main, argv)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == code, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert sum(line.startswith("error: ") for line in lines) == 1 and lines[-1].startswith("error: "), err
-    return lines[-1]
 
 
 @pytest.fixture
@@ -62,6 +47,7 @@ def assert_untouched(run, config: bytes, iteration: int = 2) -> None:
 
 # -- --resume ---------------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("extra, words", [
     (["--lr-img", "1000", "--seed", "1"],
      ["--lr-img 100 (checkpoint) vs 1000 (now)", "--seed 0 (checkpoint) vs 1 (now)"]),
@@ -78,6 +64,7 @@ def test_resume_with_other_result_settings_is_refused(finished_run, digits_buffe
     assert_untouched(run, config)
 
 
+@pytest.mark.e2e
 def test_krr_st_resume_with_other_settings_is_refused(digits_teacher, tmp_path, capsys):
     run = tmp_path / "run"
     assert distill_main(krr(tmp_path, digits_teacher)) == 0
@@ -87,6 +74,7 @@ def test_krr_st_resume_with_other_settings_is_refused(digits_teacher, tmp_path, 
     assert (run / "config.json").read_bytes() == config and load_checkpoint(run)[1]["iteration"] == 2
 
 
+@pytest.mark.e2e
 def test_resume_with_more_iterations_is_accepted_and_recorded(finished_run, digits_buffer):
     run, _ = finished_run
     assert distill_main(distill_args(digits_buffer, run, "--resume", "--iterations", "3")) == 0
@@ -96,6 +84,7 @@ def test_resume_with_more_iterations_is_accepted_and_recorded(finished_run, digi
     assert load_checkpoint(run)[1]["iteration"] == 3 and logged_iterations(run) == [1, 2, 3]
 
 
+@pytest.mark.e2e
 def test_resume_past_the_requested_iterations_is_refused(finished_run, digits_buffer, capsys):
     run, config = finished_run
     line = one_error_line(capsys, distill_main, distill_args(digits_buffer, run, "--resume", "--iterations", "1"))
@@ -103,6 +92,7 @@ def test_resume_past_the_requested_iterations_is_refused(finished_run, digits_bu
     assert_untouched(run, config)
 
 
+@pytest.mark.e2e
 def test_damaged_resume_state_is_one_line(finished_run, digits_buffer, capsys):
     run, config = finished_run
     with open(run / "metrics.jsonl", "a") as f:
@@ -118,6 +108,7 @@ def test_damaged_resume_state_is_one_line(finished_run, digits_buffer, capsys):
 
 # -- evaluation after the save ----------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_failing_end_of_run_evaluation_keeps_the_set_and_checkpoint(digits_buffer, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
 
@@ -140,6 +131,7 @@ def test_failing_end_of_run_evaluation_keeps_the_set_and_checkpoint(digits_buffe
     assert load_checkpoint(run)[1]["evaluated"] == 2 and (run / "synset_best").is_dir()
 
 
+@pytest.mark.e2e
 def test_os_error_mid_run_is_one_line_and_keeps_the_last_checkpoint(digits_buffer, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     saved = engine.save_grid
@@ -182,6 +174,7 @@ def long_reference(digits_buffer, tmp_path_factory):
     return dd.load_synset(run / "synset")
 
 
+@pytest.mark.e2e
 def test_sigterm_checkpoints_the_last_iteration_and_resumes_to_the_same_set(digits_buffer, tmp_path, long_reference):
     run = tmp_path / "run"
     argv = distill_args(digits_buffer, run, *LONG)
@@ -207,6 +200,7 @@ def test_sigterm_checkpoints_the_last_iteration_and_resumes_to_the_same_set(digi
     assert logged_iterations(run) == list(range(1, 301)), "each iteration logged once"
 
 
+@pytest.mark.e2e
 def test_second_writer_is_refused_naming_the_pid(digits_buffer, tmp_path, capsys):
     run = tmp_path / "run"
     proc = subprocess.Popen(python_m("dd.distill", *distill_args(digits_buffer, run, "--iterations", "100000")),
@@ -232,6 +226,7 @@ def dead_pid() -> int:
     return proc.pid
 
 
+@pytest.mark.e2e
 def test_stale_lock_is_taken_over(digits_buffer, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -240,6 +235,7 @@ def test_stale_lock_is_taken_over(digits_buffer, tmp_path):
     assert not (run / ".lock").exists() and load_checkpoint(run)[1]["iteration"] == 2
 
 
+@pytest.mark.e2e
 def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
     with hold(tmp_path, "folder x"):
         assert not Lock(tmp_path / ".lock").acquire()  # this process is alive
@@ -262,6 +258,7 @@ def trained(stdout: str) -> list[int]:
             for i in line.split("experts ", 1)[1].split(", ")]
 
 
+@pytest.mark.e2e
 def test_two_buffer_processes_train_each_expert_once(tmp_path):
     command = python_m("dd.buffer", "--num-experts", "3", "--epochs", "3", "--batch-size", "64", "--test-every", "3",
                        "--device", "cpu", "--buffer-dir", tmp_path)
@@ -319,6 +316,7 @@ STARTUP = {
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", STARTUP)
 def test_bad_value_is_refused_at_start_up(case, tmp_path, request, capsys, monkeypatch):
     from dd.buffer.__main__ import main as buffer_main

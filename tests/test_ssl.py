@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import dd.buffer.ssl as ssl
-from dd.buffer.__main__ import main as buffer_main
+from dd.buffer import BufferConfig, train_store
 from dd.buffer.ssl import barlow_twins_loss, find_teacher, load_teacher, make_views, two_views
 from dd.device import make_generator
 from dd.errors import DDError
-from tests.conftest import TINY_TEACHER_FLAGS
+from tests.helpers import TINY_TEACHER
 
 
 def test_identical_decorrelated_views_have_zero_loss():
@@ -39,6 +39,7 @@ def test_views_keep_shape_and_are_reproducible_without_touching_the_global_rng(c
     assert not torch.equal(a1, b1)
 
 
+@pytest.mark.e2e
 def test_teacher_folder_loads_and_represents(digits_teacher):
     teacher = find_teacher(None, str(digits_teacher), "digits-0to4")
     manifest = json.loads((teacher.root / "manifest.json").read_text())
@@ -50,6 +51,7 @@ def test_teacher_folder_loads_and_represents(digits_teacher):
         find_teacher(None, str(digits_teacher), "digits")
 
 
+@pytest.mark.e2e
 def test_representations_are_standardised_on_the_source_train_set(digits_teacher):
     """Teacher.represent = (embed(x) - mean) / std with the source training set's statistics: there each
     dimension has mean 0 and std 1 (less if its std is under the floor), while the raw embedding has an
@@ -70,6 +72,7 @@ def test_representations_are_standardised_on_the_source_train_set(digits_teacher
         teacher.represent(data.train_images[:2], targets="z")
 
 
+@pytest.mark.e2e
 def test_killed_teacher_resumes_to_the_same_encoder(tmp_path, monkeypatch, digits_teacher):
     save = ssl.save_tensors
 
@@ -80,10 +83,11 @@ def test_killed_teacher_resumes_to_the_same_encoder(tmp_path, monkeypatch, digit
 
     monkeypatch.setattr(ssl, "save_tensors", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        buffer_main([*TINY_TEACHER_FLAGS, "--buffer-dir", str(tmp_path)])
+        train_store(BufferConfig(**TINY_TEACHER, buffer_dir=str(tmp_path)))
     monkeypatch.setattr(ssl, "save_tensors", save)
-    assert buffer_main([*TINY_TEACHER_FLAGS, "--buffer-dir", str(tmp_path)]) == 0
+    root = train_store(BufferConfig(**TINY_TEACHER, buffer_dir=str(tmp_path)))
     resumed = find_teacher(None, str(tmp_path), "digits-0to4")
+    assert resumed.root == root
     straight = find_teacher(None, str(digits_teacher), "digits-0to4")
     for (k, a), (_, b) in zip(resumed.encoder.state_dict().items(), straight.encoder.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, msg=k)

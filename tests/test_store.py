@@ -10,21 +10,7 @@ import torch
 from dd.buffer.legacy import import_legacy
 from dd.buffer.store import TrajectoryStore, recipe_tag
 from dd.errors import DDError
-from dd.functional import ParamSpec
-
-SPEC = ParamSpec(("conv.weight", "conv.bias", "fc.weight"), ((2, 1, 3, 3), (2,), (3, 4)))  # P = 32
-EPOCHS = 3
-RECIPE = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0, "batch_size": 256,
-          "epochs": EPOCHS, "dsa_strategy": "color_crop_cutout_flip_scale_rotate", "preprocess": "standard"}
-
-
-def header(**recipe_changes) -> dict:
-    return {"dataset": {"name": "toy", "preprocess": {"kind": "standard"}}, "model": {"name": "Toy"},
-            "param_spec": SPEC.to_json(), "recipe": {**RECIPE, **recipe_changes}, "num_epochs": EPOCHS}
-
-
-def trajectory(seed: int) -> torch.Tensor:
-    return torch.randn(EPOCHS + 1, SPEC.numel, generator=torch.Generator().manual_seed(seed))
+from tests.helpers import EPOCHS, RECIPE, SPEC, header, trajectory
 
 
 @pytest.fixture

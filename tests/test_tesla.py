@@ -19,8 +19,7 @@ from dd.errors import DDError
 from dd.functional import functional_forward, load_flat_
 from dd.models import create_model
 from dd.training import classification_loss
-from tests.test_distill import flags
-from tests.test_unroll import tiny_problem
+from tests.helpers import flags, tiny_problem
 
 LR = 0.05
 
@@ -176,6 +175,7 @@ def expert_logits_at(buffer_root, epoch, images):
         return net(images)
 
 
+@pytest.mark.e2e
 def test_soft_labels_come_from_the_expert_and_are_not_learned(tmp_path, digits_buffer):
     distiller = Distiller(tesla_config(digits_buffer, tmp_path / "r", label_temperature=2.0))
     assert label_epoch(2, 2) == 3
@@ -189,11 +189,13 @@ def test_soft_labels_come_from_the_expert_and_are_not_learned(tmp_path, digits_b
     assert distiller.method.protocol == "mtt"
 
 
+@pytest.mark.e2e
 def test_a_bad_label_temperature_is_refused(tmp_path, digits_buffer):
     with pytest.raises(DDError, match="--label-temperature must be positive, got 0"):
         distill_main([*flags(digits_buffer, tmp_path / "r"), *TESLA_FLAGS, "--label-temperature", "0"])
 
 
+@pytest.mark.e2e
 def test_resumed_tesla_equals_uninterrupted(tmp_path, digits_buffer):
     full, split = tmp_path / "full", tmp_path / "split"
     assert distill_main([*flags(digits_buffer, full), *TESLA_FLAGS]) == 0

@@ -4,15 +4,16 @@ share giving the same set."""
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from dd.buffer.store import TrajectoryStore
 from dd.distill.synset import load_synset
 from dd.eval.results import run_key
-from tests.procs import MLP_BUFFER, TORCHRUN, python_m, run_ok
-from tests.test_eval import make_set
-from tests.test_unroll import tiny_problem
+from tests.helpers import MLP_BUFFER, TORCHRUN, make_set, python_m, run_ok, tiny_problem
+
+pytestmark = pytest.mark.e2e  # every test here runs a stage end to end
 
 EVAL = ["dd.eval", "--baseline", "random", "--models", "MLP,LeNet", "--runs", "2", "--epochs", "2", "--device", "cpu"]
 

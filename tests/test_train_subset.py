@@ -8,13 +8,14 @@ import json
 import pytest
 import torch
 
-import dd.buffer.__main__ as buffer_cli
+import dd.buffer.train as buffer_train
+from dd.buffer import BufferConfig, train_store
 from dd.buffer.experts import ExpertRecipe
 from dd.buffer.store import TrajectoryStore, recipe_tag
 from dd.errors import DDError
 from dd.realdata import prepare_data, random_subset
 
-FLAGS = ["--num-experts", "2", "--epochs", "2", "--batch-size", "16", "--test-every", "0", "--device", "cpu"]
+TINY = {"num_experts": 2, "epochs": 2, "batch_size": 16, "test_every": 0, "device": "cpu"}
 
 
 def store_of(root):
@@ -45,22 +46,23 @@ def test_the_draw_is_stratified_deterministic_and_from_the_training_split():
     assert torch.equal(data.train_labels[matched], labels)
 
 
+@pytest.mark.e2e
 def test_experts_train_on_the_subset_and_resume_equal(tmp_path, monkeypatch):
     seen = []
-    real = buffer_cli.train_expert
+    real = buffer_train.train_expert
 
     def spy(model, channels, num_classes, size, train, *rest):
         seen.append(train[1].clone())
         return real(model, channels, num_classes, size, train, *rest)
 
-    monkeypatch.setattr(buffer_cli, "train_expert", spy)
+    monkeypatch.setattr(buffer_train, "train_expert", spy)
     whole, once, resumed = tmp_path / "whole", tmp_path / "once", tmp_path / "resumed"
-    subset = ["--train-per-class", "3"]
-    assert buffer_cli.main([*FLAGS, "--buffer-dir", str(once), *subset]) == 0
+    one = {**TINY, "num_experts": 1}
+    train_store(BufferConfig(**TINY, buffer_dir=str(once), train_per_class=3))
     assert [torch.bincount(labels).tolist() for labels in seen] == [[3] * 10] * 2
-    assert buffer_cli.main([*FLAGS[:1], "1", *FLAGS[2:], "--buffer-dir", str(resumed), *subset]) == 0
-    assert buffer_cli.main([*FLAGS, "--buffer-dir", str(resumed), *subset]) == 0
-    assert buffer_cli.main([*FLAGS[:1], "1", *FLAGS[2:], "--buffer-dir", str(whole)]) == 0
+    train_store(BufferConfig(**one, buffer_dir=str(resumed), train_per_class=3))
+    train_store(BufferConfig(**TINY, buffer_dir=str(resumed), train_per_class=3))
+    train_store(BufferConfig(**one, buffer_dir=str(whole)))
     a, b, full = store_of(once), store_of(resumed), store_of(whole)
     assert a.completed() == b.completed() == [0, 1]
     for i in (0, 1):
@@ -72,13 +74,14 @@ def test_experts_train_on_the_subset_and_resume_equal(tmp_path, monkeypatch):
     assert "train_per_class" not in json.loads((full.root / "manifest.json").read_text())["recipe"]
 
 
-@pytest.mark.parametrize("flags, words", [
-    (["--train-per-class", "0"], "--train-per-class must be positive, got 0"),
-    (["--train-per-class", "100000"], "--train-per-class 100000 is larger than class 0, which has"),
-    (["--train-per-class", "2", "--train-subset-seed", "-1"], "--train-subset-seed must be >= 0, got -1"),
-    (["--train-per-class", "2", "--teacher", "barlow_twins"], "--train-per-class applies to experts, not to a"),
+@pytest.mark.e2e
+@pytest.mark.parametrize("values, words", [
+    ({"train_per_class": 0}, "--train-per-class must be positive, got 0"),
+    ({"train_per_class": 100000}, "--train-per-class 100000 is larger than class 0, which has"),
+    ({"train_per_class": 2, "train_subset_seed": -1}, "--train-subset-seed must be >= 0, got -1"),
+    ({"train_per_class": 2, "teacher": "barlow_twins"}, "--train-per-class applies to experts, not to a"),
 ])
-def test_bad_subset_flags_are_one_error(tmp_path, flags, words):
+def test_bad_subset_flags_are_one_error(tmp_path, values, words):
     with pytest.raises(DDError, match=words) as e:
-        buffer_cli.main([*FLAGS, "--buffer-dir", str(tmp_path), *flags])
+        train_store(BufferConfig(**TINY, buffer_dir=str(tmp_path), **values))
     assert "\n" not in str(e.value)

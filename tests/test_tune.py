@@ -189,6 +189,7 @@ def test_two_processes_on_one_study_never_run_the_same_trial(tmp_path):
 
 
 # -- the real scorer: validation only ---------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_trials_distil_and_score_on_validation_and_never_read_the_test_split(tmp_path, monkeypatch):
     def no_test(self):
         raise AssertionError("the test split was read")

@@ -8,22 +8,10 @@ import torch
 from dd.augment import DSA
 from dd.device import make_generator
 from dd.distill.methods.base import normalized_distance
-from dd.distill.unroll import Student, full_unroll, make_plan
+from dd.distill.unroll import full_unroll, make_plan
 from dd.functional import flatten_params, load_flat_
-from dd.models import create_model
 from dd.training import classification_loss
-from tests.gradcheck import assert_matches_finite_differences
-
-
-def tiny_problem(dtype=torch.float64, strategy="none"):
-    model = create_model("ConvNet", 1, 3, (4, 4), seed=0, width=2, depth=1).to(dtype)
-    g = torch.Generator().manual_seed(1)
-    images = torch.randn(6, 1, 4, 4, generator=g, dtype=dtype)
-    labels = torch.tensor([0, 0, 1, 1, 2, 2])
-    w0 = flatten_params(model)
-    target = w0 + 0.1 * torch.randn(w0.shape, generator=g, dtype=dtype)
-    plan = make_plan(6, 4, 5, make_generator(3))
-    return model, Student(model, DSA(strategy)), images, labels, w0, target, plan
+from tests.helpers import assert_matches_finite_differences, tiny_problem
 
 
 def test_plan_covers_the_set_in_chunks():

@@ -17,18 +17,21 @@ import pytest
 import torch
 
 import dd
-import dd.eval.__main__ as eval_cli
-from dd.buffer.__main__ import main as buffer_main
+import dd.eval.jobs as eval_jobs
+from dd.buffer import ImportConfig, import_buffers
 from dd.data import Preprocessor, load_dataset
 from dd.distill.config import MTTConfig
 from dd.distill.engine import Distiller
 from dd.distill.reference import ITERATIONS, Synthetic
 from dd.distill.registry import get_method
+from dd.eval import EvalConfig, evaluate
 from dd.functional import flatten_params
 from dd.models import create_model
 from dd.realdata import prepare_data
 from dd.training import PeriodicTests
-from tests.test_protocols import reference_evaluate_synset
+from tests.helpers import reference_evaluate_synset
+
+pytestmark = pytest.mark.e2e  # every test here runs a stage end to end
 
 MODEL = "ConvNetD1"  # one conv block (a 4-D weight for AST's perturbation, norm parameters, no buffers) and an FC
 EPOCHS = 6  # the hand-made expert holds w*_0 .. w*_6
@@ -54,11 +57,10 @@ def expert(tmp_path_factory):
     root = tmp_path_factory.mktemp("wiring")
     snapshots = hand_made_snapshots()
     torch.save([snapshots], root / "replay_buffer_0.pt")
-    assert buffer_main(["import", str(root / "replay_buffer_0.pt"), "--dataset", "digits", "--model", MODEL,
-                        "--epochs", str(EPOCHS), "--buffer-dir", str(root / "buffers")]) == 0
-    (manifest,) = (root / "buffers").glob(f"digits/{MODEL}/*/manifest.json")
+    store, _ = import_buffers(ImportConfig(dataset="digits", model=MODEL, epochs=EPOCHS,
+                                           buffer_dir=str(root / "buffers")), [root / "replay_buffer_0.pt"])
     trajectory = torch.stack([torch.cat([p.reshape(-1) for p in snapshot]) for snapshot in snapshots])
-    return manifest.parent, trajectory
+    return store, trajectory
 
 
 # method -> its settings; every one starts at epoch 1 on iteration 0 (the window [1, 2)) and matches M = 2
@@ -251,9 +253,8 @@ def test_eval_trains_the_protocol_written_out_on_the_set_and_scores_the_test_spl
         return score(self, model)
 
     monkeypatch.setattr(PeriodicTests, "score", recording)
-    assert eval_cli.main(["--synset", str(folder), "--models", "MLP", "--runs", "2", "--seed", "4", "--epochs", "4",
-                          "--batch-size", "8", "--dsa-strategy", "none", "--device", "cpu",
-                          "--out", str(tmp_path / "ev")]) == 0
+    evaluate(EvalConfig(synset=str(folder), models="MLP", runs=2, seed=4, epochs=4, batch_size=8, dsa_strategy="none",
+                        device="cpu", out=str(tmp_path / "ev")))
     synset = dd.load_synset(folder)
     test = prepare_data("digits", torch.device("cpu"), val_fraction=0.1, val_seed=0).test
     runs = eval_cli_runs(tmp_path / "ev")
@@ -276,16 +277,15 @@ def test_baselines_train_on_sets_of_their_size(tmp_path, monkeypatch, split):
     """random: ipc real training images of every class (never validation or test images), a new draw per seed;
     full: the whole training split, less the validation images when those are the ones scored."""
     seen: list[SimpleNamespace] = []
-    train_and_score = eval_cli.train_and_score_seeds
+    train_and_score = eval_jobs.train_and_score_seeds
 
     def recording(model, channels, classes, size, train, tested, lr, protocol, seeds, batched=True):
         seen.append(SimpleNamespace(train=train, tested=tested, lr=lr, seeds=list(seeds)))
         return train_and_score(model, channels, classes, size, train, tested, lr, protocol, seeds, batched)
 
-    monkeypatch.setattr(eval_cli, "train_and_score_seeds", recording)
-    assert eval_cli.main(["--baseline", "random,full", "--ipc", "3", "--models", "MLP", "--runs", "2", "--epochs",
-                          "1", "--split", split, "--baseline-lr", "0.02", "--dsa-strategy", "none", "--device", "cpu",
-                          "--out", str(tmp_path / "ev")]) == 0
+    monkeypatch.setattr(eval_jobs, "train_and_score_seeds", recording)
+    evaluate(EvalConfig(baseline="random,full", ipc=3, models="MLP", runs=2, epochs=1, split=split, baseline_lr=0.02,
+                        dsa_strategy="none", device="cpu", out=str(tmp_path / "ev")))
     data = prepare_data("digits", torch.device("cpu"), val_fraction=0.1, val_seed=0)
     records = eval_cli_runs(tmp_path / "ev")
     assert sorted((r["source"], r["seed"], r["ipc"]) for r in records) == [

@@ -1,5 +1,6 @@
-"""The buffer stage's config and where its store lives: shared by ``python -m dd.buffer`` and by
-``dd.distill --buffer-config``, which finds the store a buffer preset writes."""
+"""The buffer stage's config and where its store lives: shared by ``dd.buffer.train_store`` (``python -m
+dd.buffer``) and by ``dd.distill --buffer-config``, which finds the store a buffer preset writes. The data and device
+fields are the ``dd.settings`` blocks; ``dd.config.validate`` checks a config."""
 
 from __future__ import annotations
 
@@ -8,55 +9,64 @@ from pathlib import Path
 
 from dd.buffer.experts import STEPS, ExpertRecipe, expert_seed
 from dd.buffer.store import TrajectoryStore, recipe_tag
-from dd.cli import check_flags
 from dd.config import opt
-from dd.data import CHANNELS_HELP, IMAGE_SIZE_HELP, list_datasets
-from dd.device import TF32_HELP, physical_memory
+from dd.device import check_fits, check_seed, physical_memory
 from dd.errors import DDError
 from dd.functional import ParamSpec, param_spec
 from dd.identity import check_data
 from dd.models import create_model, list_models
+from dd.settings import DataSettings, DeviceSettings
 
 
 @dataclass
-class BufferConfig:
-    dataset: str = opt("digits", "dataset name (see dd.data.list_datasets())")
-    data_path: str = opt("data", "folder holding the dataset (README, Datasets: where dd looks for each)")
-    download: bool = opt(False, "download the dataset through torchvision if it is missing")
-    image_size: int | None = opt(None, IMAGE_SIZE_HELP)
-    channels: int | None = opt(None, CHANNELS_HELP)
+class BufferConfig(DataSettings, DeviceSettings):
     zca: bool = opt(False, "ZCA-whiten the images (kornia, eps 0.1, fitted once on the train set)")
     model: str = opt("ConvNet", "expert architecture (see dd.models.list_models())")
-    num_experts: int = opt(100, "number of experts to train")
-    epochs: int = opt(50, "epochs per expert (stored trajectory has epochs+1 snapshots)")
+    num_experts: int = opt(100, "number of experts to train", bounds="positive")
+    epochs: int = opt(50, "epochs per expert (stored trajectory has epochs+1 snapshots)", bounds="positive")
     optimizer: str = opt("sgd", f"expert optimiser: {' or '.join(STEPS)} (gsam = FTD/DATM flat experts over the SGD)")
-    lr: float = opt(0.01, "expert learning rate (constant unless --lr-decay-epoch)")
-    momentum: float = opt(0.0, "expert SGD momentum")
-    weight_decay: float = opt(0.0, "expert SGD weight decay")
-    batch_size: int = opt(256, "expert batch size")
+    lr: float = opt(0.01, "expert learning rate (constant unless --lr-decay-epoch)", bounds="positive")
+    momentum: float = opt(0.0, "expert SGD momentum", bounds="nonnegative")
+    weight_decay: float = opt(0.0, "expert SGD weight decay", bounds="nonnegative")
+    batch_size: int = opt(256, "expert batch size", bounds="positive")
     dsa_strategy: str = opt("color_crop_cutout_flip_scale_rotate", "DSA ops applied to every batch ('none' for none)")
-    rho: float = opt(0.01, "GSAM perturbation radius, constant (gsam only)")
-    alpha: float = opt(0.3, "GSAM weight of the surrogate-gap term; 0 = SAM (gsam only)")
+    rho: float = opt(0.01, "GSAM perturbation radius, constant (gsam only)", bounds="nonnegative")
+    alpha: float = opt(0.3, "GSAM weight of the surrogate-gap term; 0 = SAM (gsam only)", bounds="nonnegative")
     adaptive: bool = opt(True, "GSAM: ASAM-style perturbation scaled by |w| (gsam only)")
     lr_decay_epoch: int | None = opt(None, "multiply the lr by --lr-decay-factor once, after this 0-based "
                                            "epoch (AST: epochs//2+1) (default: none, a constant lr)")
-    lr_decay_factor: float = opt(0.6, "lr factor of the one decay (AST: 0.6)")
+    lr_decay_factor: float = opt(0.6, "lr factor of the one decay (AST: 0.6)", bounds="positive")
     loss_warmup: bool = opt(False, "AST clipping-loss warm-up: CE x 0.5, 0.55, ..., 0.95 in epochs 0-9")
-    gp_lambda: float = opt(0.0, "AST gradient penalty weight on the clean batch (AST: 2; 0 = off)")
+    gp_lambda: float = opt(0.0, "AST gradient penalty weight on the clean batch (AST: 2; 0 = off)",
+                           bounds="nonnegative")
     train_per_class: int | None = opt(None, "train the experts on this many images of every class of the training "
-                                            "split, the same for every expert (default: the whole split)")
-    train_subset_seed: int = opt(0, "seed of the --train-per-class draw")
+                                            "split, the same for every expert (default: the whole split)",
+                                      bounds="positive")
+    train_subset_seed: int = opt(0, "seed of the --train-per-class draw", bounds="nonnegative")
     test_every: int = opt(10, "measure test accuracy every k epochs and after the last (0: only after the last); "
-                          "each test reads the whole test split")
+                          "each test reads the whole test split", bounds="nonnegative")
     teacher: str = opt("none", "none = train experts; barlow_twins = train one self-supervised teacher encoder for "
                        "KRR-ST instead (SGD with --lr, --momentum, --weight-decay, --batch-size, --epochs)",
                        choices=("none", "barlow_twins"))
-    bt_lambda: float = opt(5e-3, "Barlow Twins weight of the off-diagonal terms (teacher only)")
-    proj_dim: int = opt(512, "width of the Barlow Twins projector (teacher only)")
+    bt_lambda: float = opt(5e-3, "Barlow Twins weight of the off-diagonal terms (teacher only)", bounds="nonnegative")
+    proj_dim: int = opt(512, "width of the Barlow Twins projector (teacher only)", bounds="positive")
     seed: int = opt(0, "base seed; expert i is determined by (recipe, seed, i)")
     buffer_dir: str = opt("buffers", "root of the trajectory stores")
-    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
-    tf32: bool = opt(False, TF32_HELP)
+
+    def check(self) -> None:
+        if self.model not in list_models():
+            raise DDError(f"unknown model '{self.model}'; see dd.models.list_models() for the choices")
+        if self.optimizer not in STEPS:
+            raise DDError(f"unknown --optimizer '{self.optimizer}'; choose {' or '.join(STEPS)}")
+        if self.lr_decay_epoch is not None and not 0 <= self.lr_decay_epoch < self.epochs - 1:
+            raise DDError(f"--lr-decay-epoch must be in 0..{self.epochs - 2} for {self.epochs} epochs "
+                          f"(a later decay changes nothing), got {self.lr_decay_epoch}; or none for a constant lr")
+        check_seed("--seed", self.seed, 1_000_003, self.num_experts)
+        check_fits("--num-experts", self.num_experts, 256, "the list of experts")
+        if self.teacher != "none" and self.train_per_class is not None:
+            raise DDError("--train-per-class applies to experts, not to a --teacher; drop one of them")
+        if self.teacher != "none" and self.zca:
+            raise DDError("a teacher needs --no-zca, a positive --proj-dim and --bt-lambda >= 0")
 
     def recipe(self) -> ExpertRecipe:
         return ExpertRecipe(optimizer=self.optimizer, lr=self.lr, momentum=self.momentum,
@@ -66,23 +76,6 @@ class BufferConfig:
                             lr_decay_epoch=self.lr_decay_epoch, lr_decay_factor=self.lr_decay_factor,
                             loss_warmup=self.loss_warmup, gp_lambda=self.gp_lambda,
                             train_per_class=self.train_per_class, train_subset_seed=self.train_subset_seed)
-
-
-def validate(config: BufferConfig) -> None:
-    """Reject bad values before any work starts."""
-    if config.dataset not in list_datasets():
-        raise DDError(f"unknown dataset '{config.dataset}'; choose from {', '.join(list_datasets())}")
-    if config.model not in list_models():
-        raise DDError(f"unknown model '{config.model}'; see dd.models.list_models() for the choices")
-    check_flags(config, positive=("num_experts", "epochs", "batch_size", "lr", "lr_decay_factor", "image_size",
-                                  "proj_dim", "train_per_class"),
-                nonnegative=("rho", "alpha", "gp_lambda", "momentum", "weight_decay", "test_every", "bt_lambda",
-                             "train_subset_seed"))
-    if config.optimizer not in STEPS:
-        raise DDError(f"unknown --optimizer '{config.optimizer}'; choose {' or '.join(STEPS)}")
-    if config.lr_decay_epoch is not None and not 0 <= config.lr_decay_epoch < config.epochs - 1:
-        raise DDError(f"--lr-decay-epoch must be in 0..{config.epochs - 2} for {config.epochs} epochs "
-                      f"(a later decay changes nothing), got {config.lr_decay_epoch}; or none for a constant lr")
 
 
 def store_root(buffer_dir: str, dataset: str, model: str, recipe: dict) -> Path:

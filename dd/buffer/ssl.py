@@ -98,13 +98,11 @@ def teacher_recipe(config) -> dict:
             "views": "resized_crop(0.2-1)_flip_jitter_gray"}
 
 
-def train_teacher(config) -> int:
-    """``python -m dd.buffer --teacher barlow_twins``: train (or resume, or find finished) a teacher."""
-    from dd.buffer.config import store_root, validate
+def train_teacher(config) -> Path:
+    """``python -m dd.buffer --teacher barlow_twins``: train (or resume, or find finished) the teacher of a checked
+    ``BufferConfig`` (``dd.buffer.train_store``); returns its folder."""
+    from dd.buffer.config import store_root
 
-    validate(config)
-    if config.zca or config.proj_dim <= 0 or config.bt_lambda < 0:
-        raise DDError("a teacher needs --no-zca, a positive --proj-dim and --bt-lambda >= 0")
     recipe = teacher_recipe(config)
     default = store_root(config.buffer_dir, config.dataset, config.model, recipe)
     root = default.with_name(f"{config.teacher}-{default.name}")
@@ -117,7 +115,7 @@ def train_teacher(config) -> int:
                    data_flags(config.dataset, config.data_path, config.image_size, config.channels), allow=False,
                    fix="pass that data, or another --buffer-dir for a teacher of this data")
         print(f"teacher: {root} is already trained")
-        return 0
+        return root
     device = setup_device(config.device, config.tf32)
     pixels = raw.train_images.to(device)
     preprocess = Preprocessor.fit("standard", spec, raw.train_images)
@@ -184,7 +182,7 @@ def train_teacher(config) -> int:
         "loss": losses, "files": {"encoder": {"file": ENCODER, "sha256": sha256_file(root / ENCODER)}}})
     (root / CHECKPOINT).unlink(missing_ok=True)
     print(f"teacher: {root} (output dim {embed_dim(model)}, final loss {losses[-1]:.4f})")
-    return 0
+    return root
 
 
 @dataclass

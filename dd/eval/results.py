@@ -8,6 +8,7 @@ into ``results.json`` before it starts. Runs are identified by ``run_key``, so m
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,16 @@ def read_runs(path: Path) -> list[dict[str, Any]]:
         kind = CLASSIFICATION_RECORD if run.get("source") in SOURCE_ORDER else RESULT_RECORD
         check_schema(run, kind, f"{path} (record {n})", "results", "restore it, or move it away")
     return runs
+
+
+@dataclass
+class Evaluation:
+    """What an evaluation produced: the records of the runs asked for (earlier calls' included, in job order;
+    empty on a rank other than 0 under torchrun) and where every record and the tables are."""
+
+    runs: list[dict[str, Any]]
+    results: Path
+    markdown: Path
 
 
 class Results:

@@ -26,7 +26,7 @@ import hashlib
 import json
 import math
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,16 +38,18 @@ from tqdm import tqdm
 
 from dd.augment import crop_flip
 from dd.buffer.ssl import TARGETS, Teacher, find_teacher
-from dd.config import build_parser, opt, parse_config, parse_list, to_dict
+from dd.config import opt, parse_list, to_dict, validate
 from dd.data import CHANNELS_HELP, IMAGE_SIZE_HELP, list_datasets
-from dd.device import TF32_HELP, make_generator, setup_device
+from dd.device import make_generator, setup_device
 from dd.distill.synset import SynSet, load_synset
 from dd.errors import DDError
 from dd.eval.report import format_cell, run_key
+from dd.eval.results import Evaluation
 from dd.io import atomic_write_bytes, atomic_write_json, read_json
 from dd.models import backbone_state, create_model, head_name, list_models, load_backbone
 from dd.realdata import PreparedData, prepare_data, random_subset
 from dd.schema import RESULT_RECORD, check_schema, sequence
+from dd.settings import DeviceSettings
 from dd.training import StepFn, accuracy, train_epoch
 
 SOURCES = ("krr_st", "random", "none")
@@ -55,7 +57,7 @@ PROTOCOLS = ("linear", "finetune")
 
 
 @dataclass
-class TransferConfig:
+class TransferConfig(DeviceSettings):
     protocol: str = opt("transfer", "evaluation protocol; transfer takes the flags below", choices=("transfer",))
     synset: str | None = opt(None, "transfer set from dd.distill --method krr_st (default: none, the baselines "
                              "only)")
@@ -92,8 +94,10 @@ class TransferConfig:
     linear_batch_size: int = opt(512, "linear-probe batch size")
     out: str | None = opt(None, "output folder (default: <synset>/../eval-transfer, or runs/eval-transfer-<source>)")
     seed: int = opt(0, "first seed; run r uses seed + r")
-    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
-    tf32: bool = opt(False, TF32_HELP)
+
+    def check(self) -> None:
+        if self.runs <= 0 or min(self.pretrain_epochs, self.finetune_epochs, self.linear_epochs) <= 0:
+            raise DDError("--runs and every --*-epochs must be positive")
 
 
 def cosine_lr(lr: float, epoch: int, epochs: int) -> float:
@@ -271,15 +275,15 @@ def source_identities(cfg: TransferConfig, synset: SynSet | None, sets: dict[str
     return found
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    cfg, _ = parse_config(TransferConfig, argv, build_parser(TransferConfig, "python -m dd.eval --protocol transfer",
-                                                             __doc__, "a file holding 'target: digits-5to9'"))
+def evaluate_transfer(cfg: TransferConfig) -> Evaluation:
+    """Evaluate the transfer set and baselines of ``cfg`` (module docstring): every run not yet recorded in the
+    output folder is trained and recorded at once in results.json; results.md holds the table of the runs asked
+    for. Raises ``DDError`` on bad input before anything trains."""
+    validate(cfg)
     device = setup_device(cfg.device, cfg.tf32)
     cfg = dataclasses.replace(cfg, device=str(device))  # recorded: the device used
     baselines = parse_list(cfg.baseline, ("random", "none"), "--baseline", allow_empty=True)
     protocols = parse_list(cfg.protocols, PROTOCOLS, "--protocols")
-    if cfg.runs <= 0 or min(cfg.pretrain_epochs, cfg.finetune_epochs, cfg.linear_epochs) <= 0:
-        raise DDError("--runs and every --*-epochs must be positive")
     synset = load_synset(cfg.synset, device, verify=cfg.verify) if cfg.synset else None
     if synset is not None and not synset.transfer:
         raise DDError(f"the set at {cfg.synset} is a classification set; evaluate it without --protocol transfer")
@@ -338,9 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         last["last"] = f"{job['source']} {job['dataset']} {job['protocol']} {100 * job['accuracy']:.2f}%"
         atomic_write_json(results_path, {"config": to_dict(cfg), "runs": runs})
     asked = {run_key(job) for job in jobs}
-    table = markdown([r for r in runs if run_key(r) in asked])
-    atomic_write_bytes(out / "results.md", table.encode())
-    print(table)
-    print(f"results: {results_path}")
-    return 0
+    asked_runs = [r for r in runs if run_key(r) in asked]
+    atomic_write_bytes(out / "results.md", markdown(asked_runs).encode())
+    return Evaluation(asked_runs, results_path, out / "results.md")
 

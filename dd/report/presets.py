@@ -19,9 +19,9 @@ from dd.buffer.config import BufferConfig
 from dd.config import BASE_KEY, load_yaml, make_config, read_yaml
 from dd.distill.config import MTTConfig
 from dd.distill.gradmatch import loops
-from dd.distill.methods import get_method
+from dd.distill.registry import get_method
 from dd.errors import DDError
-from dd.eval.__main__ import EvalConfig
+from dd.eval.config import EvalConfig
 from dd.tune.trial import config_class as method_config_class
 
 SOURCE = "# Source:"

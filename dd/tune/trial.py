@@ -18,8 +18,7 @@ from typing import Any
 from dd.config import load_yaml, make_config
 from dd.distill.registry import get_method, load_plugins
 from dd.errors import DDError
-from dd.eval.__main__ import main as eval_main
-from dd.io import read_json
+from dd.eval import EvalConfig, evaluate
 
 Report = Callable[[int, float], None]  # (iteration, validation accuracy of the first eval model)
 
@@ -89,11 +88,9 @@ def evaluate_set(synset: Path, out: Path, runs: int, split: str, lr: float | Non
                  epochs: int | None = None) -> tuple[float, float]:
     """``dd.eval`` of ``synset`` on ``split`` with ``runs`` seeds into ``out`` (resumable: finished seeds are kept),
     with the set's protocol, lr and epochs unless ``lr`` or ``epochs`` is given; (mean, std) of the accuracies."""
-    argv = ["--synset", str(synset), "--split", split, "--runs", str(runs), "--out", str(out)]
-    argv += [] if lr is None else ["--lr", repr(lr)]
+    config = EvalConfig(synset=str(synset), split=split, runs=runs, out=str(out), lr=lr, epochs=epochs)
     with open(out.parent / f"{out.name}.log", "a") as log, contextlib.redirect_stdout(log):  # its tables and hints
-        eval_main(argv + ([] if epochs is None else ["--epochs", str(epochs)]))
-    records = read_json(out / "results.json", "results")["runs"]
+        records = evaluate(config).runs
     accuracies = [r["accuracy"] for r in records if r["source"] == "distilled" and r["split"] == split]
     if not accuracies:
         raise DDError(f"dd.eval wrote no accuracy of {synset} into {out}; delete {out} and rerun")
