@@ -29,7 +29,7 @@ from dd.augment import DEFAULT_STRATEGY, DSA, DSAParams
 from dd.config import opt, to_dict
 from dd.data import class_indices
 from dd.device import make_generator
-from dd.distill.config import METHOD_HELP, MethodChoice, check_models, check_run_dir, default_run_dir
+from dd.distill.config import MethodChoice, check_models, check_run_dir, default_run_dir
 from dd.distill.engine import check_eval_models
 from dd.distill.runloop import Progress, RunLoop
 from dd.distill.synset import SynSet, save_synset
@@ -46,7 +46,6 @@ from dd.viz import save_grid
 class CondenseConfig(DeviceSettings, RunControl, InRunEvaluation, ValidationSplit, DataSettings, MethodChoice):
     """The settings every per-class matching method has; ``DCConfig``, ``DSAConfig`` and ``DMConfig`` add theirs."""
 
-    method: str = opt("dc", METHOD_HELP)
     model: str = opt("ConvNet", "architecture of the freshly initialised matching networks")
     ipc: int = opt(1, "synthetic images per class", bounds="positive")
     iterations: int = opt(1000, "outer iterations (a fresh network each)", bounds="positive")

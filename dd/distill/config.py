@@ -15,14 +15,14 @@ from pathlib import Path
 
 from dd.config import opt
 from dd.device import check_fits
-from dd.distill.registry import get_method
+from dd.distill.registry import get_method, method_of
 from dd.distill.unroll import make_unroll
 from dd.errors import DDError
 from dd.models import list_models
 from dd.settings import DataSettings, DeviceSettings, InRunEvaluation, RunControl, ValidationSplit
 
 METHOD_HELP = ("distillation method (python -m dd lists them); each takes the flags of its own config: --method NAME "
-               "--help")
+               "--help (default: the method of this config; dd.distill's: mtt)")
 PLAN_BYTES_PER_STEP = 256
 """A lower bound of the host bytes one inner step's plan (its minibatch indices and seed), or one evaluation seed,
 holds."""
@@ -32,7 +32,11 @@ holds."""
 class MethodChoice:
     """Which registered method runs (``dd.distill.registry``); a config serves the method it is registered with."""
 
-    method: str = opt("mtt", METHOD_HELP)
+    method: str | None = opt(None, METHOD_HELP)
+
+    def __post_init__(self) -> None:
+        if self.method is None:  # the method this config class is registered with
+            self.method = method_of(type(self))
 
     def check(self) -> None:
         spec = get_method(self.method)
@@ -134,7 +138,6 @@ class MTTConfig(DeviceSettings, RunControl, InRunEvaluation, ValidationSplit, Da
 class FTDConfig(MTTConfig):
     """MTT's settings plus the EMA of the images (Du et al. 2023)."""
 
-    method: str = opt("ftd", METHOD_HELP)
     ema_decay: float = opt(0.999, "decay of the exponential moving average of the images (FTD)", bounds="unit")
 
 
@@ -142,7 +145,6 @@ class FTDConfig(MTTConfig):
 class DATMConfig(MTTConfig):
     """MTT's settings plus DATM's window, soft labels and threshold (Guo et al. 2024)."""
 
-    method: str = opt("datm", METHOD_HELP)
     soft_labels: bool = opt(False, "learnable soft labels initialised from expert logits (DATM)")
     soft_label_init: str = opt("correct_mean", "initial soft labels: the mean logits of the experts that classify the "
                                "image correctly, or the raw logits of the first expert (final epoch), as DATM.py "
@@ -170,7 +172,6 @@ class DATMConfig(MTTConfig):
 class ASTConfig(MTTConfig):
     """MTT's settings plus AST's momentum student and optional terms (Shen et al. 2023)."""
 
-    method: str = opt("ast", METHOD_HELP)
     inner_momentum: float = opt(0.9, "heavy-ball momentum of the student's inner SGD (AST)", bounds="below_one")
     balance_loss: bool = opt(False, "weight the inner loss by the start epoch, w(s) (AST)")
     middle_loss: str = opt("none", "intermediate matching at inner steps (N//M)k against epoch s+k (AST)",
@@ -187,6 +188,5 @@ class ASTConfig(MTTConfig):
 class TESLAConfig(MTTConfig):
     """MTT's settings plus the temperature of TESLA's expert-assigned soft labels (Cui et al. 2023)."""
 
-    method: str = opt("tesla", METHOD_HELP)
     label_temperature: float = opt(1.0, "soft labels are softmax(expert logits / T) for this T (TESLA)",
                                    bounds="positive")

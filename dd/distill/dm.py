@@ -21,7 +21,6 @@ from torch import nn
 
 from dd.config import opt
 from dd.distill.condense import CondenseConfig, Condenser, siamese
-from dd.distill.config import METHOD_HELP
 from dd.distill.registry import register_method
 from dd.functional import has_batchnorm
 
@@ -30,7 +29,6 @@ from dd.functional import has_batchnorm
 class DMConfig(CondenseConfig):
     """DM: the per-class settings with DM's defaults."""
 
-    method: str = opt("dm", METHOD_HELP)
     iterations: int = opt(20000, "outer iterations (a fresh network each)", bounds="positive")
     lr_img: float = opt(1.0, "learning rate of the synthetic images (SGD, momentum 0.5)", bounds="positive")
     pix_init: str = opt("real", "initial images: Gaussian noise or random real images of the class",

@@ -26,7 +26,6 @@ from torch import nn
 
 from dd.config import opt
 from dd.distill.condense import CondenseConfig, Condenser, siamese
-from dd.distill.config import METHOD_HELP
 from dd.distill.registry import register_method
 from dd.errors import DDError
 from dd.functional import has_batchnorm
@@ -42,7 +41,6 @@ BN_IMAGES_PER_CLASS = 16  # real images per class that set the BatchNorm statist
 class DCConfig(CondenseConfig):
     """DC: gradient matching without augmentation."""
 
-    method: str = opt("dc", METHOD_HELP)
     outer_loop: int | None = opt(None, "matching rounds (image updates) per fresh network (default: the DC code's "
                                  "value for the IPC: 1, 10, 20, 30, 40, 50 for IPC 1, 10, 20, 30, 40, 50)",
                                  bounds="positive")
@@ -58,7 +56,6 @@ class DCConfig(CondenseConfig):
 class DSAConfig(DCConfig):
     """DSA: DC with the siamese augmentation in the matching and the network updates."""
 
-    method: str = opt("dsa", METHOD_HELP)
 
 
 def loops(config: DCConfig) -> tuple[int, int]:

@@ -34,7 +34,7 @@ from dd.augment import crop_flip
 from dd.buffer.ssl import TARGETS, Teacher, find_teacher
 from dd.config import opt, to_dict
 from dd.device import make_generator
-from dd.distill.config import METHOD_HELP, MethodChoice, check_models, check_run_dir
+from dd.distill.config import MethodChoice, check_models, check_run_dir
 from dd.distill.registry import register_method
 from dd.distill.runloop import RunLoop
 from dd.distill.synset import SynSet, save_synset
@@ -52,7 +52,6 @@ class KRRConfig(DeviceSettings, RunControl, DataSettings, MethodChoice):
     """KRR-ST's settings: no labels, no in-run evaluation (a transfer set is scored by ``dd.eval --protocol
     transfer``)."""
 
-    method: str = opt("krr_st", METHOD_HELP)
     dataset: str = opt("digits-0to4", "source dataset (unlabelled use of its training images)")
     teacher: str | None = opt(None, "teacher folder from dd.buffer --teacher barlow_twins (default: the only "
                                     "one under <buffer-dir>/<dataset>/)")

@@ -81,6 +81,12 @@ def method_names() -> list[str]:
     return sorted(METHODS)
 
 
+def method_of(config: type) -> str | None:
+    """The method registered with the config class ``config`` (None for a class no method is registered with)."""
+    names = [name for name in method_names() if METHODS[name].config is config]
+    return names[0] if len(names) == 1 else None
+
+
 def get_method(name: str) -> MethodSpec:
     """The method registered under ``name``; a one-line error listing the registered ones otherwise."""
     if name not in method_names():
