@@ -44,7 +44,7 @@ ROWS: dict[str, list[str]] = {
     "ast@1": ["--iterations", "30", "--max-start-epoch", "1"],
     "tesla@1": ["--iterations", "35", "--max-start-epoch", "2"],
     "dc@1": ["--iterations", "40"],
-    "dsa@1": ["--iterations", "30"],
+    "dsa@1": ["--iterations", "40"],
     "dm@1": ["--iterations", "45"],
     "dm@10": ["--iterations", "40"],
     "dsa@10": ["--iterations", "6"],
