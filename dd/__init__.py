@@ -1,7 +1,8 @@
-"""dd: dataset distillation by trajectory matching.
+"""dd: dataset distillation.
 
-Three stages, each a ``python -m`` command: ``dd.buffer`` trains experts and stores their
-trajectories, ``dd.distill`` learns a small synthetic set that reproduces them, ``dd.eval``
+Three stages, each a library call with a ``python -m`` command around it: ``dd.buffer`` trains experts and stores
+their trajectories, ``dd.distill`` learns a small synthetic set (by the method registered under ``--method``),
+``dd.eval``
 retrains fresh networks on a set and reports their accuracy beside the baselines.
 """
 
