@@ -2,8 +2,7 @@
 
 Three stages, each a library call with a ``python -m`` command around it: ``dd.buffer`` trains experts and stores
 their trajectories, ``dd.distill`` learns a small synthetic set (by the method registered under ``--method``),
-``dd.eval``
-retrains fresh networks on a set and reports their accuracy beside the baselines.
+``dd.eval`` retrains fresh networks on a set and reports their accuracy beside the baselines.
 """
 
 from dd.distill.synset import SynSet, load_synset, save_synset
