@@ -17,7 +17,7 @@ import torch
 from dd.__main__ import overview
 from dd.cli import run_cli
 from dd.config import validate
-from dd.distill import registry
+from dd.distill import distill, registry
 from dd.distill.__main__ import main as distill_main
 from dd.distill.checkpoint import load_optimizers, save_optimizers
 from dd.distill.condense import Condenser
@@ -144,7 +144,6 @@ from dd.distill.registry import register_method
 
 @dataclass
 class MeanConfig(CondenseConfig):
-    method: str = opt("mean_match", "distillation method")
     power: float = opt(2.0, "exponent of the per-pixel distance", bounds="positive")
 
 
@@ -189,6 +188,15 @@ def test_a_method_in_a_users_file_distils_and_its_set_evaluates_without_the_plug
     assert result.returncode == 0, result.stderr
     records = json.loads((tmp_path / "eval" / "results.json").read_text())["runs"]
     assert [(r["method"], r["protocol"]["name"]) for r in records] == [("mean_match", "dm")]
+
+
+def test_the_library_distils_a_config_and_its_method_comes_from_the_registry(tmp_path):
+    config = get_method("dm").config(iterations=1, eval_every=0, eval_epochs=1, batch_real=8, device="cpu",
+                                     run_dir=str(tmp_path / "run"))
+    assert config.method == "dm"  # DMConfig's method, from the registration
+    run = distill(config)
+    assert run.run_dir == tmp_path / "run" and load_synset(run.run_dir / "synset").meta["protocol"] == "dm"
+    assert json.loads((run.run_dir / "config.json").read_text())["method"] == "dm"
 
 
 def test_plugins_from_the_environment_register_before_a_lookup(tmp_path, monkeypatch, own_registry):

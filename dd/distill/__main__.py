@@ -23,6 +23,7 @@ from pathlib import Path
 from dd import distributed
 from dd.cli import run_cli
 from dd.config import build_parser, parse_config, peek_option
+from dd.distill import build_run
 from dd.distill.registry import PLUGINS_ENV, MethodSpec, get_method, load_plugins, method_names
 
 
@@ -31,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_plugins(plugins_of(args))
     spec = get_method(peek_option(args, "method", "mtt"))
     config, _ = parse_config(spec.config, args, parser(spec))
-    run = spec.run(config, args)
+    run = build_run(config, args)
     if distributed.is_main():
         print(f"config: {preset_of(args) or 'the defaults'} and the flags given; resolved in "
               f"{run.run_dir / 'config.json'}")
