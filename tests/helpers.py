@@ -1,6 +1,6 @@
-"""Builders shared by the test modules (fixtures live in conftest.py): dd's commands as subprocesses, the flags of
-tiny stages, small sets, stores and problems built by hand, hand-written references, and the assertions that
-several modules make."""
+"""Builders shared by the test modules (fixtures live in conftest.py): dd's commands as subprocesses, a distillation
+through the library, the settings and flags of tiny stages, small sets, stores and problems built by hand,
+hand-written references, and the assertions that several modules make."""
 
 from __future__ import annotations
 
