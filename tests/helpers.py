@@ -1,6 +1,6 @@
-"""Builders shared by the test modules (fixtures live in conftest.py): dd's commands as subprocesses, the flags of
-tiny stages, small sets, stores and problems built by hand, hand-written references, and the assertions that
-several modules make."""
+"""Builders shared by the test modules (fixtures live in conftest.py): dd's commands as subprocesses, a distillation
+through the library, the settings and flags of tiny stages, small sets, stores and problems built by hand,
+hand-written references, and the assertions that several modules make."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ from PIL import Image
 import dd
 from dd.augment import DSA
 from dd.cli import run_cli
+from dd.config import load_yaml, make_config
 from dd.device import make_generator
+from dd.distill import distill, get_method
 from dd.distill.unroll import Student, make_plan
 from dd.functional import ParamSpec, flatten_params
 from dd.models import create_model
@@ -67,11 +69,25 @@ TINY_BUFFER_FLAGS = as_flags(TINY_BUFFER)
 TINY_TEACHER_FLAGS = as_flags(TINY_TEACHER)
 
 
+def tiny_mtt(buffer_root, run_dir, **changes) -> dict:
+    """The settings of a 4-iteration MTT distillation on the experts under ``buffer_root`` into ``run_dir``, with
+    ``changes`` over them."""
+    return {"buffer_dir": str(buffer_root), "run_dir": str(run_dir), "iterations": 4, "syn_steps": 5,
+            "expert_epochs": 2, "max_start_epoch": 2, "lr_img": 100, "eval_every": 0, "eval_epochs": 20,
+            "checkpoint_every": 2, "log_every": 1, "device": "cpu", **changes}
+
+
 def flags(buffer_root, run_dir, *extra):
-    """The flags of a 4-iteration MTT distillation on the experts under ``buffer_root`` into ``run_dir``."""
-    return ["--buffer-dir", str(buffer_root), "--run-dir", str(run_dir), "--iterations", "4", "--syn-steps", "5",
-            "--expert-epochs", "2", "--max-start-epoch", "2", "--lr-img", "100", "--eval-every", "0",
-            "--eval-epochs", "20", "--checkpoint-every", "2", "--log-every", "1", "--device", "cpu", *extra]
+    """The flags of ``tiny_mtt``'s distillation, then ``extra``."""
+    return [*as_flags(tiny_mtt(buffer_root, run_dir)), *extra]
+
+
+def run_distill(preset: str | Path | None = None, **settings):
+    """Distil through the library (``dd.distill.distill``) as ``python -m dd.distill [--config preset]`` with
+    ``settings`` as its flags would (names with underscores): the method's config from the preset's values and
+    ``settings`` over them (the method: ``settings``', else the preset's, else mtt). The finished run."""
+    values = {**(load_yaml(preset) if preset else {}), **settings}
+    return distill(make_config(get_method(values.get("method") or "mtt").config, values))
 
 
 # Sets, records and run folders.

@@ -33,10 +33,10 @@ from dd.errors import DDError
 from dd.functional import flatten_params, load_flat_, param_spec
 from dd.models import create_model
 from dd.training import classification_loss
-from tests.helpers import assert_matches_finite_differences, flags, tiny_problem
+from tests.helpers import assert_matches_finite_differences, flags, run_distill, tiny_mtt, tiny_problem
 
-ALL_OPTIONS = ["--method", "ast", "--pix-init", "kmeans", "--middle-loss", "adaptive", "--balance-loss",
-               "--weight-perturb", "--inner-momentum", "0.9", "--lr-teacher", "0.003"]
+ALL_OPTIONS = {"method": "ast", "pix_init": "kmeans", "middle_loss": "adaptive", "balance_loss": True,
+               "weight_perturb": True, "inner_momentum": 0.9, "lr_teacher": 0.003}
 
 
 # -- balanced inner-loss weight w(s) ------------------------------------------------------------------
@@ -205,7 +205,7 @@ def test_kmeans_init_picks_distinct_real_images_of_each_class(digits_buffer, tmp
 @pytest.mark.e2e
 def test_ast_runs_end_to_end_with_every_option(tmp_path, digits_buffer):
     run = tmp_path / "run"
-    assert distill_main([*flags(digits_buffer, run), *ALL_OPTIONS, "--ipc", "2"]) == 0
+    run_distill(**tiny_mtt(digits_buffer, run, **ALL_OPTIONS, ipc=2))
     synset = dd.load_synset(run / "synset")
     assert synset.images.shape == (20, 1, 8, 8)
     assert synset.meta["method"] == "ast" and synset.meta["iteration"] == 4
@@ -218,9 +218,9 @@ def test_ast_runs_end_to_end_with_every_option(tmp_path, digits_buffer):
 @pytest.mark.e2e
 def test_ast_resume_equals_uninterrupted(tmp_path, digits_buffer):
     full, split = tmp_path / "full", tmp_path / "split"
-    assert distill_main([*flags(digits_buffer, full), *ALL_OPTIONS]) == 0
-    assert distill_main([*flags(digits_buffer, split), *ALL_OPTIONS, "--iterations", "2"]) == 0
-    assert distill_main([*flags(digits_buffer, split), *ALL_OPTIONS, "--resume"]) == 0
+    run_distill(**tiny_mtt(digits_buffer, full, **ALL_OPTIONS))
+    run_distill(**tiny_mtt(digits_buffer, split, **ALL_OPTIONS, iterations=2))
+    run_distill(**tiny_mtt(digits_buffer, split, **ALL_OPTIONS, resume=True))
     a, b = dd.load_synset(full / "synset"), dd.load_synset(split / "synset")
     assert torch.equal(a.images, b.images) and a.lr == b.lr
 

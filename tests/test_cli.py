@@ -24,6 +24,7 @@ from dd.eval.__main__ import main as eval_main
 from dd.eval.config import EvalConfig
 from dd.realdata import prepare_data, random_subset
 from dd.viz import class_names
+from tests.helpers import run_distill
 
 ROOT = Path(__file__).parents[1]
 TINY_DISTILL = ["--iterations", "2", "--syn-steps", "2", "--expert-epochs", "2", "--max-start-epoch", "2",
@@ -174,10 +175,9 @@ def test_own_grey_folder_flows_through_every_stage_without_size_or_path_flags(tm
     header = json.loads((store / "manifest.json").read_text())["dataset"]
     assert (header["channels"], header["size"], header["num_classes"]) == (1, [12, 12], 3)  # grey, own side
     run_dir = tmp_path / "run"
-    assert distill_main(["--config", "experiments/mtt/folder_ipc1.yaml", "--buffer-config", "none", "--data-path",
-                         str(tree), "--buffer", str(store), "--run-dir", str(run_dir), "--iterations", "2",
-                         "--syn-steps", "2", "--max-start-epoch", "1", "--eval-every", "0", "--eval-epochs", "2",
-                         "--device", "cpu"]) == 0
+    run_distill("experiments/mtt/folder_ipc1.yaml", buffer_config=None, data_path=str(tree), buffer=str(store),
+                run_dir=str(run_dir), iterations=2, syn_steps=2, max_start_epoch=1, eval_every=0, eval_epochs=2,
+                device="cpu")
     assert class_names("imagefolder", str(tree), 3) == ["one", "three", "two"]
     assert eval_main(["--config", "experiments/eval/folder.yaml", "--synset", str(run_dir / "synset"), "--runs",
                       "1", "--epochs", "2", "--baseline", "random", "--device", "cpu"]) == 0

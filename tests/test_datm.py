@@ -11,7 +11,6 @@ import dd
 from dd.buffer.store import TrajectoryStore
 from dd.config import validate
 from dd.device import make_generator
-from dd.distill.__main__ import main as distill_main
 from dd.distill.config import DATMConfig
 from dd.distill.engine import Distiller
 from dd.distill.methods.datm import DATM, correct_init, masked_mean_logits, select_correct, window_upper
@@ -19,10 +18,10 @@ from dd.errors import DDError
 from dd.functional import load_flat_
 from dd.models import create_model
 from dd.realdata import prepare_data
-from tests.helpers import flags
+from tests.helpers import run_distill, tiny_mtt
 
-DATM_FLAGS = ["--method", "datm", "--pix-init", "correct", "--soft-labels", "--current-max-start-epoch", "1",
-              "--expansion-end", "2"]
+DATM_SETTINGS = {"method": "datm", "pix_init": "correct", "soft_labels": True, "current_max_start_epoch": 1,
+                 "expansion_end": 2}
 
 
 # -- difficulty alignment -----------------------------------------------------------------------------
@@ -222,7 +221,7 @@ def test_threshold_skip_leaves_the_state_untouched(tmp_path, digits_buffer):
 @pytest.mark.e2e
 def test_datm_runs_end_to_end_and_logs_its_skips(tmp_path, digits_buffer):
     run = tmp_path / "run"
-    assert distill_main([*flags(digits_buffer, run), *DATM_FLAGS, "--threshold", "1.0", "--eval-epochs", "5"]) == 0
+    run_distill(**tiny_mtt(digits_buffer, run, **DATM_SETTINGS, threshold=1.0, eval_epochs=5))
     synset = dd.load_synset(run / "synset")
     assert synset.meta["method"] == "datm" and synset.labels.shape == (10, 10) and synset.labels.is_floating_point()
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -12,8 +12,8 @@ import torch
 
 from dd import distributed
 from dd.device import auto_fallback_warning, configure_backends, runtime_facts, setup_device
-from dd.distill.__main__ import main as distill_main
 from dd.errors import DDError
+from tests.helpers import run_distill
 
 
 @pytest.fixture
@@ -62,8 +62,8 @@ def test_deterministic_backends_turn_autotuning_off(backends):
 @pytest.mark.e2e
 def test_a_run_records_the_device_it_used_and_tf32(tmp_path, backends, capsys):
     run = tmp_path / "dm"
-    assert distill_main(["--method", "dm", "--model", "ConvNetW32", "--iterations", "1", "--batch-real", "4",
-                         "--eval-every", "0", "--eval-epochs", "1", "--device", "auto", "--run-dir", str(run)]) == 0
+    run_distill(method="dm", model="ConvNetW32", iterations=1, batch_real=4, eval_every=0, eval_epochs=1,
+                device="auto", run_dir=str(run))
     config = json.loads((run / "config.json").read_text())
     used = "cuda:0" if torch.cuda.is_available() else "cpu"
     assert config["device"] == used and config["tf32"] is False  # not "auto"

@@ -11,14 +11,14 @@ from dd.distill.__main__ import main as distill_main
 from dd.distill.config import MTTConfig
 from dd.distill.engine import Distiller
 from dd.errors import DDError
-from tests.helpers import TINY_BUFFER, flags
+from tests.helpers import TINY_BUFFER, flags, run_distill, tiny_mtt
 
 pytestmark = pytest.mark.e2e  # every test here runs a stage end to end
 
 
 def test_mtt_run_writes_its_artefacts(tmp_path, digits_buffer):
     run = tmp_path / "run"
-    assert distill_main(flags(digits_buffer, run)) == 0
+    run_distill(**tiny_mtt(digits_buffer, run))
     synset = dd.load_synset(run / "synset")
     assert synset.images.shape == (10, 1, 8, 8)
     assert synset.labels.tolist() == list(range(10))
@@ -35,9 +35,9 @@ def test_mtt_run_writes_its_artefacts(tmp_path, digits_buffer):
 
 def test_resumed_distillation_equals_uninterrupted(tmp_path, digits_buffer):
     full, split = tmp_path / "full", tmp_path / "split"
-    assert distill_main(flags(digits_buffer, full)) == 0
-    assert distill_main([*flags(digits_buffer, split), "--iterations", "2"]) == 0
-    assert distill_main([*flags(digits_buffer, split), "--resume"]) == 0
+    run_distill(**tiny_mtt(digits_buffer, full))
+    run_distill(**tiny_mtt(digits_buffer, split, iterations=2))
+    run_distill(**tiny_mtt(digits_buffer, split, resume=True))
     a, b = dd.load_synset(full / "synset"), dd.load_synset(split / "synset")
     assert torch.equal(a.images, b.images) and a.lr == b.lr
 
@@ -72,7 +72,7 @@ def test_buffer_preset_picks_its_store(tmp_path, digits_buffer):
         distill_main(flags(root, tmp_path / "r"))
     preset = tmp_path / "b.yaml"
     preset.write_text("num_experts: 1\nepochs: 4\nlr: 0.02\nbatch_size: 64\n")
-    assert distill_main([*flags(root, tmp_path / "r"), "--buffer-config", str(preset), "--iterations", "1"]) == 0
+    run_distill(**tiny_mtt(root, tmp_path / "r", buffer_config=str(preset), iterations=1))
     assert "lr0.02" in dd.load_synset(tmp_path / "r" / "synset").meta["buffer"]
 
 
@@ -88,7 +88,7 @@ def test_a_set_names_the_expert_bits_it_matched(tmp_path, digits_buffer):
     shutil.copytree(digits_buffer, root)
     (store_dir,) = root.glob("digits/ConvNet/*")
     store = TrajectoryStore.open(store_dir)
-    assert distill_main([*flags(root, tmp_path / "a"), "--iterations", "1"]) == 0
+    run_distill(**tiny_mtt(root, tmp_path / "a", iterations=1))
     recorded = dd.load_synset(tmp_path / "a" / "synset").meta["experts_sha256"]
     assert recorded == store.fingerprint(store.completed())
     record = store.record_path(store.completed()[0])

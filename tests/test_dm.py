@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from dd.augment import DSA, DSAParams
-from dd.distill.__main__ import main as distill_main
 from dd.distill.dm import DM, DMConfig, class_mean_embeddings
 from dd.eval import EvalConfig, evaluate
 from dd.models import create_model
+from tests.helpers import run_distill
 
 
 def test_one_dm_iteration_equals_a_hand_written_reference(tmp_path):
@@ -64,9 +64,8 @@ def test_batchnorm_networks_embed_all_classes_in_one_batch():
 def test_dm_runs_without_a_buffer_and_dd_eval_reads_its_set(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no buffers/ folder anywhere near
     run = tmp_path / "dm"
-    assert distill_main(["--method", "dm", "--model", "ConvNetW32", "--eval-models", "ConvNetW32", "--iterations",
-                         "2", "--batch-real", "8", "--eval-epochs", "2", "--device", "cpu", "--run-dir",
-                         str(run)]) == 0
+    run_distill(method="dm", model="ConvNetW32", eval_models="ConvNetW32", iterations=2, batch_real=8, eval_epochs=2,
+                device="cpu", run_dir=str(run))
     assert not (tmp_path / "buffers").exists()
     out = tmp_path / "eval"
     runs = evaluate(EvalConfig(synset=str(run / "synset"), models="ConvNetW32", runs=1, epochs=2, out=str(out),

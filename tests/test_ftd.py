@@ -9,15 +9,14 @@ import torch
 
 import dd
 from dd.config import validate
-from dd.distill.__main__ import main as distill_main
 from dd.distill.config import FTDConfig, MTTConfig
 from dd.distill.engine import Distiller
 from dd.distill.methods.ftd import FTD, ema_update_
 from dd.errors import DDError
 from dd.realdata import prepare_data
-from tests.helpers import flags
+from tests.helpers import run_distill, tiny_mtt
 
-FTD_FLAGS = ["--method", "ftd", "--ema-decay", "0.5", "--eval-epochs", "5"]
+FTD_SETTINGS = {"method": "ftd", "ema_decay": 0.5, "eval_epochs": 5}
 
 
 def test_ema_update_by_hand():
@@ -58,9 +57,9 @@ def ftd_runs(digits_buffer, tmp_path_factory):
     """A 4-iteration FTD run, and the same run stopped after 2 iterations and resumed."""
     root = tmp_path_factory.mktemp("ftd")
     full, split = root / "full", root / "split"
-    assert distill_main([*flags(digits_buffer, full), *FTD_FLAGS]) == 0
-    assert distill_main([*flags(digits_buffer, split), *FTD_FLAGS, "--iterations", "2"]) == 0
-    assert distill_main([*flags(digits_buffer, split), *FTD_FLAGS, "--resume"]) == 0
+    run_distill(**tiny_mtt(digits_buffer, full, **FTD_SETTINGS))
+    run_distill(**tiny_mtt(digits_buffer, split, **FTD_SETTINGS, iterations=2))
+    run_distill(**tiny_mtt(digits_buffer, split, **FTD_SETTINGS, resume=True))
     return full, split
 
 

@@ -20,10 +20,11 @@ from dd.distill.registry import get_method
 from dd.distill.synset import load_synset
 from dd.models import create_model
 from dd.training import train_epoch
-from tests.helpers import one_error_line
+from tests.helpers import as_flags, one_error_line, run_distill
 
-TINY = ["--model", "ConvNetW32", "--eval-models", "ConvNetW32", "--batch-real", "8", "--eval-epochs", "2",
-        "--device", "cpu", "--log-every", "1"]
+TINY = {"model": "ConvNetW32", "eval_models": "ConvNetW32", "batch_real": 8, "eval_epochs": 2, "device": "cpu",
+        "log_every": 1}
+TINY_FLAGS = as_flags(TINY)
 
 
 def test_layer_distance_is_the_sum_of_per_output_unit_cosine_distances():
@@ -124,7 +125,7 @@ def test_siamese_dsa_draws_one_set_of_parameters_for_both_batches():
 @pytest.mark.e2e
 @pytest.mark.parametrize("method", ["dsa", "dm"])
 def test_resume_equals_an_uninterrupted_run(method, tmp_path, monkeypatch):
-    common = ["--method", method, *TINY, "--iterations", "4", "--checkpoint-every", "2", "--eval-every", "0"]
+    common = ["--method", method, *TINY_FLAGS, "--iterations", "4", "--checkpoint-every", "2", "--eval-every", "0"]
     assert distill_main([*common, "--run-dir", str(tmp_path / "straight")]) == 0
 
     def save_then_die(*args):
@@ -146,7 +147,7 @@ def test_resume_equals_an_uninterrupted_run(method, tmp_path, monkeypatch):
 
 @pytest.mark.e2e
 def test_bad_input_is_one_error_line(tmp_path, capsys):
-    run = ["--run-dir", str(tmp_path / "r"), *TINY]
+    run = ["--run-dir", str(tmp_path / "r"), *TINY_FLAGS]
     cases = {
         ("--method", "dc", "--ipc", "3"): "--outer-loop and --inner-loop",
         ("--method", "dsa", "--outer-loop", "0"): "--outer-loop must be positive",
@@ -172,18 +173,17 @@ def test_a_run_makes_iterations_plus_one_updates_and_evaluates_at_iterations(tmp
     eval_every and at iterations (the reference evaluates the set before that iteration's update), never after
     the extra one, whose set is the last one saved."""
     run = tmp_path / "run"
-    assert distill_main(["--method", "dc", *TINY, "--iterations", "2", "--eval-every", "1", "--run-dir",
-                         str(run)]) == 0
+    run_distill(method="dc", **TINY, iterations=2, eval_every=1, run_dir=str(run))
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in lines if "loss" in r] == [1, 2, 3]
     assert [r["iteration"] for r in lines if "val/ConvNetW32" in r] == [1, 2]
     assert load_synset(run / "synset").meta["iteration"] == 3
     assert load_synset(run / "synset_best").meta["iteration"] in (1, 2)
-    assert distill_main(["--method", "dc", *TINY, "--iterations", "2", "--eval-every", "1", "--run-dir", str(run),
-                         "--resume"]) == 0  # a finished run resumes to nothing more
+    run_distill(method="dc", **TINY, iterations=2, eval_every=1, run_dir=str(run),
+                resume=True)  # a finished run resumes to nothing more
     assert load_synset(run / "synset").meta["iteration"] == 3
-    line = one_error_line(capsys, distill_main, ["--method", "dc", *TINY, "--iterations", "1", "--run-dir", str(run),
-                                                 "--resume"])
+    line = one_error_line(capsys, distill_main, ["--method", "dc", *TINY_FLAGS, "--iterations", "1", "--run-dir",
+                                                 str(run), "--resume"])
     assert "holds iteration 3, past --iterations 1; pass --iterations 2 or more" in line
 
 

@@ -132,12 +132,11 @@ def test_a_step_too_big_for_the_device_gets_a_chunk_that_fits(monkeypatch, capsy
 
 @pytest.mark.e2e
 def test_the_run_records_the_picked_unroll(tmp_path, digits_buffer, monkeypatch):
-    from dd.distill.__main__ import main as distill_main
+    from tests.helpers import run_distill
 
     monkeypatch.setattr(memory, "free_bytes", lambda device: 2**20)  # nothing fits: auto must checkpoint
     run = tmp_path / "run"
-    assert distill_main(["--buffer-dir", str(digits_buffer), "--iterations", "1", "--syn-steps", "2",
-                         "--expert-epochs", "1", "--max-start-epoch", "2", "--eval-every", "0", "--eval-epochs", "1",
-                         "--device", "cpu", "--run-dir", str(run)]) == 0
+    run_distill(buffer_dir=str(digits_buffer), iterations=1, syn_steps=2, expert_epochs=1, max_start_epoch=2,
+                eval_every=0, eval_epochs=1, device="cpu", run_dir=str(run))
     recorded = json.loads((run / "config.json").read_text())
     assert recorded["unroll"] == "checkpointed" and recorded["unroll_chunk"] == 1  # 1 MiB: one image at a time

@@ -16,25 +16,25 @@ import torch
 from PIL import Image
 
 from dd.cli import run_cli
-from dd.distill.__main__ import main as distill_main
 from dd.eval import EvalConfig, evaluate
 from dd.report import make_report
 from dd.report.__main__ import main as report_main
 from dd.report.artefacts import Buffer, read_run
 from dd.report.html import markdown_to_html
 from dd.viz import grid_image
+from tests.helpers import run_distill
 
 pytest.importorskip("matplotlib")
 
-FLAGS = ["--iterations", "4", "--syn-steps", "2", "--expert-epochs", "2", "--max-start-epoch", "2", "--eval-every",
-         "2", "--eval-epochs", "2", "--lr-img", "100", "--log-every", "1", "--device", "cpu"]
+SETTINGS = {"iterations": 4, "syn_steps": 2, "expert_epochs": 2, "max_start_epoch": 2, "eval_every": 2,
+            "eval_epochs": 2, "lr_img": 100, "log_every": 1, "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
 def tiny_run(digits_buffer, tmp_path_factory) -> Path:
     """A 4-iteration MTT run on digits, evaluated at iterations 2 and 4, then by dd.eval (2 seeds, 2 epochs)."""
     run = tmp_path_factory.mktemp("report") / "mtt run"  # a space: paths in printed commands must be quoted
-    assert distill_main(["--buffer-dir", str(digits_buffer), "--run-dir", str(run), *FLAGS]) == 0
+    run_distill(buffer_dir=str(digits_buffer), run_dir=str(run), **SETTINGS)
     evaluate(EvalConfig(synset=str(run / "synset"), epochs=2, runs=2, device="cpu"))
     return run
 

@@ -19,7 +19,7 @@ from dd.errors import DDError
 from dd.functional import functional_forward, load_flat_
 from dd.models import create_model
 from dd.training import classification_loss
-from tests.helpers import flags, tiny_problem
+from tests.helpers import as_flags, flags, run_distill, tiny_mtt, tiny_problem
 
 LR = 0.05
 
@@ -157,7 +157,7 @@ def test_make_unroll_offers_tesla_and_refuses_a_snapshot_stride():
 
 
 # -- the method --------------------------------------------------------------------------------------------
-TESLA_FLAGS = ["--method", "tesla", "--unroll", "tesla"]
+TESLA_SETTINGS = {"method": "tesla", "unroll": "tesla"}
 
 
 def tesla_config(buffer_root, run_dir, **extra) -> TESLAConfig:
@@ -192,15 +192,15 @@ def test_soft_labels_come_from_the_expert_and_are_not_learned(tmp_path, digits_b
 @pytest.mark.e2e
 def test_a_bad_label_temperature_is_refused(tmp_path, digits_buffer):
     with pytest.raises(DDError, match="--label-temperature must be positive, got 0"):
-        distill_main([*flags(digits_buffer, tmp_path / "r"), *TESLA_FLAGS, "--label-temperature", "0"])
+        distill_main([*flags(digits_buffer, tmp_path / "r"), *as_flags(TESLA_SETTINGS), "--label-temperature", "0"])
 
 
 @pytest.mark.e2e
 def test_resumed_tesla_equals_uninterrupted(tmp_path, digits_buffer):
     full, split = tmp_path / "full", tmp_path / "split"
-    assert distill_main([*flags(digits_buffer, full), *TESLA_FLAGS]) == 0
-    assert distill_main([*flags(digits_buffer, split), *TESLA_FLAGS, "--iterations", "2"]) == 0
-    assert distill_main([*flags(digits_buffer, split), *TESLA_FLAGS, "--resume"]) == 0
+    run_distill(**tiny_mtt(digits_buffer, full, **TESLA_SETTINGS))
+    run_distill(**tiny_mtt(digits_buffer, split, **TESLA_SETTINGS, iterations=2))
+    run_distill(**tiny_mtt(digits_buffer, split, **TESLA_SETTINGS, resume=True))
     a, b = dd.load_synset(full / "synset"), dd.load_synset(split / "synset")
     assert a.meta["method"] == "tesla" and a.labels.shape == (10, 10) and a.labels.is_floating_point()
     assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) and a.lr == b.lr
