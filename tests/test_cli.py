@@ -35,6 +35,7 @@ def run(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("stage, flag", [("dd.buffer", "--num-experts"), ("dd.distill", "--syn-steps"),
                                          ("dd.eval", "--baseline")])
 def test_help(stage, flag):
@@ -68,6 +69,7 @@ def test_no_help_says_default_none():
         assert "(default: None)" not in text.replace("\n", " ").replace("  ", " "), cls.__name__
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("stage, flag", [("dd.eval", "--protocol"), ("dd.report", "--out")])
 def test_help_shows(stage, flag):
     result = run(stage, "--help")

@@ -169,6 +169,7 @@ def own_registry(monkeypatch):
     monkeypatch.setattr(registry, "METHODS", dict(registry.METHODS))
 
 
+@pytest.mark.e2e
 def test_a_method_in_a_users_file_distils_and_its_set_evaluates_without_the_plugin(tmp_path, own_registry):
     plugin = tmp_path / "my_method.py"
     plugin.write_text(PLUGIN)
@@ -190,6 +191,7 @@ def test_a_method_in_a_users_file_distils_and_its_set_evaluates_without_the_plug
     assert [(r["method"], r["protocol"]["name"]) for r in records] == [("mean_match", "dm")]
 
 
+@pytest.mark.e2e
 def test_the_library_distils_a_config_and_its_method_comes_from_the_registry(tmp_path):
     config = get_method("dm").config(iterations=1, eval_every=0, eval_epochs=1, batch_real=8, device="cpu",
                                      run_dir=str(tmp_path / "run"))

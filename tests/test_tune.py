@@ -96,6 +96,7 @@ def test_cli_bad_input_exits_2_with_one_error_line(tmp_path, capsys, flags, caus
     assert exit_info.value.code == 2 and err.startswith("error: ") and "\n" not in err and cause in err
 
 
+@pytest.mark.e2e
 def test_a_database_of_another_search_is_refused(tmp_path):
     mtt = preset(tmp_path, MTT)
     config = TuneConfig(trials=1, out=str(tmp_path / "tune"), seed=0)
@@ -110,6 +111,7 @@ def test_a_database_of_another_search_is_refused(tmp_path):
 
 
 # -- the search -----------------------------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_search_finds_the_planted_optimum_prunes_and_writes_table_preset_and_plot(tmp_path):
     out = tmp_path / "tune"
     rows = search(preset(tmp_path, MTT), ["lr_img=log:1..10000", "syn_steps=10,20,40"],
@@ -141,6 +143,7 @@ def test_summary_counts_the_seconds_pruning_saved():
     assert counts["saved_seconds"] == 15.0  # median complete 20 s: 15 s saved by the first, none by the second
 
 
+@pytest.mark.e2e
 def test_an_interrupted_search_resumes_without_repeating_finished_trials(tmp_path):
     mtt, out = preset(tmp_path, MTT), tmp_path / "tune"
     config = TuneConfig(trials=5, seed=0, out=str(out), pruner="none")
@@ -173,6 +176,7 @@ def _search_in_process(preset_path: str, out: str, seed: int) -> None:
            scorer=recording)
 
 
+@pytest.mark.e2e
 def test_two_processes_on_one_study_never_run_the_same_trial(tmp_path):
     mtt, out = preset(tmp_path, MTT), tmp_path / "tune"
     context = multiprocessing.get_context("fork")
