@@ -22,7 +22,7 @@ from dd.realdata import PreparedData
 from dd.report.plots import plot_tuning
 from dd.tune import Score, TuneConfig, search
 from dd.tune.__main__ import main
-from dd.tune.search import require_optuna, summary
+from dd.tune.search import STUDY, require_optuna, summary
 from dd.tune.space import parse_param, parse_space
 
 MTT = {"method": "mtt", "dataset": "digits", "ipc": 1, "iterations": 4, "eval_every": 2}
@@ -190,6 +190,23 @@ def test_two_processes_on_one_study_never_run_the_same_trial(tmp_path):
     rows = read_json(out / "trials.json")["trials"]
     assert len(calls) == len(set(calls)) and 10 <= len(calls) <= 11
     assert sorted(calls) == sorted(Path(r["run_dir"]).name for r in rows)
+
+
+def test_each_process_prints_the_trial_it_ran_not_the_newest_in_the_study(tmp_path, capsys):
+    import optuna
+
+    out = tmp_path / "tune"
+
+    def while_another_process_starts_one(values, run_dir, report):
+        if run_dir.name == "0000":  # another process asks for trial 1 while this one runs trial 0
+            optuna.load_study(study_name=STUDY, storage=f"sqlite:///{out / 'study.db'}").ask()
+        return planted(values, run_dir, report)
+
+    search(preset(tmp_path, MTT), ["lr_img=log:1..10000", "syn_steps=10,20"],
+           TuneConfig(trials=2, seed=0, out=str(out), pruner="none"), scorer=while_another_process_starts_one)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("trial ")]
+    assert [re.match(r"trial (\d+)", line).group(1) for line in lines] == ["0", "2"]
+    assert all(": complete" in line for line in lines)
 
 
 # -- the real scorer: validation only ---------------------------------------------------------------------------

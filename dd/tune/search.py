@@ -213,13 +213,12 @@ def search(preset: str | Path, space: list[str], config: TuneConfig, scorer: Sco
             trial.set_user_attr(key, value)
         return result.mean
 
-    done_here = 0
+    ran: list[Any] = []  # this process's trials: the study's newest may be another process's
     try:
         while sum(counted(t) for t in study.get_trials(deepcopy=False)) < config.trials:
             study.sampler = sampler_for(optuna, config, len(study.get_trials(deepcopy=False)))
-            study.optimize(objective, n_trials=1, catch=(DDError,))
-            last = max((t for t in study.get_trials(deepcopy=False)), key=lambda t: t.number)
-            done_here += 1
+            study.optimize(objective, n_trials=1, catch=(DDError,), callbacks=[lambda _, trial: ran.append(trial)])
+            last = ran[-1]
             print(trial_line(row_of(last)), flush=True)
             if last.state.name == "FAIL" and not any(t.state.name == "COMPLETE" for t in study.trials):
                 raise DDError(f"trial {last.number} failed and no trial has finished: {last.user_attrs['error']}")
