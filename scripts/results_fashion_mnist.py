@@ -84,17 +84,30 @@ def budget_text(method: str, ipc: int, paper: bool) -> str:
     """The row's budget as the report shows it: its flags, and its experts' for a trajectory method."""
     if paper:
         return "paper"
-    experts = " over experts " + " ".join(expert_flags()) if "buffer_config" in load_yaml(preset(method, ipc)) else ""
+    buffer_preset = load_yaml(preset(method, ipc)).get("buffer_config")
+    experts = " over experts " + " ".join(expert_flags(buffer_preset)) if buffer_preset else ""
     return " ".join(ROWS[f"{method}@{ipc}"]) + experts
 
 
-def expert_flags() -> list[str]:
-    return [f for key, value in EXPERTS.items() for f in (flag(key), str(value))]
+def budget_experts(buffer_preset: str) -> dict:
+    """EXPERTS' settings for ``buffer_preset``: where the preset decays its lr once (AST's experts, after epoch 26
+    of 50), the decay moves to the same fraction of EXPERTS' epochs, so that the short experts keep its shape."""
+    config = make_config(BufferConfig, load_yaml(buffer_preset), f"buffer preset {buffer_preset}")
+    settings: dict = dict(EXPERTS)
+    if config.lr_decay_epoch is not None:
+        full_lr = (config.lr_decay_epoch + 1) / config.epochs  # the fraction of epochs run at the starting lr
+        settings["lr_decay_epoch"] = min(max(round(full_lr * EXPERTS["epochs"]) - 1, 0), EXPERTS["epochs"] - 2)
+    return settings
+
+
+def expert_flags(buffer_preset: str) -> list[str]:
+    return [f for key, value in budget_experts(buffer_preset).items() for f in (flag(key), str(value))]
 
 
 def budget_store(buffer_preset: str, buffer_dir: Path) -> Path:
-    """The store that dd.buffer writes for ``buffer_preset`` with EXPERTS' settings."""
-    config = make_config(BufferConfig, {**load_yaml(buffer_preset), **EXPERTS}, f"buffer preset {buffer_preset}")
+    """The store that dd.buffer writes for ``buffer_preset`` with the budget experts' settings."""
+    config = make_config(BufferConfig, {**load_yaml(buffer_preset), **budget_experts(buffer_preset)},
+                         f"buffer preset {buffer_preset}")
     return store_root(str(buffer_dir), config.dataset, config.model, config.recipe().to_dict())
 
 
@@ -106,7 +119,7 @@ def commands(method: str, ipc: int, work: Path, paper: bool, data: list[str], se
     if "buffer_config" in config:
         store = ["--buffer-dir", str(work / "buffers")]
         stages.append(["dd.buffer", "--config", config["buffer_config"], *store, *data,
-                       *([] if paper else expert_flags())])
+                       *([] if paper else expert_flags(config["buffer_config"]))])
         if not paper:  # the budget experts are not the buffer preset's recipe: name their store
             budget = budget_store(config["buffer_config"], work / "buffers")
             store += ["--buffer", str(budget), "--buffer-config", "none"]

@@ -1,5 +1,5 @@
-"""The results scripts' own logic: carrying an earlier report's rows, picking a method's best validation set, and
-parsing list flags."""
+"""The results scripts' own logic: carrying an earlier report's rows, picking a method's best validation set,
+parsing list flags, and the Fashion-MNIST rows' budget experts and flags fitting their presets."""
 
 from __future__ import annotations
 
@@ -13,6 +13,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import _results  # noqa: E402
 import results_digits  # noqa: E402
+import results_fashion_mnist as fashion  # noqa: E402
+
+from dd.buffer.config import BufferConfig  # noqa: E402
+from dd.config import load_yaml, make_config  # noqa: E402
+from dd.report.presets import preset_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def record(ipc, method, source="distilled", split="val", epochs=200, **extra) -> dict:
@@ -68,3 +75,26 @@ def test_list_flags_parse_or_stop_with_one_line_naming_the_flag(capsys):
         _results.int_list("1,ten", "--ipcs")
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "error: --ipcs takes comma-separated integers, got '1,ten'\n"
+
+
+def test_budget_experts_move_a_one_time_lr_decay_to_the_same_fraction_of_their_epochs(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    ast = fashion.budget_experts("experiments/buffer/fashionmnist_ast.yaml")
+    # AST decays after 0-based epoch 26 of 50: 27/50 of training at the first lr -> 2 of 4 epochs -> after epoch 1
+    assert ast == {**fashion.EXPERTS, "lr_decay_epoch": 1}
+    assert fashion.budget_experts("experiments/buffer/fashionmnist.yaml") == fashion.EXPERTS  # constant lr: as is
+
+
+@pytest.mark.parametrize("row", [r for r in fashion.ROWS if "buffer_config" in load_yaml(ROOT / fashion.preset(
+    *fashion.parse_row(r)))])
+def test_every_trajectory_row_fits_its_budget_experts(row, monkeypatch):
+    """A row's experts are valid settings of its buffer preset, and its matching windows end within their epochs."""
+    monkeypatch.chdir(ROOT)
+    method, ipc = fashion.parse_row(row)
+    config = preset_config(fashion.preset(method, ipc))
+    buffer_preset = load_yaml(fashion.preset(method, ipc))["buffer_config"]
+    experts = make_config(BufferConfig, {**load_yaml(buffer_preset), **fashion.budget_experts(buffer_preset)})
+    flags = fashion.ROWS[row]
+    starts = [int(flags[flags.index(f) + 1]) for f in ("--max-start-epoch", "--current-max-start-epoch") if f in flags]
+    assert max(starts or [config.max_start_epoch]) + config.expert_epochs <= experts.epochs
+
