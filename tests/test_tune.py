@@ -103,6 +103,20 @@ def test_a_database_of_another_search_is_refused(tmp_path):
     search(mtt, ["lr_img=log:1..10000", "syn_steps=10,20"], config, scorer=planted)
     with pytest.raises(DDError, match="holds another search .*space"):
         search(mtt, ["lr_img=log:1..100", "syn_steps=10,20"], config, scorer=planted)
+    # the same preset by another path (as another machine sharing the folder would name it) is the same search
+    (tmp_path / "elsewhere").mkdir()
+    moved = preset(tmp_path / "elsewhere", MTT)
+    search(moved, ["lr_img=log:1..10000", "syn_steps=10,20"], TuneConfig(trials=2, out=config.out, seed=0),
+           scorer=planted)
+    # a variant whose base changed after the search began is another search, though its own file did not change
+    base = preset(tmp_path, MTT, "base.yaml")
+    variant = preset(tmp_path, {"base": "base.yaml"}, "variant.yaml")
+    search(variant, ["lr_img=log:1..10000"], TuneConfig(trials=1, out=str(tmp_path / "v"), seed=0),
+           scorer=lambda v, d, r: planted({**v, "syn_steps": 20}, d, r))
+    base.write_text(yaml.safe_dump({**MTT, "iterations": 8}))
+    with pytest.raises(DDError, match="holds another search .*preset_values"):
+        search(variant, ["lr_img=log:1..10000"], TuneConfig(trials=2, out=str(tmp_path / "v"), seed=0),
+               scorer=planted)
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "study.db").write_bytes(b"not a database at all" * 100)
     with pytest.raises(DDError, match="is not a dd.tune study"):

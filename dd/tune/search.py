@@ -23,7 +23,7 @@ import yaml
 from dd.cli import Interrupted
 from dd.config import load_yaml, make_config, opt
 from dd.errors import DDError
-from dd.io import atomic_write_bytes, atomic_write_json, read_json, sha256_file
+from dd.io import atomic_write_bytes, atomic_write_json, read_json
 from dd.lock import Lock
 from dd.tune import trial as trials
 from dd.tune.space import EVAL_LR, Param, parse_space
@@ -104,8 +104,10 @@ def distill_and_validate(preset: str | Path, config: TuneConfig) -> Scorer:
 
 
 def search_identity(preset: Path, params: list[Param], config: TuneConfig) -> dict[str, Any]:
-    """What makes two searches the same one (a study may be resumed or shared only by its own search)."""
-    return {"preset": str(preset), "preset_sha256": sha256_file(preset), "space": [p.text() for p in params],
+    """What makes two searches the same one (a study may be resumed or shared only by its own search): the preset's
+    values with its bases followed (a changed base is another search), the space and the budget. ``preset``, the
+    path, is for the reader: another process may reach the same preset by another path (another machine's)."""
+    return {"preset": str(preset), "preset_values": load_yaml(preset), "space": [p.text() for p in params],
             "iterations": config.iterations, "eval_every": config.eval_every, "val_runs": config.val_runs,
             "val_epochs": config.val_epochs}
 
@@ -139,9 +141,10 @@ def open_study(optuna: Any, out: Path, identity: dict[str, Any], config: TuneCon
         raise DDError(f"{db} is not a dd.tune study ({first}); choose another --out") from None
     finally:
         lock.release()
-    if found is not None and found != identity:
-        differ = ", ".join(k for k in identity if found.get(k) != identity[k]) or "its settings"
-        raise DDError(f"{db} holds another search (its {differ} differ); rerun with that search's flags to resume "
+    differ = [k for k in identity if k != "preset" and found is not None and found.get(k) != identity[k]]
+    if differ:
+        raise DDError(f"{db} holds another search (its {', '.join(differ)} differ); rerun with that search's flags "
+                      "to resume "
                       "it, or choose another --out for this one")
     return study
 
