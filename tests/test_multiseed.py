@@ -121,3 +121,16 @@ def test_a_short_training_prints_no_bar(digits, capsys):
     train, _ = digits
     train_model(*ARGS, train, 0.01, PROTOCOL, 0)  # far shorter than PROGRESS_DELAY_S
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_final_accuracies_skip_the_periodic_tests_and_equal_the_scored_run(digits, batched, monkeypatch):
+    """AST's protocol tests every k epochs for a maximum reported beside; a caller that wants the final accuracy
+    only (in-run validation) gets the same number without those tests."""
+    train, test = digits
+    periodic = Protocol(epochs=4, batch_size=16, max_over_test_every=2)
+    scores = multiseed.train_and_score_seeds(*ARGS, train, test, 0.01, periodic, [0, 1], batched=batched)
+    assert all(s.max_over_epochs is not None for s in scores)
+    monkeypatch.setattr(multiseed.PeriodicTests, "record", lambda self, model: pytest.fail("a periodic test ran"))
+    finals = train_and_test_seeds(*ARGS, train, test, 0.01, periodic, [0, 1], batched=batched)
+    assert finals == [s.final for s in scores]
