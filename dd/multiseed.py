@@ -138,10 +138,15 @@ def train_and_score_seeds(
     protocol: Protocol,
     seeds: Sequence[int],
     batched: bool = True,
+    periodic: bool = True,
 ) -> list[Score]:
-    """The ``Score`` of each seed, as ``[train_and_score(..., seed) for seed in seeds]`` (same arguments)."""
-    tests = [PeriodicTests(protocol, test) for _ in seeds]
+    """The ``Score`` of each seed, as ``[train_and_score(..., seed) for seed in seeds]`` (same arguments). Without
+    ``periodic`` the protocol's periodic tests (AST's every 20 epochs, for a maximum reported beside the final
+    accuracy) are skipped and each score holds the final accuracy only: those tests can cost more than training."""
+    tests = [PeriodicTests(protocol, test) for _ in seeds] if periodic else None
     models = train_seeds(model_name, channels, num_classes, im_size, train, lr, protocol, seeds, batched, tests)
+    if tests is None:
+        return [Score(accuracy(model, *test)) for model in models]
     return [seed_tests.score(model) for seed_tests, model in zip(tests, models, strict=True)]
 
 
@@ -157,8 +162,8 @@ def train_and_test_seeds(
     seeds: Sequence[int],
     batched: bool = True,
 ) -> list[float]:
-    """Test accuracy of each seed after the last epoch, as ``[train_and_test(..., seed) for seed in seeds]``. A
-    protocol's periodic tests (AST's every 20 epochs, for the maximum reported beside) are skipped: only the final
-    accuracy is returned, and they would cost more than the training of a small set."""
-    models = train_seeds(model_name, channels, num_classes, im_size, train, lr, protocol, seeds, batched)
-    return [accuracy(model, *test) for model in models]
+    """Test accuracy of each seed after the last epoch, as ``[train_and_test(..., seed) for seed in seeds]``, without
+    the protocol's periodic tests (in-run evaluation wants the final accuracy only)."""
+    scores = train_and_score_seeds(model_name, channels, num_classes, im_size, train, test, lr, protocol, seeds,
+                                   batched, periodic=False)
+    return [score.final for score in scores]

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+import dd.multiseed as multiseed
 from dd.errors import DDError
 from dd.eval import EvalConfig, evaluate
 from dd.eval.report import augment_of, format_cell, improvement_table, improvements, markdown_table
@@ -210,3 +211,16 @@ def test_protocol_dc_says_where_the_dc_code_augmented():
     assert dc_augmentation_notes({"dsa": {"dsa": get_protocol("dsa")}}, "mnist", ["ConvNetBN"]) == []
     with_dsa = {"dc": {"dsa": get_protocol("dc", dsa_strategy="crop")}}  # --dsa-strategy given: not DC's rule
     assert dc_augmentation_notes(with_dsa, "mnist", ["ConvNet"]) == []
+
+
+@pytest.mark.e2e
+def test_the_maximum_over_periodic_tests_is_a_test_split_figure(tmp_path, monkeypatch):
+    """AST's protocol also tests every 20 epochs for a maximum reported beside the final accuracy; on the
+    validation split (choices, tuning) those tests are skipped (test_multiseed: the final accuracy is unchanged)."""
+    base = {"dataset": "digits", "ipc": 1, "baseline": "random", "protocol": "ast", "epochs": 4, "runs": 1,
+            "models": "ConvNetW32", "device": "cpu"}
+    (tested,) = evaluate(EvalConfig(**base, split="test", out=str(tmp_path / "test"))).runs
+    assert tested["max_accuracy"] >= tested["accuracy"]
+    monkeypatch.setattr(multiseed.PeriodicTests, "record", lambda self, model: pytest.fail("a periodic test ran"))
+    (validated,) = evaluate(EvalConfig(**base, split="val", out=str(tmp_path / "val"))).runs
+    assert "max_accuracy" not in validated and 0.0 <= validated["accuracy"] <= 1.0
