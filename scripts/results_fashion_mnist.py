@@ -12,10 +12,11 @@ iterations; the trajectory methods over EXPERTS: 2 experts of 4 epochs on 600 tr
 20 minutes of one core each; the report names every row's budget and its seconds per iteration.
 
 Choices read the validation split only: the in-run evaluations (validation split, --eval-runs networks) pick
-synset_best, and the test split is read once, for that set. Random real images train under every protocol a row
-uses (10 seeds at IPC 1). Data: the Fashion-MNIST idx files where dd finds them (Debian's dataset-fashion-mnist,
-or --data-path). Every stage resumes: rerunning after an interruption skips finished experts, iterations and
-evaluations, and --carry docs/results-fashion-mnist.json keeps rows this call does not rerun.
+synset_best, and the test split is read once, for that set, for the final accuracy only (--no-max-over-epochs: AST's
+periodic tests, whose maximum is a test-split selection, cost 5x the training). Random real images train under every
+protocol a row uses (10 seeds at IPC 1). Data: the Fashion-MNIST idx files where dd finds them (Debian's
+dataset-fashion-mnist, or --data-path). Every stage resumes: rerunning after an interruption skips finished experts,
+iterations and evaluations, and --carry docs/results-fashion-mnist.json keeps rows this call does not rerun.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def commands(method: str, ipc: int, work: Path, paper: bool, data: list[str], se
             store += ["--buffer", str(budget), "--buffer-config", "none"]
     stages.append(["dd.distill", "--config", preset(method, ipc), "--run-dir", str(run_dir), "--resume", *store,
                    *data, *budget_flags(method, ipc, paper)])
-    stages.append(["dd.eval", "--synset", str(run_dir / "synset_best"), "--runs", str(seeds),
+    stages.append(["dd.eval", "--synset", str(run_dir / "synset_best"), "--runs", str(seeds), "--no-max-over-epochs",
                    "--out", str(run_dir / "test"), *data])
     return stages
 
@@ -180,7 +181,7 @@ def main() -> None:
         for protocol in sorted(protocols):
             folder = work / f"random-ipc{ipc}-{protocol}"
             sh("dd.eval", "--dataset", DATASET, "--ipc", str(ipc), "--baseline", "random", "--protocol", protocol,
-               "--runs", str(seeds), "--out", str(folder), *data)
+               "--no-max-over-epochs", "--runs", str(seeds), "--out", str(folder), *data)
             runs += read_runs(folder, row="random real", ipc_row=ipc)
     full = None
     if args.full_epoch:

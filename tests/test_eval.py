@@ -216,7 +216,8 @@ def test_protocol_dc_says_where_the_dc_code_augmented():
 @pytest.mark.e2e
 def test_the_maximum_over_periodic_tests_is_a_test_split_figure(tmp_path, monkeypatch):
     """AST's protocol also tests every 20 epochs for a maximum reported beside the final accuracy; on the
-    validation split (choices, tuning) those tests are skipped (test_multiseed: the final accuracy is unchanged)."""
+    validation split (choices, tuning) and with --no-max-over-epochs those tests are skipped, the final accuracy
+    unchanged."""
     base = {"dataset": "digits", "ipc": 1, "baseline": "random", "protocol": "ast", "epochs": 4, "runs": 1,
             "models": "ConvNetW32", "device": "cpu"}
     (tested,) = evaluate(EvalConfig(**base, split="test", out=str(tmp_path / "test"))).runs
@@ -224,3 +225,6 @@ def test_the_maximum_over_periodic_tests_is_a_test_split_figure(tmp_path, monkey
     monkeypatch.setattr(multiseed.PeriodicTests, "record", lambda self, model: pytest.fail("a periodic test ran"))
     (validated,) = evaluate(EvalConfig(**base, split="val", out=str(tmp_path / "val"))).runs
     assert "max_accuracy" not in validated and 0.0 <= validated["accuracy"] <= 1.0
+    (final_only,) = evaluate(EvalConfig(**base, split="test", max_over_epochs=False, out=str(tmp_path / "no"))).runs
+    assert "max_accuracy" not in final_only and final_only["accuracy"] == tested["accuracy"]
+    assert final_only["protocol"] == tested["protocol"]  # the same training: the same protocol's record

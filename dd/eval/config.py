@@ -68,6 +68,10 @@ class EvalConfig(DataSettings, ValidationSplit, DeviceSettings):
     amp: str = opt("none", "mixed precision of the training: bf16 runs forward and backward under bfloat16 autocast "
                    "with fp32 master weights (recorded in the protocol, so bf16 and fp32 results never share a cell)",
                    choices=("none", "bf16"))
+    max_over_epochs: bool = opt(True, "on the test split, also record the maximum over the protocol's periodic tests "
+                                "(AST: every 20 epochs), a test-split selection reported beside the final accuracy; "
+                                "--no-max-over-epochs skips those tests, which can cost more than the training "
+                                "(the final accuracy is the same)")
     deterministic: bool = opt(False, "deterministic kernels and cuDNN settings (dd.device.use_deterministic): what "
                               "makes CUDA runs and their resumes bitwise repeatable; slower")
 

@@ -165,10 +165,11 @@ def dc_augmentation_notes(protocols: dict[str, dict[str, Protocol]], dataset: st
             "(crop, scale, rotate, noise) for 1000 epochs, which dd does not implement (dd/protocols.py)"]
 
 
-def run_jobs(jobs: list[Job], results: Results, data: PreparedData, split: str, batched: bool) -> list[dict]:
+def run_jobs(jobs: list[Job], results: Results, data: PreparedData, split: str, batched: bool,
+             max_over_epochs: bool = True) -> list[dict]:
     """Train the jobs not yet in ``results`` (this rank's share), recording each at once; every record. The maximum
     over a protocol's periodic tests (AST's, ``max_accuracy``) is a test-split figure reported beside the paper's:
-    on the validation split those tests are skipped."""
+    on the validation split, or without ``max_over_epochs``, those tests are skipped."""
     spec, evaluated_on = data.spec, data.split(split)
     done = {run_key(r) for r in results.previous}
     todo = [job for job in jobs if run_key(job[0]) not in done]
@@ -185,7 +186,7 @@ def run_jobs(jobs: list[Job], results: Results, data: PreparedData, split: str, 
         seeds = [r["seed"] for r, _, _ in group]
         scores = train_and_score_seeds(record["model"], spec.channels, spec.num_classes, spec.size, group[0][1](),
                                        evaluated_on, record["protocol"]["lr"], group[0][2], seeds,
-                                       batched=len(group) > 1, periodic=split == "test")
+                                       batched=len(group) > 1, periodic=max_over_epochs and split == "test")
         for (run, _, _), score in zip(group, scores, strict=True):
             extra = {} if score.max_over_epochs is None else {"max_accuracy": score.max_over_epochs}
             results.add({**run, "accuracy": score.final, **extra})

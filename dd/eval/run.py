@@ -67,7 +67,8 @@ def evaluate(config: EvalConfig) -> Evaluation:
     lock = ".lock" if distributed.rank() == 0 else f".lock.rank{distributed.rank()}"
     with hold(out, f"the eval output folder {out}", lock):
         results = Results(out, to_dict(config))
-        runs = run_jobs(jobs, results, data, config.split, batched_seeds(config.batch_seeds, device))
+        runs = run_jobs(jobs, results, data, config.split, batched_seeds(config.batch_seeds, device),
+                        config.max_over_epochs)
         if not distributed.is_main():
             return Evaluation([], results.path, out / "results.md")
         atomic_write_bytes(out / "results.md", results_markdown(runs).encode())
