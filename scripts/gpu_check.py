@@ -255,9 +255,10 @@ def profile_rows(device: torch.device, quick: bool, cases: tuple = STEP_CASES) -
     return rows
 
 
-def eval_case(device: torch.device, amp: str, batched: bool, epochs: int, seeds: int, repeats: int) -> Row:
-    """Seconds and mean test accuracy of ``seeds`` ConvNets trained on an IPC-10 set under the mtt protocol."""
-    train, test = synthetic(10, device), synthetic(10, device, seed=1)
+def eval_case(device: torch.device, amp: str, batched: bool, epochs: int, seeds: int, repeats: int,
+              ipc: int = 10) -> Row:
+    """Seconds and mean test accuracy of ``seeds`` ConvNets trained on an ``ipc`` set under the mtt protocol."""
+    train, test = synthetic(ipc, device), synthetic(ipc, device, seed=1)
     protocol = get_protocol("mtt", epochs=epochs, amp=amp)
     accs: list[float] = []
 
@@ -270,12 +271,13 @@ def eval_case(device: torch.device, amp: str, batched: bool, epochs: int, seeds:
             "mean_acc": round(sum(accs) / len(accs), 4)}
 
 
-def eval_rows(device: torch.device, epochs: int, seeds: int, repeats: int) -> list[Row]:
-    """Evaluation training: seeds sequential vs batched (fp32), and bf16 sequential."""
+def eval_rows(device: torch.device, epochs: int, seeds: int, repeats: int, ipc: int = 10) -> list[Row]:
+    """Evaluation training of an ``ipc`` set: seeds sequential vs batched (fp32), and bf16 sequential (on a CPU,
+    batched and bf16 are many times slower: the tests check the rows at IPC 1)."""
     rows = []
     for mode, amp, batched in (("sequential", "none", False), ("batched", "none", True), ("bf16", "bf16", False)):
         rows.append(guarded({"name": "eval_seeds", "mode": mode},
-                            lambda a=amp, b=batched: eval_case(device, a, b, epochs, seeds, repeats), device))
+                            lambda a=amp, b=batched: eval_case(device, a, b, epochs, seeds, repeats, ipc), device))
     by = {r["mode"]: r.get("seconds") for r in rows}
     if all(by.values()):
         rows.append({"name": "eval_ratios", "batched_speedup": round(by["sequential"] / by["batched"], 3),

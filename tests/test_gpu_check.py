@@ -36,7 +36,7 @@ def test_quick_stages_and_report(tmp_path):
     steps = gpu_check.profile_rows(cpu, quick=True, cases=gpu_check.STEP_CASES[:1])
     assert [r["shape"] for r in steps] == ["1x8x8"]
     assert all(r["aten_ops"] >= r["top_level_ops"] > 10 and min(r["iteration_ms_2_4_steps"]) > 0 for r in steps)
-    evals = gpu_check.eval_rows(cpu, 1, 2, 1)
+    evals = gpu_check.eval_rows(cpu, 1, 2, 1, ipc=1)
     modes = {r["mode"]: r for r in evals if r["name"] == "eval_seeds"}
     assert set(modes) == {"sequential", "batched", "bf16"} and modes["bf16"]["amp"] == "bf16"
     assert all(0 <= r["mean_acc"] <= 1 and r["seconds"] > 0 for r in modes.values())
