@@ -279,9 +279,9 @@ def test_baselines_train_on_sets_of_their_size(tmp_path, monkeypatch, split):
     seen: list[SimpleNamespace] = []
     train_and_score = eval_jobs.train_and_score_seeds
 
-    def recording(model, channels, classes, size, train, tested, lr, protocol, seeds, batched=True):
+    def recording(model, channels, classes, size, train, tested, lr, protocol, seeds, **options):
         seen.append(SimpleNamespace(train=train, tested=tested, lr=lr, seeds=list(seeds)))
-        return train_and_score(model, channels, classes, size, train, tested, lr, protocol, seeds, batched)
+        return train_and_score(model, channels, classes, size, train, tested, lr, protocol, seeds, **options)
 
     monkeypatch.setattr(eval_jobs, "train_and_score_seeds", recording)
     evaluate(EvalConfig(baseline="random,full", ipc=3, models="MLP", runs=2, epochs=1, split=split, baseline_lr=0.02,
