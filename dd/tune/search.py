@@ -144,8 +144,7 @@ def open_study(optuna: Any, out: Path, identity: dict[str, Any], config: TuneCon
     differ = [k for k in identity if k != "preset" and found is not None and found.get(k) != identity[k]]
     if differ:
         raise DDError(f"{db} holds another search (its {', '.join(differ)} differ); rerun with that search's flags "
-                      "to resume "
-                      "it, or choose another --out for this one")
+                      "to resume it, or choose another --out for this one")
     return study
 
 
