@@ -105,10 +105,15 @@ def expert_flags(buffer_preset: str) -> list[str]:
     return [f for key, value in budget_experts(buffer_preset).items() for f in (flag(key), str(value))]
 
 
+def budget_config(buffer_preset: str) -> BufferConfig:
+    """``buffer_preset`` with the budget experts' settings: what a CPU row's dd.buffer trains."""
+    return make_config(BufferConfig, {**load_yaml(buffer_preset), **budget_experts(buffer_preset)},
+                       f"buffer preset {buffer_preset}")
+
+
 def budget_store(buffer_preset: str, buffer_dir: Path) -> Path:
     """The store that dd.buffer writes for ``buffer_preset`` with the budget experts' settings."""
-    config = make_config(BufferConfig, {**load_yaml(buffer_preset), **budget_experts(buffer_preset)},
-                         f"buffer preset {buffer_preset}")
+    config = budget_config(buffer_preset)
     return store_root(str(buffer_dir), config.dataset, config.model, config.recipe().to_dict())
 
 

@@ -15,8 +15,7 @@ import _results  # noqa: E402
 import results_digits  # noqa: E402
 import results_fashion_mnist as fashion  # noqa: E402
 
-from dd.buffer.config import BufferConfig  # noqa: E402
-from dd.config import load_yaml, make_config  # noqa: E402
+from dd.config import load_yaml  # noqa: E402
 from dd.report.presets import preset_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +92,7 @@ def test_every_trajectory_row_fits_its_budget_experts(row, monkeypatch):
     method, ipc = fashion.parse_row(row)
     config = preset_config(fashion.preset(method, ipc))
     buffer_preset = load_yaml(fashion.preset(method, ipc))["buffer_config"]
-    experts = make_config(BufferConfig, {**load_yaml(buffer_preset), **fashion.budget_experts(buffer_preset)})
+    experts = fashion.budget_config(buffer_preset)
     flags = fashion.ROWS[row]
     starts = [int(flags[flags.index(f) + 1]) for f in ("--max-start-epoch", "--current-max-start-epoch") if f in flags]
     assert max(starts or [config.max_start_epoch]) + config.expert_epochs <= experts.epochs
