@@ -38,6 +38,9 @@ DATASET = "fashionmnist"
 EXPERTS = {"num_experts": 2, "epochs": 4, "train_per_class": 600}  # a CPU row's experts, on its buffer preset
 # "method@ipc" -> the dd.distill flags of its CPU row on top of the preset. Start epochs are cut to fit EXPERTS'
 # 4 epochs (start + expert_epochs <= 4); syn_steps, learning rates and the rest stay the paper's.
+# An IPC-10 evaluation network takes about 15 minutes of one core (1000 epochs), so an IPC-10 row validates in-run
+# with one network of 300 epochs (its selection's proxy) and --seeds 3 is what its test can afford.
+IPC10_EVAL = ["--eval-runs", "1", "--eval-epochs", "300"]
 ROWS: dict[str, list[str]] = {
     "mtt@1": ["--iterations", "35"],
     "ftd@1": ["--iterations", "35"],
@@ -47,10 +50,10 @@ ROWS: dict[str, list[str]] = {
     "dc@1": ["--iterations", "40"],
     "dsa@1": ["--iterations", "40"],
     "dm@1": ["--iterations", "45"],
-    "dm@10": ["--iterations", "40"],
-    "dsa@10": ["--iterations", "6"],
-    "mtt@10": ["--iterations", "30", "--max-start-epoch", "2"],
-    "datm@10": ["--iterations", "20", "--max-start-epoch", "2", "--current-max-start-epoch", "2"],
+    "dm@10": ["--iterations", "40", *IPC10_EVAL],
+    "dsa@10": ["--iterations", "6", *IPC10_EVAL],
+    "mtt@10": ["--iterations", "30", "--max-start-epoch", "2", *IPC10_EVAL],
+    "datm@10": ["--iterations", "20", "--max-start-epoch", "2", "--current-max-start-epoch", "2", *IPC10_EVAL],
 }
 # DC's Table 1 (Zhao, Mopuri, Bilen, ICLR 2021), Fashion-MNIST, ConvNet: row -> {ipc: "mean ± std"}
 PUBLISHED = {
@@ -68,17 +71,24 @@ def parse_row(row: str) -> tuple[str, int]:
     return method, int(ipc)
 
 
+def test_seeds(ipc: int) -> int:
+    """A row's default test seeds: 5, or 3 where one network is the ~15 minutes of IPC 10 (IPC10_EVAL)."""
+    return 5 if ipc == 1 else 3
+
+
 def preset(method: str, ipc: int) -> str:
     return f"experiments/{method}/{DATASET}_ipc{ipc}.yaml"
 
 
 def budget_flags(method: str, ipc: int, paper: bool) -> list[str]:
-    """The row's dd.distill flags beyond its preset: none for --paper; else ROWS' and two in-run evaluations."""
+    """The row's dd.distill flags beyond its preset: none for --paper; else ROWS' and two in-run evaluations (of
+    two networks unless ROWS says)."""
     if paper:
         return []
     flags = ROWS[f"{method}@{ipc}"]
     iterations = int(flags[flags.index("--iterations") + 1])
-    return [*flags, "--eval-every", str(max(1, iterations // 2)), "--eval-runs", "2"]
+    runs = [] if "--eval-runs" in flags else ["--eval-runs", "2"]
+    return [*flags, "--eval-every", str(max(1, iterations // 2)), *runs]
 
 
 def budget_text(method: str, ipc: int, paper: bool) -> str:
@@ -143,7 +153,8 @@ def set_protocol(run_dir: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows method@ipc")
-    parser.add_argument("--seeds", type=int, default=5, help="test evaluation seeds per distilled set")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="test evaluation seeds per distilled set (default: 5 at IPC 1, 3 at IPC 10)")
     parser.add_argument("--random-ipcs", default="1,10,50", help="IPCs of the random real rows (empty: none)")
     parser.add_argument("--random-seeds", default="10,5,3",
                         help="seeds of the random real rows, one per --random-ipcs entry")
@@ -168,14 +179,14 @@ def main() -> None:
 
     if args.print:
         for method, ipc in rows:
-            for stage in commands(method, ipc, work, args.paper, data, args.seeds):
+            for stage in commands(method, ipc, work, args.paper, data, args.seeds or test_seeds(ipc)):
                 print("python -m " + " ".join(stage))
         return
     runs: list[dict] = []
     speed: dict[str, float | None] = {}
     protocols: set[str] = set()
     for method, ipc in rows:
-        for stage in commands(method, ipc, work, args.paper, data, args.seeds):
+        for stage in commands(method, ipc, work, args.paper, data, args.seeds or test_seeds(ipc)):
             sh(*stage)
         run_dir = work / f"{method}-ipc{ipc}"
         speed[f"{method}@{ipc}"] = seconds_per_iteration(run_dir)
