@@ -52,8 +52,8 @@ ROWS: dict[str, list[str]] = {
     "dm@1": ["--iterations", "45"],
     "dm@10": ["--iterations", "40", *IPC10_EVAL],
     "dsa@10": ["--iterations", "6", *IPC10_EVAL],
-    "mtt@10": ["--iterations", "30", "--max-start-epoch", "2", *IPC10_EVAL],
-    "datm@10": ["--iterations", "20", "--max-start-epoch", "2", "--current-max-start-epoch", "2", *IPC10_EVAL],
+    "mtt@10": ["--iterations", "16", "--max-start-epoch", "2", *IPC10_EVAL],
+    "datm@10": ["--iterations", "14", "--max-start-epoch", "2", "--current-max-start-epoch", "2", *IPC10_EVAL],
 }
 # DC's Table 1 (Zhao, Mopuri, Bilen, ICLR 2021), Fashion-MNIST, ConvNet: row -> {ipc: "mean ± std"}
 PUBLISHED = {
