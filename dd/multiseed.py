@@ -38,7 +38,6 @@ from dd.training import (
     eval_generator,
     iterate_batches,
     mixed_precision,
-    protocol_augment,
     train_model,
 )
 
@@ -69,7 +68,7 @@ def _train_stacked(models: list[nn.Module], train: tuple[torch.Tensor, torch.Ten
     per_model = [dict(m.named_parameters()) for m in models]
     stacked = {name: torch.stack([p[name].detach() for p in per_model]).requires_grad_() for name in per_model[0]}
     generators = [eval_generator(seed) for seed in seeds]
-    augment = protocol_augment(protocol)
+    augment = protocol.augmentation()
     template = models[0]
     losses = vmap(lambda params, x, y: classification_loss(functional_call(template, params, (x,)), y))
 

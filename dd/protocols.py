@@ -20,17 +20,22 @@ AngusDujw/FTD-distillation 711532a, DATM NUS-HPC-AI-Lab/DATM 97ae510, AST
 shenjiyuan123/AST-Alignment-with-Smooth-Expert 8030869.
 
 Each method names its protocol (a set's metadata ``protocol``): mtt, ftd and tesla ``mtt``; datm ``datm``; ast
-``ast``; dc ``dc`` (300 epochs, no augmentation); dsa ``dsa`` and dm ``dm`` (1000 epochs with DSA). Sets
-written before dsa and dm had protocols of their own name ``dc`` for all three (``legacy_name``).
+``ast``; dc ``dc`` (300 epochs, no augmentation; on MNIST and for the model ConvNetBN 1000 epochs with DC's own
+augmentation, ``for_data``); dsa ``dsa`` and dm ``dm`` (1000 epochs with DSA). Sets written before dsa and dm had
+protocols of their own name ``dc`` for all three (``legacy_name``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from dd.augment import DEFAULT_STRATEGY, DSA, DSAParams
+from dd.dcaugment import DCAugment
 from dd.errors import DDError
 from dd.schedule import SGDSchedule
 
@@ -41,6 +46,9 @@ MTT_SOURCE = ("MTT utils.py:352-389 evaluate_synset (unchanged in FTD utils/util
               "wd 5e-4), epoch_eval_train 1000 run as range(Epoch+1), lr x0.1 by a re-created optimiser after "
               "epoch Epoch//2+1, DSA on every training batch, batch_train 256, test after the last epoch")
 
+
+Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+"""What augments a training batch: ``augmentation(x, generator)`` (DSA or DC's own)."""
 
 AMP_MODES = ("none", "bf16")  # bf16: forward and backward under bfloat16 autocast, fp32 weights and optimiser
 
@@ -53,8 +61,9 @@ class Protocol:
     ``epochs + extra_epochs`` are trained. The lr is multiplied by ``decay_factor`` after 0-based epoch
     ``decay_epoch`` (``decay_after``, or ``epochs // 2 + decay_offset`` when None); ``reset_at_decay`` re-creates the
     optimiser there (momentum buffer reset), with momentum ``momentum_after`` (``momentum_after_decay``, or
-    ``momentum`` when None). ``dsa_strategy`` "none" (or "") trains without augmentation.
-    ``dsa_align_corners`` is how DSA's scale and rotate resample (``dd.augment.DSAParams``).
+    ``momentum`` when None). ``dsa_strategy`` "none" (or "") trains without DSA. ``dsa_align_corners`` is how
+    DSA's scale and rotate resample (``dd.augment.DSAParams``). ``dc_augment``, a strategy of DC's own
+    augmentation (``dd.dcaugment``), replaces DSA, which must then be "none".
     ``max_over_test_every`` = k > 0 also tests after the 0-based epochs 0, k, 2k, ... (``epoch % k == 0``, as AST's
     ``ep % 20 == 0``) and records the maximum over those tests and the final one beside the final accuracy
     (AST's model selection on the test split: never the headline).
@@ -73,6 +82,7 @@ class Protocol:
     batch_size: int = 256
     dsa_strategy: str = DEFAULT_STRATEGY
     dsa_align_corners: bool = True
+    dc_augment: str = ""
     max_over_test_every: int = 0
     amp: str = "none"
     source: str = MTT_SOURCE
@@ -81,6 +91,11 @@ class Protocol:
         for field in ("epochs", "batch_size"):
             if getattr(self, field) <= 0:
                 raise DDError(f"protocol {self.name}: {field} must be positive, got {getattr(self, field)}")
+        if self.dc_augment:
+            if self.uses_dsa:
+                raise DDError(f"protocol {self.name}: DC's augmentation ({self.dc_augment}) replaces DSA; "
+                              f"set dsa_strategy none, not {self.dsa_strategy}")
+            DCAugment(self.dc_augment)  # names an unknown op
         if self.amp not in AMP_MODES:
             raise DDError(f"protocol {self.name}: amp must be one of {', '.join(AMP_MODES)}, got '{self.amp}'")
         for field in ("extra_epochs", "max_over_test_every"):
@@ -108,13 +123,20 @@ class Protocol:
         return self.momentum if self.momentum_after_decay is None else self.momentum_after_decay
 
     @property
-    def augmented(self) -> bool:
-        """Whether training batches are augmented (a strategy other than "none" or "")."""
+    def uses_dsa(self) -> bool:
+        """Whether training batches go through DSA (a strategy other than "none" or "")."""
         return self.dsa_strategy not in ("", "none")
 
-    def augmentation(self) -> DSA | None:
-        """The DSA of the training batches, or None when the protocol trains without augmentation."""
-        return DSA(self.dsa_strategy, DSAParams(align_corners=self.dsa_align_corners)) if self.augmented else None
+    @property
+    def augmentation_name(self) -> str:
+        """``dsa``, ``dc`` (DC's own augmentation) or ``none``: what the training batches go through."""
+        return "dc" if self.dc_augment else "dsa" if self.uses_dsa else "none"
+
+    def augmentation(self) -> Augmentation | None:
+        """What augments the training batches, or None when the protocol trains without augmentation."""
+        if self.dc_augment:
+            return DCAugment(self.dc_augment)
+        return DSA(self.dsa_strategy, DSAParams(align_corners=self.dsa_align_corners)) if self.uses_dsa else None
 
     def tested_after(self, epoch: int) -> bool:
         """Whether a run is tested after 0-based ``epoch`` for ``max_over_test_every``."""
@@ -136,7 +158,8 @@ class Protocol:
                 "soft_label_loss": SOFT_LABEL_LOSS, "max_over_test_every": self.max_over_test_every,
                 # keys only where a value differs from what every record before them had, so those keep their identity
                 **({"max_over_test_epochs": f"0,{k},{2 * k},..."} if (k := self.max_over_test_every) else {}),
-                **({"dsa_align_corners": False} if self.augmented and not self.dsa_align_corners else {}),
+                **({"dsa_align_corners": False} if self.uses_dsa and not self.dsa_align_corners else {}),
+                **({"dc_augment": self.dc_augment} if self.dc_augment else {}),
                 **({"amp": self.amp} if self.amp != "none" else {})}
 
 
@@ -192,8 +215,8 @@ DC = register_protocol(Protocol(
     name="dc", epochs=300, dsa_strategy="none", dsa_align_corners=False,
     source=DC_CODE + ". main.py --method DC: epoch_eval_train 300 and no augmentation when get_daparam's strategy is "
                      "'none', which it is for every dataset but MNIST (crop_scale_rotate, 1000 epochs) and for every "
-                     "model but ConvNetBN (crop_noise, 1000 epochs); dd has no DC augmentation and trains those "
-                     "un-augmented too, 300 epochs (pass --epochs 1000 for the reference's count)"))
+                     "model but ConvNetBN (crop_noise, 1000 epochs): for_data gives those DC's augmentation "
+                     "(dd/dcaugment.py) and 1000 epochs"))
 
 DSA_PROTOCOL = register_protocol(Protocol(
     name="dsa", epochs=1000, dsa_align_corners=False,
@@ -220,3 +243,21 @@ DD0 = register_protocol(Protocol(
     source="dd's own protocol before the named protocols (commit a6fb579, dd.training.Protocol), kept to compare "
            "records made then: mtt's SGD and augmentation, but epochs epochs (not epochs + 1) and lr x0.1 from "
            "0-based epoch epochs//2 on with the optimiser and its momentum kept; the reference codes never ran it"))
+
+
+DC_AUGMENT_BY_MODEL = {"ConvNetBN": "crop_noise"}
+DC_AUGMENT_BY_DATASET = {"mnist": "crop_scale_rotate"}
+DC_AUGMENTED_EPOCHS = 1000
+
+
+def for_data(protocol: Protocol, dataset: str, model: str, epochs_given: bool = False) -> Protocol:
+    """``protocol`` as the DC code's ``get_daparam`` adapts it to the data and the evaluation model: protocol dc
+    (without DSA) trains MNIST with DC's ``crop_scale_rotate`` and the model ConvNetBN with ``crop_noise`` (the
+    model wins), 1000 epochs instead of 300 unless ``epochs_given`` (the user's count stays). Others unchanged."""
+    if protocol.name != "dc" or protocol.uses_dsa or protocol.dc_augment:
+        return protocol
+    strategy = DC_AUGMENT_BY_MODEL.get(model) or DC_AUGMENT_BY_DATASET.get(dataset)
+    if strategy is None:
+        return protocol
+    return dataclasses.replace(protocol, dc_augment=strategy,
+                               **({} if epochs_given else {"epochs": DC_AUGMENTED_EPOCHS}))

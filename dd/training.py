@@ -3,8 +3,8 @@ evaluation (dd.eval) and the evaluations inside a distillation run, and the prot
 (``train_model``, ``train_and_score``) under a named ``dd.protocols.Protocol``.
 
 Data stays on the device as tensors; each epoch is a generator-seeded permutation split into
-batches, with DSA applied to every training batch. Labels are class ids [N] (cross-entropy) or
-soft logits [N, K] (soft cross-entropy against their softmax, as DATM).
+batches, with the protocol's augmentation (DSA, or DC's own) applied to every training batch. Labels are class
+ids [N] (cross-entropy) or soft logits [N, K] (soft cross-entropy against their softmax, as DATM).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from torch import nn
 from tqdm import tqdm
 
 from dd import distributed
-from dd.augment import DSA
 from dd.device import make_generator
 from dd.models import create_model
 from dd.protocols import Protocol
@@ -165,11 +164,6 @@ def eval_generator(seed: int) -> torch.Generator:
     return make_generator(seed + 1_000_003)
 
 
-def protocol_augment(protocol: Protocol) -> DSA | None:
-    """The protocol's DSA, or None when it trains without augmentation."""
-    return protocol.augmentation()
-
-
 @dataclass(frozen=True)
 class Score:
     """Test accuracies in [0, 1] of one protocol run: ``final`` after the last epoch (the headline), and,
@@ -224,7 +218,7 @@ def train_model(
                 tests.record(model)
             count(epoch)
 
-        fit(model, train, schedule, protocol.batch_size, protocol_augment(protocol), eval_generator(seed),
+        fit(model, train, schedule, protocol.batch_size, protocol.augmentation(), eval_generator(seed),
             after_epoch=after_epoch, amp=protocol.amp)
     return model
 

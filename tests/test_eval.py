@@ -200,17 +200,20 @@ def test_a_set_trains_under_its_methods_protocol_and_random_real_images_beside_i
     assert {r["protocol"]["name"] for r in runs} == {"mtt"}
 
 
-def test_protocol_dc_says_where_the_dc_code_augmented():
-    from dd.eval.jobs import dc_augmentation_notes
+def test_protocol_dc_evaluates_with_the_dc_codes_augmentation_per_model():
+    """dd.eval's settings per model: on MNIST protocol dc trains with DC's crop_scale_rotate for 1000 epochs, the
+    model ConvNetBN with crop_noise; --augment none trains the plain protocol (300 epochs) instead."""
+    from dd.eval.jobs import augment_protocols
     from dd.protocols import get_protocol
 
-    dc = {"dc": {"none": get_protocol("dc")}}
-    assert dc_augmentation_notes(dc, "digits", ["ConvNet"]) == []
-    (note,) = dc_augmentation_notes(dc, "mnist", ["ConvNet", "ConvNetBN"])
-    assert "dataset mnist and ConvNetBN without augmentation" in note and "1000 epochs" in note
-    assert dc_augmentation_notes({"dsa": {"dsa": get_protocol("dsa")}}, "mnist", ["ConvNetBN"]) == []
-    with_dsa = {"dc": {"dsa": get_protocol("dc", dsa_strategy="crop")}}  # --dsa-strategy given: not DC's rule
-    assert dc_augmentation_notes(with_dsa, "mnist", ["ConvNet"]) == []
+    dc = get_protocol("dc")
+    found = augment_protocols(dc, ["dsa", "none"], "mnist", "ConvNet", epochs_given=False)
+    assert {k: (p.epochs, p.dc_augment) for k, p in found.items()} == {"dc": (1000, "crop_scale_rotate"),
+                                                                         "none": (300, "")}
+    assert augment_protocols(dc, ["dsa"], "mnist", "ConvNetBN", epochs_given=True)["dc"].epochs == 300
+    assert augment_protocols(dc, ["dsa"], "mnist", "ConvNetBN", epochs_given=False)["dc"].dc_augment == "crop_noise"
+    assert set(augment_protocols(dc, ["dsa", "none"], "fashionmnist", "ConvNet", epochs_given=False)) == {"none"}
+    assert set(augment_protocols(get_protocol("dsa"), ["dsa", "none"], "mnist", "ConvNetBN", False)) == {"dsa", "none"}
 
 
 @pytest.mark.e2e

@@ -207,4 +207,7 @@ def test_in_run_evaluations_train_under_the_methods_protocol(method, tmp_path, m
     assert protocol.augmentation() is None or protocol.augmentation().params.align_corners is False
     assert run.synset().meta["protocol"] == name
     run.config.eval_epochs, run.config.eval_batch_size = 7, 16  # the run holds its config (device resolved)
-    assert (run.protocol().epochs, run.protocol().batch_size) == (7, 16)
+    assert (run.protocol("ConvNetW32").epochs, run.protocol("ConvNetW32").batch_size) == (7, 16)
+    run.config.eval_epochs = None  # the model ConvNetBN: the DC code's crop_noise for protocol dc only
+    bn = run.protocol("ConvNetBN")
+    assert (bn.dc_augment, bn.epochs) == (("crop_noise", 1000) if name == "dc" else ("", epochs))

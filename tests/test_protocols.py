@@ -14,7 +14,7 @@ from dd.data import load_dataset
 from dd.errors import DDError
 from dd.functional import flatten_params
 from dd.multiseed import train_and_score_seeds
-from dd.protocols import Protocol, get_protocol, legacy_name, list_protocols
+from dd.protocols import Protocol, for_data, get_protocol, legacy_name, list_protocols
 from dd.training import PeriodicTests, train_and_score, train_and_test, train_model
 from tests.helpers import MLP, reference_evaluate_synset
 
@@ -127,10 +127,12 @@ def test_describe_tells_every_protocol_and_every_setting_apart():
                "decay_factor": 0.5,
                "reset_at_decay": False, "momentum": 0.5, "momentum_after_decay": 0.8, "weight_decay": 1e-3,
                "batch_size": 128, "dsa_strategy": "none", "dsa_align_corners": False, "max_over_test_every": 20,
-               "amp": "bf16"}
+               "amp": "bf16", "dc_augment": "crop"}
     assert set(changed) == {f.name for f in dataclasses.fields(Protocol)} - {"source"}  # every result-changing field
     for field, value in changed.items():
-        assert dataclasses.replace(base, **{field: value}).describe(0.01) != base.describe(0.01), field
+        extra = {"dsa_strategy": "none"} if field == "dc_augment" else {}  # DC's augmentation replaces DSA
+        other = dataclasses.replace(base, **extra)
+        assert dataclasses.replace(other, **{field: value}).describe(0.01) != other.describe(0.01), field
     assert base.describe(0.01) != base.describe(0.02)
 
 
@@ -197,6 +199,45 @@ def test_dc_dsa_dm_protocols_pin_epochs_augmentation_and_schedule(name):
     assert (dsa is None) == (augment == "none")
     assert dsa is None or (dsa.strategy == augment and dsa.params.align_corners is False)
     assert get_protocol("mtt").augmentation().params.align_corners is True  # MTT's DiffAugment passes True
+
+
+# (dataset, model) -> (epochs run, DC augmentation) of protocol dc, by hand from the DC code's get_daparam (MNIST:
+# crop_scale_rotate; the model ConvNetBN: crop_noise, which wins) and main.py (1000 epochs with it, else 300).
+DC_BY_DATA = {("fashionmnist", "ConvNet"): (301, ""), ("mnist", "ConvNet"): (1001, "crop_scale_rotate"),
+              ("cifar10", "ConvNetBN"): (1001, "crop_noise"), ("mnist", "ConvNetBN"): (1001, "crop_noise")}
+
+
+@pytest.mark.parametrize("data", sorted(DC_BY_DATA))
+def test_protocol_dc_takes_the_dc_codes_augmentation_where_it_gave_one(data):
+    epochs_run, strategy = DC_BY_DATA[data]
+    protocol = for_data(get_protocol("dc"), *data)
+    assert (protocol.epochs_run, protocol.dc_augment, protocol.dsa_strategy) == (epochs_run, strategy, "none")
+    assert protocol.decay_epoch == (epochs_run - 1) // 2 + 1
+    assert protocol.augmentation_name == ("dc" if strategy else "none")
+    assert (protocol.describe(0.01).get("dc_augment"), protocol.describe(0.01)["augment"]) == (strategy or None, "none")
+    if strategy:
+        assert protocol.augmentation().strategy == strategy
+        assert for_data(get_protocol("dc", epochs=50), *data, epochs_given=True).epochs == 50  # --epochs stays
+    for name in ("dsa", "dm", "mtt"):  # only dc follows get_daparam; a --dsa-strategy given to dc wins too
+        assert for_data(get_protocol(name), *data) == get_protocol(name)
+    assert for_data(get_protocol("dc", dsa_strategy="crop"), *data).dc_augment == ""
+
+
+def test_dc_augmentation_replaces_dsa_and_names_its_ops():
+    with pytest.raises(DDError, match="replaces DSA"):
+        get_protocol("mtt", dc_augment="crop")
+    with pytest.raises(DDError, match="unknown DC augmentation op"):
+        get_protocol("dc", dc_augment="crop_flip")
+
+
+def test_a_dc_augmented_protocol_trains(digits):
+    """DC's augmentation runs inside the protocol's training loop: the network differs from the un-augmented one,
+    and the same seed gives the same network."""
+    train, _ = digits
+    plain = get_protocol("dc", epochs=2)
+    augmented = dataclasses.replace(plain, dc_augment="crop_scale_rotate_noise")
+    nets = [flatten_params(train_model(*MLP, train, 0.01, p, seed=1)) for p in (plain, augmented, augmented)]
+    assert not torch.equal(nets[0], nets[1]) and torch.equal(nets[1], nets[2])
 
 
 def test_a_dsa_or_dm_set_that_names_dc_means_its_methods_protocol():

@@ -36,7 +36,7 @@ from dd.distill.synset import SynSet, save_synset
 from dd.errors import DDError
 from dd.models import create_model
 from dd.multiseed import train_and_test_seeds
-from dd.protocols import Protocol, get_protocol
+from dd.protocols import Protocol, for_data, get_protocol
 from dd.realdata import prepare_data
 from dd.settings import DataSettings, DeviceSettings, InRunEvaluation, RunControl, ValidationSplit
 from dd.viz import save_grid
@@ -91,18 +91,17 @@ class Condenser(RunLoop):
         """``iterations + 1`` updates, as the reference's ``range(Iteration + 1)``."""
         return self.config.iterations + 1
 
-    def protocol(self) -> Protocol:
-        """The method's protocol under the run's settings: ``eval_epochs`` and ``eval_batch_size`` when given,
-        and the run's ``dsa_strategy`` for a protocol that augments (dsa, dm; the reference evaluates with the
-        strategy it distilled with)."""
+    def protocol(self, model: str) -> Protocol:
+        """The method's protocol for ``model`` under the run's settings: ``eval_epochs`` and ``eval_batch_size``
+        when given, the run's ``dsa_strategy`` for a protocol with DSA (dsa, dm; the reference evaluates with the
+        strategy it distilled with), DC's augmentation where its code gives the data or model one (``for_data``)."""
         cfg = self.config
         name = self.protocol_name or cfg.method
-        protocol = get_protocol(name)
         overrides = {k: v for k, v in (("epochs", cfg.eval_epochs), ("batch_size", cfg.eval_batch_size))
                      if v is not None}
-        if protocol.augmented:
+        if get_protocol(name).uses_dsa:
             overrides["dsa_strategy"] = cfg.dsa_strategy
-        return get_protocol(name, **overrides)
+        return for_data(get_protocol(name, **overrides), cfg.dataset, model, cfg.eval_epochs is not None)
 
     def __init__(self, config: CondenseConfig, argv: Sequence[str] | None = None) -> None:
         config, self.device = self.setup(config)
@@ -185,7 +184,6 @@ class Condenser(RunLoop):
         """Validation accuracy of fresh networks trained on the set under the method's protocol (``protocol``); the
         seeds of one model count as one step of ``progress``."""
         cfg, spec = self.config, self.data.spec
-        protocol = self.protocol()
         seeds = [cfg.seed + run for run in range(cfg.eval_runs)]
         models = cfg.eval_models.split(",")
         results: dict[str, list[float]] = {}
@@ -194,7 +192,7 @@ class Condenser(RunLoop):
                 progress(done, len(models), model)
             results[model] = train_and_test_seeds(model, spec.channels, spec.num_classes, spec.size,
                                                   (self.images.detach(), self.labels), self.data.val, cfg.lr_net,
-                                                  protocol, seeds, batched=self.device.type == "cuda")
+                                                  self.protocol(model), seeds, batched=self.device.type == "cuda")
         if progress is not None:
             progress(len(models), len(models), "")
         return results

@@ -58,7 +58,8 @@ class EvalConfig(DataSettings, ValidationSplit, DeviceSettings):
     weight_decay: float | None = opt(None, "SGD weight decay (default: the protocol's)")
     dsa_strategy: str = opt("protocol", "DSA ops on training batches, 'none' for none, 'protocol' for the protocol's")
     labels: str = opt("auto", "comma-separated label settings of the set: auto (its own), hard (argmax), soft")
-    augment: str = opt("dsa", "comma-separated augmentation settings: dsa (--dsa-strategy) or none")
+    augment: str = opt("dsa", "comma-separated augmentation settings: dsa, the protocol's (DSA with --dsa-strategy; "
+                              "DC's own where protocol dc gives the data or model one), or none")
     baseline: str = opt("", "comma-separated baselines to run beside the set: random, full")
     out: str | None = opt(None, "output folder (default: eval/ beside the sets when they share a folder, else "
                           "runs/eval-<dataset>)")

@@ -18,11 +18,11 @@ from dd.errors import DDError
 from dd.eval import pools
 from dd.eval.config import AUGMENTS, LABELS, EvalConfig
 from dd.eval.inputs import set_identity
-from dd.eval.report import augment_of, run_key, source_name
+from dd.eval.report import run_key, source_name
 from dd.eval.results import Results
 from dd.identity import VERIFIED
 from dd.multiseed import train_and_score_seeds
-from dd.protocols import Protocol, get_protocol, legacy_name, list_protocols
+from dd.protocols import Protocol, for_data, get_protocol, legacy_name, list_protocols
 from dd.realdata import PreparedData, random_subset
 
 
@@ -65,12 +65,16 @@ def set_protocol(config: EvalConfig, synset: SynSet) -> str:
     return name
 
 
-def augment_protocols(base: Protocol, modes: list[str]) -> dict[str, Protocol]:
-    """The protocol under each ``--augment`` mode (``none``: no DSA), keyed by the augmentation used."""
+def augment_protocols(base: Protocol, modes: list[str], dataset: str, model: str,
+                      epochs_given: bool) -> dict[str, Protocol]:
+    """The protocol under each ``--augment`` mode for ``model`` on ``dataset``, keyed by the augmentation used
+    (``Protocol.augmentation_name``): ``dsa``, the protocol's own (DSA, or DC's where the DC code gave the data or
+    model one: ``dd.protocols.for_data``); ``none``, the protocol without augmentation."""
     found: dict[str, Protocol] = {}
     for mode in modes:
-        protocol = base if mode == "dsa" else replace(base, dsa_strategy="none")
-        found.setdefault(augment_of({"protocol": protocol.describe(0.0)}), protocol)
+        protocol = (for_data(base, dataset, model, epochs_given) if mode == "dsa"
+                    else replace(base, dsa_strategy="none", dc_augment=""))
+        found.setdefault(protocol.augmentation_name, protocol)
     return found
 
 
@@ -108,8 +112,8 @@ def plan_jobs(config: EvalConfig, sets: dict[str, SynSet], ipcs: dict[str, int],
     augments = parse_list(config.augment, AUGMENTS, "--augment")
     named = {path: set_protocol(config, synset) for path, synset in sets.items()}
     used = list(dict.fromkeys(named.values())) or [config.protocol or "mtt"]
-    protocols = {name: augment_protocols(get_protocol(name, **protocol_overrides(config)), augments)
-                 for name in used}
+    overrides = protocol_overrides(config)
+    protocols = {name: get_protocol(name, **overrides) for name in used}
     context = {"dataset": dataset, "data": data.identity(), "split": config.split}
     # The full-data baseline trains on the whole training split, less the validation images when it is
     # validated on them; random real images come from the training part only, as a set's initialisation.
@@ -137,32 +141,20 @@ def plan_jobs(config: EvalConfig, sets: dict[str, SynSet], ipcs: dict[str, int],
         return found
 
     models, notes = pools.expand_models(config.models, data.spec.channels, data.spec.size)
-    notes = [*notes, *dc_augmentation_notes(protocols, dataset, models)]
     for note in notes if distributed.is_main() else []:
         print(f"eval: {note}")
     jobs: list[Job] = []
     for model in models:
         for r in range(config.runs):
             for name in used:
-                for augment, protocol in protocols[name].items():
+                for augment, protocol in augment_protocols(protocols[name], augments, dataset, model,
+                                                           "epochs" in overrides).items():
                     for fields, get in sources(config.seed + r, name):
                         lr = fields.pop("lr")
                         record = {**fields, **context, "model": model, "seed": config.seed + r, "augment": augment,
                                   "protocol": protocol.describe(lr)}
                         jobs.append((record, get, protocol))
     return jobs
-
-
-def dc_augmentation_notes(protocols: dict[str, dict[str, Protocol]], dataset: str, models: list[str]) -> list[str]:
-    """Where protocol dc (no augmentation) is not what the DC code ran: its get_daparam gives MNIST and the model
-    ConvNetBN an augmentation of their own, trained 1000 epochs, which dd does not have."""
-    if not any(p.name == "dc" and not p.augmented for by_augment in protocols.values() for p in by_augment.values()):
-        return []
-    cases = ([f"dataset {dataset}"] if dataset == "mnist" else []) + (["ConvNetBN"] if "ConvNetBN" in models else [])
-    if not cases:
-        return []
-    return [f"protocol dc trains {' and '.join(cases)} without augmentation; the DC code gave them its own "
-            "(crop, scale, rotate, noise) for 1000 epochs, which dd does not implement (dd/protocols.py)"]
 
 
 def run_jobs(jobs: list[Job], results: Results, data: PreparedData, split: str, batched: bool,

@@ -70,7 +70,8 @@ def source_key(run: dict[str, Any]) -> str:
 
 
 def augment_of(run: dict[str, Any]) -> str:
-    """``dsa`` or ``none``: the record's ``augment`` field, or (older records) read off its protocol."""
+    """``dsa``, ``dc`` (DC's own augmentation) or ``none``: the record's ``augment`` field, or (older records) read
+    off its protocol."""
     if run.get("augment"):
         return run["augment"]
     return "none" if run.get("protocol", {}).get("augment", "dsa") in ("", "none") else "dsa"
