@@ -97,3 +97,21 @@ def test_every_trajectory_row_fits_its_budget_experts(row, monkeypatch):
     starts = [int(flags[flags.index(f) + 1]) for f in ("--max-start-epoch", "--current-max-start-epoch") if f in flags]
     assert max(starts or [config.max_start_epoch]) + config.expert_epochs <= experts.epochs
 
+
+def test_random_real_beside_a_row_trains_the_same_network():
+    """The row's own protocol first; else one equal in every value but the name, and the batch where both batches
+    hold every image; a record of other values never (the lr aside: a set's own, random's 0.01)."""
+    from dd.protocols import get_protocol
+
+    def rand(name, **values):
+        return {"dataset": "fashionmnist", "protocol": get_protocol(name, **values).describe(0.01)}
+
+    def row(name):
+        return {"dataset": "fashionmnist", "protocol": get_protocol(name).describe(0.004)}
+
+    dm, mtt, mtt_300 = rand("dm"), rand("mtt"), rand("mtt", epochs=300)
+    assert fashion.random_beside(row("dsa"), [mtt, dm], 100) == ([dm], "dm")  # dm's values are dsa's
+    assert fashion.random_beside(row("datm"), [mtt, mtt_300], 100) == ([mtt], "mtt")  # one batch of 100 either way
+    assert fashion.random_beside(row("datm"), [mtt], 500) == ([], "")  # 128 vs 256 of 500: other batches
+    assert fashion.random_beside(row("dm"), [dm, rand("dsa")], 100)[1] == "dm"  # its own protocol first
+    assert fashion.random_beside(row("mtt"), [dm, {**mtt, "dataset": "mnist"}], 10) == ([], "")
