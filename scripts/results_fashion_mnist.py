@@ -52,7 +52,7 @@ ROWS: dict[str, list[str]] = {
     "dsa@1": ["--iterations", "40"],
     "dm@1": ["--iterations", "45"],
     "dm@10": ["--iterations", "40", *IPC10_EVAL],
-    "dsa@10": ["--iterations", "3", "--eval-every", "3", *IPC10_EVAL],  # ~9 min an iteration: one validation
+    "dsa@10": ["--iterations", "3", "--eval-every", "3", *IPC10_EVAL],  # ~9 min an iteration: validated at the end
     "mtt@10": ["--iterations", "16", "--max-start-epoch", "2", *IPC10_EVAL],
     "datm@10": ["--iterations", "14", "--max-start-epoch", "2", "--current-max-start-epoch", "2", *IPC10_EVAL],
 }
