@@ -54,7 +54,7 @@ ROWS: dict[str, list[str]] = {
     "dm@10": ["--iterations", "40", *IPC10_EVAL],
     "dsa@10": ["--iterations", "3", "--eval-every", "3", *IPC10_EVAL],  # ~9 min an iteration: validated at the end
     "mtt@10": ["--iterations", "16", "--max-start-epoch", "2", *IPC10_EVAL],
-    "datm@10": ["--iterations", "14", "--max-start-epoch", "2", "--current-max-start-epoch", "2", *IPC10_EVAL],
+    "datm@10": ["--iterations", "6", "--max-start-epoch", "2", "--current-max-start-epoch", "2", *IPC10_EVAL],
 }
 # DC's Table 1 (Zhao, Mopuri, Bilen, ICLR 2021), Fashion-MNIST, ConvNet: row -> {ipc: "mean ± std"}
 PUBLISHED = {
