@@ -9,7 +9,8 @@ protocol and the published numbers of DC's Table 1.
 A row is a method at an IPC. Its preset, experiments/<method>/fashionmnist_ipc<k>.yaml, holds the paper settings and
 runs unchanged on a GPU (--paper). A CPU row runs the same preset with the budget flags of ROWS below (fewer
 iterations; the trajectory methods over EXPERTS: 2 experts of 4 epochs on 600 training images per class), about
-20 minutes of one core each; the report names every row's budget and its seconds per iteration.
+20 minutes of one core each for the distillation (DSA and DATM at IPC 10, whose iterations take 9 and 4 minutes,
+about half an hour); the report names every row's budget and its seconds per iteration.
 
 Choices read the validation split only: the in-run evaluations (validation split, --eval-runs networks) pick
 synset_best, and the test split is read once, for that set, for the final accuracy only (--no-max-over-epochs: AST's
@@ -39,8 +40,8 @@ CLASSES = 10
 EXPERTS = {"num_experts": 2, "epochs": 4, "train_per_class": 600}  # a CPU row's experts, on its buffer preset
 # "method@ipc" -> the dd.distill flags of its CPU row on top of the preset. Start epochs are cut to fit EXPERTS'
 # 4 epochs (start + expert_epochs <= 4); syn_steps, learning rates and the rest stay the paper's.
-# An IPC-10 evaluation network takes about 15 minutes of one core (1000 epochs), so an IPC-10 row validates in-run
-# with one network of 300 epochs (its selection's proxy) and --seeds 3 is what its test can afford.
+# An IPC-10 evaluation network takes 12-14 minutes of one core (1000 epochs), so an IPC-10 row validates in-run
+# with one network of 300 epochs (its selection's proxy) and tests 3 seeds (test_seeds).
 IPC10_EVAL = ["--eval-runs", "1", "--eval-epochs", "300"]
 ROWS: dict[str, list[str]] = {
     "mtt@1": ["--iterations", "35"],
@@ -73,7 +74,7 @@ def parse_row(row: str) -> tuple[str, int]:
 
 
 def test_seeds(ipc: int) -> int:
-    """A row's default test seeds: 5, or 3 where one network is the ~15 minutes of IPC 10 (IPC10_EVAL)."""
+    """A row's default test seeds: 5, or 3 where one network takes the 12-14 minutes of IPC 10 (IPC10_EVAL)."""
     return 5 if ipc == 1 else 3
 
 
